@@ -1,0 +1,7 @@
+//! mirrorproxy: mirrors Kafka topics between clusters, forwarding record batches as bytes.
+//!
+//! Layering (bottom up): [`wire`] and [`batch`] are sans-I/O codecs over `Bytes`;
+//! [`net`] owns sockets, correlation ids and pipelining; [`cluster`] knows brokers,
+//! leaders and topics; [`engine`] moves batches from source partitions to target
+//! partitions; [`config`] and the CLI sit on top.
+pub mod batch;
