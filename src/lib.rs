@@ -5,3 +5,8 @@
 //! leaders and topics; [`engine`] moves batches from source partitions to target
 //! partitions; [`config`] and the CLI sit on top.
 pub mod batch;
+pub mod cluster;
+pub mod config;
+pub mod engine;
+pub mod net;
+pub mod wire;

@@ -1,1 +1,188 @@
-fn main() {}
+//! The `mirrorproxy` command line: `run` mirrors, `check` validates and probes.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use kafka_protocol::messages::{ApiKey, FetchRequest, ProduceRequest, MetadataRequest, InitProducerIdRequest, CreateTopicsRequest, ListOffsetsRequest};
+use mirrorproxy::cluster::{Cluster, ConnectSettings};
+use mirrorproxy::config::{Config, Tuning};
+use mirrorproxy::engine::Engine;
+use tokio::sync::watch;
+use tracing::{error, info};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(name = "mirrorproxy", version, about = "Mirrors Kafka topics between clusters, forwarding record batches as bytes")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Mirror until SIGINT/SIGTERM.
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Validate the config and connect to every cluster.
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run { config } => run(&config).await,
+            Command::Check { config } => check(&config).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn clusters(config: &Config) -> HashMap<String, Arc<Cluster>> {
+    let t = &config.tuning;
+    config
+        .clusters
+        .iter()
+        .map(|(alias, c)| {
+            let settings = ConnectSettings {
+                client_id: c.client_id.clone(),
+                connect_timeout: Tuning::ms(t.connect_timeout_ms),
+                request_timeout: Tuning::ms(t.request_timeout_ms),
+            };
+            (alias.clone(), Arc::new(Cluster::new(alias, c.bootstrap_list(), settings)))
+        })
+        .collect()
+}
+
+async fn run(path: &std::path::Path) -> Result<(), String> {
+    let config = Config::load(path).map_err(|e| e.to_string())?;
+    let clusters = clusters(&config);
+    // Fail fast on a cluster that is not there at start; outages later are ridden out.
+    for (alias, cluster) in &clusters {
+        let md = cluster.metadata(Some(&[])).await.map_err(|e| e.to_string())?;
+        info!("cluster '{alias}': {} broker(s), cluster id {}", md.brokers.len(), md.cluster_id.as_deref().unwrap_or("-"));
+    }
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        info!("signal received: stopping");
+        let _ = tx.send(true);
+        wait_for_signal().await;
+        error!("second signal: exiting now");
+        std::process::exit(130);
+    });
+    Engine::new(&config.flows, &clusters, &config.tuning, rx).run().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn check(path: &std::path::Path) -> Result<(), String> {
+    let config = Config::load(path).map_err(|e| e.to_string())?;
+    println!("config {}: OK ({} clusters, {} flows)", path.display(), config.clusters.len(), config.flows.len());
+    let clusters = clusters(&config);
+    let mut problems = Vec::new();
+    let mut metadata = HashMap::new();
+    for (alias, cluster) in &clusters {
+        match cluster.metadata(None).await {
+            Ok(md) => {
+                let mut brokers: Vec<_> = md.brokers.iter().collect();
+                brokers.sort();
+                println!("cluster '{alias}': cluster id {}", md.cluster_id.as_deref().unwrap_or("-"));
+                for (id, addr) in brokers {
+                    println!("  broker {id} at {addr}");
+                }
+                if let Ok(conn) = cluster.any_broker().await {
+                    let mut line = String::from("  API versions used:");
+                    for (name, v) in [
+                        (ApiKey::Metadata, conn.version_for::<MetadataRequest>()),
+                        (ApiKey::Fetch, conn.version_for::<FetchRequest>()),
+                        (ApiKey::Produce, conn.version_for::<ProduceRequest>()),
+                        (ApiKey::ListOffsets, conn.version_for::<ListOffsetsRequest>()),
+                        (ApiKey::CreateTopics, conn.version_for::<CreateTopicsRequest>()),
+                        (ApiKey::InitProducerId, conn.version_for::<InitProducerIdRequest>()),
+                    ] {
+                        match v {
+                            Ok(v) => line.push_str(&format!(" {name:?} v{v}")),
+                            Err(e) => problems.push(e.to_string()),
+                        }
+                    }
+                    println!("{line}");
+                }
+                metadata.insert(alias.clone(), md);
+            }
+            Err(e) => {
+                println!("cluster '{alias}': FAILED");
+                problems.push(e.to_string());
+            }
+        }
+    }
+    for flow in &config.flows {
+        let Some(src) = metadata.get(&flow.source) else { continue };
+        let mut topics: Vec<_> = src.topics.iter().filter(|(n, t)| !t.is_internal && flow.matches(n)).collect();
+        topics.sort_by_key(|(n, _)| n.as_str());
+        println!("flow {}: {} matching source topic(s)", flow.name, topics.len());
+        for (name, t) in topics {
+            let target_name = flow.target_topic(name);
+            let target_state = match metadata.get(&flow.target).and_then(|m| m.topics.get(&target_name)) {
+                None => "will be created".to_string(),
+                Some(tt) if tt.partitions.len() < t.partitions.len() => {
+                    problems.push(format!("flow {}: target topic '{target_name}' has {} partitions, source '{name}' has {}", flow.name, tt.partitions.len(), t.partitions.len()));
+                    format!("has only {} partitions (PROBLEM)", tt.partitions.len())
+                }
+                Some(tt) => format!("exists with {} partitions", tt.partitions.len()),
+            };
+            println!("  {name} ({} partitions) -> {target_name}: {target_state}", t.partitions.len());
+        }
+    }
+    if problems.is_empty() {
+        println!("check passed");
+        Ok(())
+    } else {
+        Err(problems.join("\n"))
+    }
+}

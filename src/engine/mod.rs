@@ -1,0 +1,1154 @@
+//! The replication engine: moves record batches from source partitions to target
+//! partitions, one flow at a time.
+//!
+//! Each flow is driven by one task that owns all of the flow's state (an actor): it
+//! issues Fetch requests (one in flight per source broker, many partitions each),
+//! stages transactional data until its outcome is known ([`txn`]), queues the rest per
+//! target partition and sends Produce requests (one batch per partition per request,
+//! as the broker demands, up to `max_in_flight_per_partition` requests in flight per
+//! partition). Requests run as futures whose completions come back to the driver as
+//! events, so no lock guards the partition state.
+//!
+//! Order and exactly-once within a run rest on Kafka's idempotent producer (KIP-98):
+//! the target gives us a producer id; each target partition's batches carry
+//! consecutive sequence numbers; a retried batch keeps its sequence, so the broker
+//! drops a duplicate (`DUPLICATE_SEQUENCE_NUMBER`) and refuses a gap
+//! (`OUT_OF_ORDER_SEQUENCE_NUMBER`). After an error, a partition waits until all of its
+//! in-flight requests have answered, then resends from its oldest unacknowledged batch.
+//!
+//! Memory is bounded by one byte budget shared by every flow: a Fetch is only sent when
+//! its `max_bytes` fits in what is left, and bytes return to the budget when the target
+//! acknowledges them. A slow target therefore slows fetching.
+//!
+//! Errors say which side failed (source or target, as in pingora's upstream/downstream)
+//! and whether the engine will retry. A partition with a problem that retrying cannot
+//! fix (a corrupt batch, a batch larger than the target accepts) is *stopped*: nothing
+//! is skipped, the rest of the flow goes on, and the summary keeps reporting it.
+
+pub mod txn;
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::stream::{FuturesUnordered, StreamExt};
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::{
+    fetch_request::{FetchPartition, FetchTopic},
+    produce_request::{PartitionProduceData, TopicProduceData},
+    BrokerId, FetchRequest, FetchResponse, ProduceRequest, ProduceResponse, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+use tokio::sync::watch;
+use tracing::{debug, error, info, warn};
+
+use crate::batch::{self, ControlType, ProducerStamp, VerifiedBatch};
+use crate::cluster::{Cluster, ClusterError, ClusterMetadata, TopicPartition};
+use crate::config::{Flow, StartAt, Tuning};
+use crate::net::{Connection, NetError};
+use txn::{Outcome, Released, TxnStage};
+
+/// Which side of a flow something happened on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Source,
+    Target,
+}
+
+impl fmt::Display for Side {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Side::Source => "source",
+            Side::Target => "target",
+        })
+    }
+}
+
+/// Bytes of fetched data not yet acknowledged by a target, shared by all flows.
+#[derive(Debug)]
+pub struct Budget {
+    limit: u64,
+    used: AtomicU64,
+}
+
+impl Budget {
+    #[must_use]
+    pub fn new(limit: u64) -> Arc<Self> {
+        Arc::new(Self { limit, used: AtomicU64::new(0) })
+    }
+
+    /// Reserves up to `want` bytes (at least `min`), or nothing.
+    fn reserve(self: &Arc<Self>, want: u64, min: u64) -> Option<Charge> {
+        let mut used = self.used.load(Ordering::Acquire);
+        loop {
+            let free = self.limit.saturating_sub(used);
+            let take = want.min(free);
+            if take < min {
+                return None;
+            }
+            match self.used.compare_exchange(used, used + take, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return Some(Charge { budget: self.clone(), bytes: take }),
+                Err(now) => used = now,
+            }
+        }
+    }
+
+    /// Bytes in use now.
+    #[must_use]
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Acquire)
+    }
+}
+
+/// A share of the budget; returned when dropped.
+#[derive(Debug)]
+pub struct Charge {
+    budget: Arc<Budget>,
+    bytes: u64,
+}
+
+impl Charge {
+    /// Splits off `bytes` (or what is left) into a charge of its own.
+    fn split(&mut self, bytes: u64) -> Charge {
+        let take = bytes.min(self.bytes);
+        self.bytes -= take;
+        Charge { budget: self.budget.clone(), bytes: take }
+    }
+
+    /// Takes more bytes from the budget even beyond its limit: a broker may return one
+    /// batch larger than the requested max_bytes (KIP-74), and that batch must be held.
+    fn grow(&mut self, bytes: u64) {
+        self.budget.used.fetch_add(bytes, Ordering::AcqRel);
+        self.bytes += bytes;
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.budget.used.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
+/// Counters of one flow, read by the summary and by `status`.
+#[derive(Debug, Default)]
+pub struct FlowStats {
+    pub records: AtomicU64,
+    pub bytes: AtomicU64,
+    pub batches: AtomicU64,
+    pub aborted_records: AtomicU64,
+    pub control_batches: AtomicU64,
+}
+
+/// A batch waiting for (or in) a Produce request.
+struct Pending {
+    id: u64,
+    batch: VerifiedBatch,
+    /// Stamp of the last send; reused on retry so the broker can drop duplicates.
+    stamp: Option<ProducerStamp>,
+    _charge: Charge,
+}
+
+impl Pending {
+    fn base_offset(&self) -> i64 {
+        self.batch.header().base_offset
+    }
+}
+
+struct TargetTopic {
+    name: Arc<str>,
+    max_message_bytes: Option<usize>,
+}
+
+/// State of one mirrored partition (keyed by its source TopicPartition).
+struct PartState {
+    target: TopicPartition,
+    source_leader: Option<i32>,
+    source_leader_epoch: i32,
+    target_leader: Option<i32>,
+    fetch_offset: i64,
+    high_watermark: i64,
+    partition_max_bytes: i32,
+    fetch_not_before: Instant,
+    stage: TxnStage<Pending>,
+    queue: VecDeque<Pending>,
+    in_flight: usize,
+    /// Set after a produce error: no sends until in-flight requests drain.
+    recovering: bool,
+    produce_not_before: Instant,
+    produce_backoff: Duration,
+    next_sequence: i32,
+    stopped: Option<String>,
+}
+
+impl PartState {
+    fn queued_bytes(&self) -> usize {
+        self.queue.iter().map(|p| p.batch.bytes().len()).sum()
+    }
+
+    /// First source offset not yet on the target.
+    fn mirrored_position(&self) -> i64 {
+        self.queue
+            .front()
+            .map(Pending::base_offset)
+            .or_else(|| self.stage.first_offset())
+            .unwrap_or(self.fetch_offset)
+    }
+}
+
+type Task = Pin<Box<dyn Future<Output = Event> + Send>>;
+
+enum Event {
+    Discovered(Result<Discovery, ClusterError>),
+    Fetched { broker: i32, requested: Vec<(TopicPartition, i64)>, result: Result<FetchResponse, NetError>, charge: Charge },
+    Produced { broker: i32, sent: Vec<(TopicPartition, u64)>, result: Result<ProduceResponse, NetError> },
+    TargetConnected { broker: i32, result: Result<Arc<Connection>, ClusterError> },
+    ProducerId(Result<(i64, i16), ClusterError>),
+}
+
+/// Result of one discovery round.
+struct Discovery {
+    source: ClusterMetadata,
+    target: ClusterMetadata,
+    /// New partitions and where they start.
+    new_partitions: Vec<(TopicPartition, i64)>,
+    /// Target topic facts for topics seen for the first time.
+    target_topics: Vec<(String, TargetTopic)>,
+    /// Source topics that cannot be mirrored, with why.
+    refused: Vec<(String, String)>,
+}
+
+/// Runs all flows of a configuration until `shutdown` turns true.
+pub struct Engine {
+    flows: Vec<FlowDriver>,
+}
+
+impl Engine {
+    #[must_use]
+    pub fn new(
+        flows: &[Flow],
+        clusters: &HashMap<String, Arc<Cluster>>,
+        tuning: &Tuning,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        let budget = Budget::new(tuning.buffer_bytes);
+        let flows = flows
+            .iter()
+            .map(|f| FlowDriver::new(f.clone(), clusters[&f.source].clone(), clusters[&f.target].clone(), tuning.clone(), budget.clone(), shutdown.clone()))
+            .collect();
+        Self { flows }
+    }
+
+    /// Drives every flow; returns when all have drained after shutdown.
+    pub async fn run(self) {
+        let handles: Vec<_> = self.flows.into_iter().map(|f| tokio::spawn(f.run())).collect();
+        for h in handles {
+            if let Err(e) = h.await {
+                error!("a flow task failed: {e}");
+            }
+        }
+    }
+}
+
+struct FlowDriver {
+    flow: Flow,
+    source: Arc<Cluster>,
+    target: Arc<Cluster>,
+    tuning: Tuning,
+    budget: Arc<Budget>,
+    shutdown: watch::Receiver<bool>,
+    stats: Arc<FlowStats>,
+    parts: BTreeMap<TopicPartition, PartState>,
+    target_topics: HashMap<String, TargetTopic>,
+    refused_topics: HashMap<String, String>,
+    producer: Option<(i64, i16)>,
+    producer_requested: bool,
+    target_conns: HashMap<i32, Arc<Connection>>,
+    connecting: HashSet<i32>,
+    fetching: HashSet<i32>,
+    producing: HashMap<i32, usize>,
+    discovering: bool,
+    first_discovery_done: bool,
+    discover_now: bool,
+    next_pending_id: u64,
+    target_down: Option<(Instant, String)>,
+    source_down: Option<(Instant, String)>,
+    tasks: FuturesUnordered<Task>,
+}
+
+/// Errors on Produce that mean "the target lost or never had our producer state".
+fn is_producer_state_error(e: ResponseError) -> bool {
+    matches!(e, ResponseError::UnknownProducerId | ResponseError::InvalidProducerEpoch | ResponseError::OutOfOrderSequenceNumber | ResponseError::ProducerFenced)
+}
+
+/// Errors that a metadata refresh may fix.
+fn needs_metadata(e: ResponseError) -> bool {
+    matches!(
+        e,
+        ResponseError::NotLeaderOrFollower
+            | ResponseError::LeaderNotAvailable
+            | ResponseError::UnknownTopicOrPartition
+            | ResponseError::FencedLeaderEpoch
+            | ResponseError::UnknownLeaderEpoch
+            | ResponseError::NotController
+            | ResponseError::KafkaStorageError
+    )
+}
+
+impl FlowDriver {
+    fn new(flow: Flow, source: Arc<Cluster>, target: Arc<Cluster>, tuning: Tuning, budget: Arc<Budget>, shutdown: watch::Receiver<bool>) -> Self {
+        Self {
+            flow,
+            source,
+            target,
+            tuning,
+            budget,
+            shutdown,
+            stats: Arc::new(FlowStats::default()),
+            parts: BTreeMap::new(),
+            target_topics: HashMap::new(),
+            refused_topics: HashMap::new(),
+            producer: None,
+            producer_requested: false,
+            target_conns: HashMap::new(),
+            connecting: HashSet::new(),
+            fetching: HashSet::new(),
+            producing: HashMap::new(),
+            discovering: false,
+            first_discovery_done: false,
+            discover_now: true,
+            next_pending_id: 0,
+            target_down: None,
+            source_down: None,
+            tasks: FuturesUnordered::new(),
+        }
+    }
+
+    async fn run(mut self) {
+        let name = self.flow.name.clone();
+        info!(flow = %name, "flow starting");
+        let mut metadata_tick = tokio::time::interval(Tuning::ms(self.tuning.metadata_refresh_ms));
+        let mut summary_tick = tokio::time::interval(Tuning::ms(self.tuning.summary_interval_ms));
+        summary_tick.tick().await;
+        let mut poll_tick = tokio::time::interval(Duration::from_millis(50));
+        let mut last_summary = (Instant::now(), 0u64, 0u64);
+        let mut shutdown_deadline: Option<Instant> = None;
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            if shutdown_deadline.is_none() && *shutdown.borrow() {
+                info!(flow = %name, "stopping: no new fetches; finishing in-flight produces");
+                shutdown_deadline = Some(Instant::now() + Tuning::ms(self.tuning.shutdown_timeout_ms));
+            }
+            if let Some(deadline) = shutdown_deadline {
+                if self.drained() {
+                    info!(flow = %name, "flow stopped cleanly");
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    warn!(flow = %name, unacknowledged_batches = self.unacknowledged(), "shutdown timeout reached with batches not yet acknowledged by the target");
+                    break;
+                }
+            }
+            let stopping = shutdown_deadline.is_some();
+            self.schedule(stopping);
+            tokio::select! {
+                Some(event) = self.tasks.next() => self.handle(event),
+                _ = metadata_tick.tick() => { if !stopping { self.discover_now = true; } }
+                _ = summary_tick.tick() => self.summary(&mut last_summary),
+                _ = poll_tick.tick() => {}
+                _ = shutdown.changed(), if shutdown_deadline.is_none() => {}
+            }
+        }
+        self.summary(&mut last_summary);
+    }
+
+    fn drained(&self) -> bool {
+        self.parts.values().all(|p| p.queue.is_empty() || p.stopped.is_some())
+            || (self.producer.is_none() && self.producing.values().all(|n| *n == 0) && self.target_down.is_some())
+    }
+
+    fn unacknowledged(&self) -> usize {
+        self.parts.values().map(|p| p.queue.len()).sum()
+    }
+
+    /// Starts whatever work can start now.
+    fn schedule(&mut self, stopping: bool) {
+        if self.discover_now && !self.discovering && !stopping {
+            self.discover_now = false;
+            self.discovering = true;
+            self.tasks.push(Box::pin(discover(
+                self.flow.clone(),
+                self.source.clone(),
+                self.target.clone(),
+                self.parts.iter().map(|(tp, _)| tp.clone()).collect(),
+                self.target_topics.keys().cloned().collect(),
+                !self.first_discovery_done,
+            )));
+        }
+        if self.producer.is_none() && !self.producer_requested && !self.parts.is_empty() {
+            self.producer_requested = true;
+            let target = self.target.clone();
+            self.tasks.push(Box::pin(async move { Event::ProducerId(target.init_producer_id().await) }));
+        }
+        if !stopping {
+            self.schedule_fetches();
+        }
+        self.schedule_produces();
+    }
+
+    fn schedule_fetches(&mut self) {
+        let now = Instant::now();
+        let per_partition_cap = self.tuning.fetch_partition_max_bytes as usize * 2;
+        let mut by_broker: BTreeMap<i32, Vec<(TopicPartition, i64, i32, i32)>> = BTreeMap::new();
+        for (tp, p) in &self.parts {
+            let Some(leader) = p.source_leader else { continue };
+            if p.stopped.is_some() || p.fetch_not_before > now || self.fetching.contains(&leader) {
+                continue;
+            }
+            if !p.stage.scanning() && p.queued_bytes() >= per_partition_cap {
+                continue; // the target is behind on this partition: let it catch up
+            }
+            by_broker.entry(leader).or_default().push((tp.clone(), p.fetch_offset, p.partition_max_bytes, p.source_leader_epoch));
+        }
+        for (broker, partitions) in by_broker {
+            let Some(charge) = self.budget.reserve(u64::from(self.tuning.fetch_max_bytes), 64 * 1024) else {
+                return; // budget spent: wait for acknowledgements
+            };
+            let max_bytes = charge.bytes as i32;
+            let mut topics: BTreeMap<Arc<str>, Vec<FetchPartition>> = BTreeMap::new();
+            for (tp, offset, pmax, epoch) in &partitions {
+                topics.entry(tp.topic.clone()).or_default().push(
+                    FetchPartition::default()
+                        .with_partition(tp.partition)
+                        .with_current_leader_epoch(*epoch)
+                        .with_fetch_offset(*offset)
+                        .with_log_start_offset(-1)
+                        .with_partition_max_bytes(*pmax),
+                );
+            }
+            let req = FetchRequest::default()
+                .with_replica_id(BrokerId(-1))
+                .with_max_wait_ms(self.tuning.fetch_max_wait_ms as i32)
+                .with_min_bytes(1)
+                .with_max_bytes(max_bytes)
+                .with_isolation_level(0) // read_uncommitted: markers decide (see txn.rs)
+                .with_session_id(0)
+                .with_session_epoch(-1)
+                .with_topics(
+                    topics
+                        .into_iter()
+                        .map(|(t, ps)| FetchTopic::default().with_topic(TopicName(StrBytes::from_string(t.to_string()))).with_partitions(ps))
+                        .collect(),
+                );
+            let requested = partitions.into_iter().map(|(tp, o, _, _)| (tp, o)).collect();
+            let source = self.source.clone();
+            self.fetching.insert(broker);
+            self.tasks.push(Box::pin(async move {
+                let result = match source.broker(broker).await {
+                    Ok(conn) => conn.call(&req).await,
+                    Err(ClusterError::Net { source, .. }) => Err(source),
+                    Err(e) => Err(NetError::Broken { addr: format!("broker {broker}"), reason: e.to_string() }),
+                };
+                Event::Fetched { broker, requested, result, charge }
+            }));
+        }
+    }
+
+    fn schedule_produces(&mut self) {
+        let Some((producer_id, producer_epoch)) = self.producer else { return };
+        let now = Instant::now();
+        let max_in_flight = self.tuning.max_in_flight_per_partition as usize;
+        // Which brokers can take a request now.
+        let mut brokers: BTreeMap<i32, Vec<TopicPartition>> = BTreeMap::new();
+        for (tp, p) in &self.parts {
+            let Some(leader) = p.target_leader else { continue };
+            if p.stopped.is_some() || p.recovering || p.produce_not_before > now || p.in_flight >= max_in_flight || p.queue.len() <= p.in_flight {
+                continue;
+            }
+            brokers.entry(leader).or_default().push(tp.clone());
+        }
+        for (broker, tps) in brokers {
+            if self.producing.get(&broker).copied().unwrap_or(0) >= max_in_flight {
+                continue;
+            }
+            let conn = match self.target_conns.get(&broker) {
+                Some(c) if !c.is_poisoned() => c.clone(),
+                _ => {
+                    self.target_conns.remove(&broker);
+                    if self.connecting.insert(broker) {
+                        let target = self.target.clone();
+                        self.tasks.push(Box::pin(async move { Event::TargetConnected { broker, result: target.broker(broker).await } }));
+                    }
+                    continue;
+                }
+            };
+            let mut topics: BTreeMap<Arc<str>, Vec<PartitionProduceData>> = BTreeMap::new();
+            let mut sent = Vec::new();
+            let mut request_bytes = 0usize;
+            for tp in tps {
+                let p = self.parts.get_mut(&tp).expect("partition exists");
+                let max_message = self.target_topics.get(&*tp.topic).and_then(|t| t.max_message_bytes);
+                let idx = p.in_flight;
+                let entry = &mut p.queue[idx];
+                let stamp = match entry.stamp {
+                    Some(s) if s.producer_id == producer_id && s.producer_epoch == producer_epoch => s,
+                    _ => {
+                        let s = ProducerStamp { producer_id, producer_epoch, base_sequence: p.next_sequence };
+                        p.next_sequence = p.next_sequence.wrapping_add(entry.batch.header().records_count.max(1)) & i32::MAX;
+                        entry.stamp = Some(s);
+                        s
+                    }
+                };
+                let source_offset = entry.base_offset();
+                let outgoing = match entry.batch.clone().into_outgoing(stamp) {
+                    Ok(o) => o,
+                    Err(e) => {
+                        let why = format!("batch at source offset {source_offset} cannot be prepared for the target: {e}");
+                        stop_partition(&self.flow.name, &tp, p, Side::Source, why);
+                        continue;
+                    }
+                };
+                if let Some(max) = max_message {
+                    if outgoing.bytes().len() > max {
+                        let why = format!(
+                            "batch at source offset {source_offset} is {} bytes, larger than max.message.bytes={max} of target topic '{}'; raise it on the target topic",
+                            outgoing.bytes().len(),
+                            p.target.topic
+                        );
+                        stop_partition(&self.flow.name, &tp, p, Side::Target, why);
+                        continue;
+                    }
+                }
+                if request_bytes > 0 && request_bytes + outgoing.bytes().len() > self.tuning.produce_max_bytes as usize {
+                    // Undo the stamp's sequence only if it was fresh: simpler to keep it (the
+                    // batch is sent next time with the same stamp, which is still in order).
+                    break;
+                }
+                request_bytes += outgoing.bytes().len();
+                p.in_flight += 1;
+                sent.push((tp.clone(), entry.id));
+                topics
+                    .entry(p.target.topic.clone())
+                    .or_default()
+                    .push(PartitionProduceData::default().with_index(p.target.partition).with_records(Some(outgoing.into_bytes())));
+            }
+            if sent.is_empty() {
+                continue;
+            }
+            let req = ProduceRequest::default()
+                .with_transactional_id(None)
+                .with_acks(self.tuning.acks)
+                .with_timeout_ms(self.tuning.request_timeout_ms.min(i32::MAX as u64) as i32)
+                .with_topic_data(
+                    topics
+                        .into_iter()
+                        .map(|(t, ps)| TopicProduceData::default().with_name(TopicName(StrBytes::from_string(t.to_string()))).with_partition_data(ps))
+                        .collect(),
+                );
+            *self.producing.entry(broker).or_default() += 1;
+            match conn.send(&req) {
+                Ok(fut) => self.tasks.push(Box::pin(async move { Event::Produced { broker, sent, result: fut.await } })),
+                Err(e) => self.tasks.push(Box::pin(async move { Event::Produced { broker, sent, result: Err(e) } })),
+            }
+        }
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::Discovered(result) => self.on_discovered(result),
+            Event::Fetched { broker, requested, result, charge } => {
+                self.fetching.remove(&broker);
+                self.on_fetched(broker, requested, result, charge);
+            }
+            Event::Produced { broker, sent, result } => {
+                if let Some(n) = self.producing.get_mut(&broker) {
+                    *n = n.saturating_sub(1);
+                }
+                self.on_produced(broker, sent, result);
+            }
+            Event::TargetConnected { broker, result } => {
+                self.connecting.remove(&broker);
+                match result {
+                    Ok(c) => {
+                        self.target_conns.insert(broker, c);
+                    }
+                    Err(e) => {
+                        self.target_unreachable(&e.to_string());
+                        self.discover_now = true;
+                        self.delay_target_broker(broker);
+                    }
+                }
+            }
+            Event::ProducerId(result) => {
+                self.producer_requested = false;
+                match result {
+                    Ok((id, epoch)) => {
+                        info!(flow = %self.flow.name, producer_id = id, producer_epoch = epoch, "idempotent producer ready on target cluster '{}'", self.target.alias());
+                        self.producer = Some((id, epoch));
+                        for p in self.parts.values_mut() {
+                            p.next_sequence = 0;
+                        }
+                    }
+                    Err(e) => {
+                        self.target_unreachable(&format!("cannot get a producer id: {e}"));
+                        // retried by schedule() after the poll tick; back off a little
+                        self.producer_requested = true;
+                        let target = self.target.clone();
+                        let backoff = Tuning::ms(self.tuning.retry_backoff_max_ms);
+                        self.tasks.push(Box::pin(async move {
+                            tokio::time::sleep(backoff).await;
+                            Event::ProducerId(target.init_producer_id().await)
+                        }));
+                    }
+                }
+            }
+        }
+    }
+
+    fn delay_target_broker(&mut self, broker: i32) {
+        let until = Instant::now() + Tuning::ms(self.tuning.retry_backoff_max_ms.min(1000));
+        for p in self.parts.values_mut() {
+            if p.target_leader == Some(broker) {
+                p.produce_not_before = until;
+            }
+        }
+    }
+
+    fn target_unreachable(&mut self, why: &str) {
+        if self.target_down.is_none() {
+            error!(flow = %self.flow.name, side = "target", retrying = true, "target cluster '{}' is failing: {why}", self.target.alias());
+            self.target_down = Some((Instant::now(), why.to_owned()));
+        } else {
+            debug!(flow = %self.flow.name, "target still failing: {why}");
+        }
+    }
+
+    fn target_ok(&mut self) {
+        if let Some((since, _)) = self.target_down.take() {
+            info!(flow = %self.flow.name, side = "target", "target cluster '{}' is back after {:.1}s; resuming", self.target.alias(), since.elapsed().as_secs_f64());
+        }
+    }
+
+    fn source_unreachable(&mut self, why: &str) {
+        if self.source_down.is_none() {
+            error!(flow = %self.flow.name, side = "source", retrying = true, "source cluster '{}' is failing: {why}", self.source.alias());
+            self.source_down = Some((Instant::now(), why.to_owned()));
+        }
+    }
+
+    fn source_ok(&mut self) {
+        if let Some((since, _)) = self.source_down.take() {
+            info!(flow = %self.flow.name, side = "source", "source cluster '{}' is back after {:.1}s", self.source.alias(), since.elapsed().as_secs_f64());
+        }
+    }
+
+    fn on_discovered(&mut self, result: Result<Discovery, ClusterError>) {
+        self.discovering = false;
+        let d = match result {
+            Ok(d) => d,
+            Err(e) => {
+                if e.to_string().contains(&format!("cluster '{}'", self.source.alias())) {
+                    self.source_unreachable(&e.to_string());
+                } else {
+                    self.target_unreachable(&e.to_string());
+                }
+                return;
+            }
+        };
+        self.first_discovery_done = true;
+        self.source_ok();
+        for (topic, why) in d.refused {
+            if self.refused_topics.get(&topic) != Some(&why) {
+                error!(flow = %self.flow.name, topic = %topic, "topic not mirrored: {why}");
+                self.refused_topics.insert(topic, why);
+            }
+        }
+        for (topic, t) in d.target_topics {
+            self.target_topics.insert(topic, t);
+        }
+        let now = Instant::now();
+        for (tp, start) in d.new_partitions {
+            let target = TopicPartition { topic: Arc::from(self.flow.target_topic(&tp.topic)), partition: tp.partition };
+            info!(flow = %self.flow.name, partition = %tp, start_offset = start, target = %target, "mirroring partition");
+            self.parts.insert(
+                tp,
+                PartState {
+                    target,
+                    source_leader: None,
+                    source_leader_epoch: -1,
+                    target_leader: None,
+                    fetch_offset: start,
+                    high_watermark: start,
+                    partition_max_bytes: self.tuning.fetch_partition_max_bytes as i32,
+                    fetch_not_before: now,
+                    stage: TxnStage::new(self.tuning.transaction_buffer_bytes as usize),
+                    queue: VecDeque::new(),
+                    in_flight: 0,
+                    recovering: false,
+                    produce_not_before: now,
+                    produce_backoff: Tuning::ms(self.tuning.retry_backoff_ms),
+                    next_sequence: 0,
+                    stopped: None,
+                },
+            );
+        }
+        // Leaders on both sides.
+        for (tp, p) in &mut self.parts {
+            if let Some(info) = d.source.topics.get(&*tp.topic).and_then(|t| t.partitions.get(tp.partition as usize)) {
+                p.source_leader = (info.leader >= 0).then_some(info.leader);
+                p.source_leader_epoch = info.leader_epoch;
+            }
+            if let Some(info) = d.target.topics.get(&*p.target.topic).and_then(|t| t.partitions.get(p.target.partition as usize)) {
+                let leader = (info.leader >= 0).then_some(info.leader);
+                if leader != p.target_leader {
+                    debug!(partition = %p.target, ?leader, "target leader");
+                }
+                p.target_leader = leader;
+            } else {
+                p.target_leader = None;
+            }
+        }
+    }
+
+    fn on_fetched(&mut self, broker: i32, requested: Vec<(TopicPartition, i64)>, result: Result<FetchResponse, NetError>, mut charge: Charge) {
+        let resp = match result {
+            Ok(r) => r,
+            Err(e) => {
+                self.source_unreachable(&e.to_string());
+                self.discover_now = true;
+                let until = Instant::now() + Tuning::ms(self.tuning.retry_backoff_max_ms.min(1000));
+                for (tp, _) in &requested {
+                    if let Some(p) = self.parts.get_mut(tp) {
+                        p.fetch_not_before = until;
+                    }
+                }
+                return;
+            }
+        };
+        self.source_ok();
+        if let Some(e) = ResponseError::try_from_code(resp.error_code) {
+            warn!(flow = %self.flow.name, side = "source", broker, retrying = true, "Fetch failed as a whole: {e}");
+            self.discover_now = true;
+            return;
+        }
+        let requested: HashMap<TopicPartition, i64> = requested.into_iter().collect();
+        let mut fetched_bytes = 0u64;
+        let mut holds: Vec<(TopicPartition, Bytes, i64)> = Vec::new();
+        for topic in resp.responses {
+            let name = topic.topic.0.as_str().to_owned();
+            for pd in topic.partitions {
+                let tp = TopicPartition::new(&name, pd.partition_index);
+                let Some(&offset) = requested.get(&tp) else { continue };
+                let Some(p) = self.parts.get_mut(&tp) else { continue };
+                if p.fetch_offset != offset || p.stopped.is_some() {
+                    continue; // moved since the request was sent
+                }
+                if pd.high_watermark >= 0 {
+                    p.high_watermark = pd.high_watermark;
+                }
+                if let Some(e) = ResponseError::try_from_code(pd.error_code) {
+                    self.on_fetch_partition_error(&tp, e, pd.log_start_offset, pd.high_watermark);
+                    continue;
+                }
+                if let Some(records) = pd.records {
+                    if !records.is_empty() {
+                        fetched_bytes += records.len() as u64;
+                        holds.push((tp, records, offset));
+                    }
+                }
+            }
+        }
+        // The response may exceed max_bytes by one batch (KIP-74): account for all of it.
+        if fetched_bytes > charge.bytes {
+            charge.grow(fetched_bytes - charge.bytes);
+        }
+        for (tp, records, offset) in holds {
+            let part_charge = charge.split(records.len() as u64);
+            self.accept_records(&tp, records, offset, part_charge);
+        }
+    }
+
+    fn on_fetch_partition_error(&mut self, tp: &TopicPartition, e: ResponseError, log_start: i64, hwm: i64) {
+        let flow = self.flow.name.clone();
+        let Some(p) = self.parts.get_mut(tp) else { return };
+        if e == ResponseError::OffsetOutOfRange {
+            let (new_offset, what) = if log_start >= 0 && p.fetch_offset < log_start {
+                (log_start, "the source deleted it (retention); records before the log start are lost to the mirror")
+            } else if hwm >= 0 {
+                (hwm, "the source log is shorter than our position (truncated after an unclean election?)")
+            } else {
+                (p.fetch_offset, "")
+            };
+            if new_offset == p.fetch_offset || new_offset < 0 {
+                let why = format!("offset {} is out of range and the broker gave no valid position", p.fetch_offset);
+                stop_partition(&flow, tp, p, Side::Source, why);
+                return;
+            }
+            error!(flow = %flow, side = "source", partition = %tp, from = p.fetch_offset, to = new_offset, "fetch position out of range: {what}; continuing at {new_offset}");
+            p.fetch_offset = new_offset;
+            drop(p.stage.clear());
+            return;
+        }
+        if needs_metadata(e) || e.is_retriable() {
+            debug!(flow = %flow, partition = %tp, "fetch error {e}, refreshing metadata");
+            p.fetch_not_before = Instant::now() + Tuning::ms(self.tuning.retry_backoff_ms);
+            self.discover_now = true;
+            return;
+        }
+        stop_partition(&flow, tp, p, Side::Source, format!("Fetch failed with {e} (not retriable)"));
+    }
+
+    /// Takes a partition's fetched bytes apart and stages them.
+    fn accept_records(&mut self, tp: &TopicPartition, records: Bytes, requested_offset: i64, mut charge: Charge) {
+        let flow = self.flow.name.clone();
+        let stats = self.stats.clone();
+        let Some(p) = self.parts.get_mut(tp) else { return };
+        let split = match batch::split_batches(records) {
+            Ok(s) => s,
+            Err(e) => {
+                stop_partition(&flow, tp, p, Side::Source, format!("unreadable data at offset {requested_offset}: {e}"));
+                return;
+            }
+        };
+        if split.batches.is_empty() && split.truncated_tail {
+            // Not even one whole batch fits: ask for more next time.
+            let grown = p.partition_max_bytes.saturating_mul(2).min(1 << 30);
+            warn!(flow = %flow, partition = %tp, "a batch at offset {} is larger than the fetch size {}; retrying with {grown} bytes", p.fetch_offset, p.partition_max_bytes);
+            p.partition_max_bytes = grown;
+            return;
+        }
+        for raw in split.batches {
+            let h = *raw.header();
+            if h.next_offset() <= p.fetch_offset {
+                continue; // before our position (a broker may return a whole batch we are inside of)
+            }
+            let verified = match raw.verify() {
+                Ok(v) => v,
+                Err(e) => {
+                    let why = format!("corrupt batch at offset {}: {e}", h.base_offset);
+                    stop_partition(&flow, tp, p, Side::Source, why);
+                    return;
+                }
+            };
+            if h.base_offset < p.fetch_offset {
+                // Only at a start position inside a batch (the source's "latest" can point
+                // there): forward the whole batch rather than lose its tail.
+                warn!(flow = %flow, partition = %tp, "batch {}..={} starts before the start position {}; forwarding it whole", h.base_offset, h.last_offset(), p.fetch_offset);
+            }
+            let size = verified.bytes().len();
+            if h.is_control() {
+                stats.control_batches.fetch_add(1, Ordering::Relaxed);
+                match verified.control_type() {
+                    Ok(Some(ControlType::Commit)) => p.stage.marker(h.producer_id, h.base_offset, Outcome::Commit),
+                    Ok(Some(ControlType::Abort)) => p.stage.marker(h.producer_id, h.base_offset, Outcome::Abort),
+                    Ok(_) => {}
+                    Err(e) => {
+                        stop_partition(&flow, tp, p, Side::Source, format!("unreadable control batch at offset {}: {e}", h.base_offset));
+                        return;
+                    }
+                }
+            } else if !verified.is_empty() {
+                let pending = Pending { id: self.next_pending_id, batch: verified, stamp: None, _charge: charge.split(size as u64) };
+                self.next_pending_id += 1;
+                p.stage.push(h.base_offset, size, h.is_transactional().then_some(h.producer_id), pending);
+            }
+            p.fetch_offset = h.next_offset();
+        }
+        for released in p.stage.release() {
+            match released {
+                Released::Forward(pending) => p.queue.push_back(pending),
+                Released::Drop(pending) => {
+                    stats.aborted_records.fetch_add(u64::try_from(pending.batch.header().records_count).unwrap_or(0), Ordering::Relaxed);
+                }
+            }
+        }
+        let (dropped, rewind) = p.stage.after_fetch();
+        if !dropped.is_empty() {
+            warn!(flow = %flow, partition = %tp, "open transaction holds more than transaction_buffer_bytes; scanning ahead for its end, then re-fetching");
+        }
+        if let Some(offset) = rewind {
+            info!(flow = %flow, partition = %tp, "transaction outcomes known; re-fetching from {offset}");
+            p.fetch_offset = offset;
+        }
+        p.stage.prune(p.fetch_offset);
+    }
+
+    fn on_produced(&mut self, broker: i32, sent: Vec<(TopicPartition, u64)>, result: Result<ProduceResponse, NetError>) {
+        let resp = match result {
+            Ok(r) => r,
+            Err(e) => {
+                self.target_unreachable(&e.to_string());
+                self.target_conns.remove(&broker);
+                self.discover_now = true;
+                for (tp, id) in sent {
+                    self.produce_failed(&tp, id, None);
+                }
+                return;
+            }
+        };
+        let mut errors: HashMap<(String, i32), (ResponseError, Option<String>)> = HashMap::new();
+        let mut answered: HashSet<(String, i32)> = HashSet::new();
+        for t in &resp.responses {
+            for pr in &t.partition_responses {
+                let key = (t.name.0.as_str().to_owned(), pr.index);
+                answered.insert(key.clone());
+                if let Some(e) = ResponseError::try_from_code(pr.error_code) {
+                    if e != ResponseError::DuplicateSequenceNumber {
+                        errors.insert(key, (e, pr.error_message.as_ref().map(|m| m.as_str().to_owned())));
+                    }
+                }
+            }
+        }
+        let mut any_ok = false;
+        for (tp, id) in sent {
+            let Some(p) = self.parts.get(&tp) else { continue };
+            let key = (p.target.topic.to_string(), p.target.partition);
+            if !answered.contains(&key) {
+                let flow = self.flow.name.clone();
+                warn!(flow = %flow, partition = %tp, "target did not answer for partition {}; retrying", p.target);
+                self.produce_failed(&tp, id, None);
+            } else if let Some((e, msg)) = errors.get(&key) {
+                self.produce_failed(&tp, id, Some((*e, msg.clone())));
+            } else {
+                any_ok = true;
+                self.produce_acked(&tp, id);
+            }
+        }
+        if any_ok {
+            self.target_ok();
+        }
+    }
+
+    fn produce_acked(&mut self, tp: &TopicPartition, id: u64) {
+        let flow = self.flow.name.clone();
+        let Some(p) = self.parts.get_mut(tp) else { return };
+        p.in_flight = p.in_flight.saturating_sub(1);
+        let pos = p.queue.iter().position(|e| e.id == id);
+        let Some(pos) = pos else { return };
+        if pos != 0 {
+            error!(flow = %flow, partition = %tp, "target acknowledged a batch ahead of an unacknowledged one: the target broker does not enforce idempotent sequences");
+        }
+        let entry = p.queue.remove(pos).expect("position is valid");
+        let h = entry.batch.header();
+        self.stats.records.fetch_add(u64::try_from(h.records_count).unwrap_or(0), Ordering::Relaxed);
+        self.stats.bytes.fetch_add(entry.batch.bytes().len() as u64, Ordering::Relaxed);
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        p.produce_backoff = Tuning::ms(self.tuning.retry_backoff_ms);
+        if p.recovering && p.in_flight == 0 {
+            p.recovering = false;
+        }
+    }
+
+    fn produce_failed(&mut self, tp: &TopicPartition, id: u64, error: Option<(ResponseError, Option<String>)>) {
+        let flow = self.flow.name.clone();
+        let max_backoff = Tuning::ms(self.tuning.retry_backoff_max_ms);
+        let Some(p) = self.parts.get_mut(tp) else { return };
+        p.in_flight = p.in_flight.saturating_sub(1);
+        let offset = p.queue.iter().find(|e| e.id == id).map_or(-1, Pending::base_offset);
+        let mut reset_producer = false;
+        if let Some((e, msg)) = &error {
+            let detail = msg.as_deref().map(|m| format!(" ({m})")).unwrap_or_default();
+            let front = p.queue.front().is_some_and(|f| f.id == id);
+            if is_producer_state_error(*e) {
+                if front && !p.recovering {
+                    warn!(flow = %flow, partition = %p.target, "target lost our producer state ({e}{detail}); getting a new producer id and resending from source offset {offset}");
+                    reset_producer = true;
+                }
+            } else if needs_metadata(*e) {
+                debug!(flow = %flow, partition = %p.target, "produce error {e}; refreshing metadata");
+                self.discover_now = true;
+            } else if !e.is_retriable() {
+                let why = format!("target refused the batch at source offset {offset}: {e}{detail}");
+                stop_partition(&flow, tp, p, Side::Target, why);
+                return;
+            } else {
+                debug!(flow = %flow, partition = %p.target, "retriable produce error {e}{detail}");
+            }
+        }
+        p.recovering = p.in_flight > 0;
+        p.produce_not_before = Instant::now() + p.produce_backoff;
+        p.produce_backoff = (p.produce_backoff * 2).min(max_backoff);
+        if reset_producer {
+            self.reset_producer();
+        }
+    }
+
+    /// Drops the producer id; a new one is requested and every unacknowledged batch
+    /// gets a new stamp from sequence 0 when it is sent again.
+    fn reset_producer(&mut self) {
+        if self.producer.take().is_none() {
+            return;
+        }
+        for p in self.parts.values_mut() {
+            p.next_sequence = 0;
+            if p.in_flight > 0 {
+                p.recovering = true;
+            }
+        }
+    }
+
+    fn summary(&mut self, last: &mut (Instant, u64, u64)) {
+        let now = Instant::now();
+        let records = self.stats.records.load(Ordering::Relaxed);
+        let bytes = self.stats.bytes.load(Ordering::Relaxed);
+        let secs = now.duration_since(last.0).as_secs_f64().max(0.001);
+        let rps = (records - last.1) as f64 / secs;
+        let mbps = (bytes - last.2) as f64 / secs / 1e6;
+        *last = (now, records, bytes);
+        let lag: i64 = self.parts.values().map(|p| (p.high_watermark - p.mirrored_position()).max(0)).sum();
+        let stopped = self.parts.values().filter(|p| p.stopped.is_some()).count();
+        info!(
+            flow = %self.flow.name,
+            "{rps:.0} records/s, {mbps:.2} MB/s, lag {lag} records, {} partitions ({stopped} stopped), {} records mirrored, {} aborted skipped, buffer {:.1} MB",
+            self.parts.len(),
+            records,
+            self.stats.aborted_records.load(Ordering::Relaxed),
+            self.budget.used() as f64 / 1e6
+        );
+        for (tp, p) in &self.parts {
+            if let Some(why) = &p.stopped {
+                warn!(flow = %self.flow.name, partition = %tp, "partition stopped: {why}");
+            }
+        }
+    }
+}
+
+fn stop_partition(flow: &str, tp: &TopicPartition, p: &mut PartState, side: Side, why: String) {
+    if p.stopped.is_none() {
+        error!(flow = %flow, side = %side, partition = %tp, retrying = false, "partition stopped: {why}");
+        p.stopped = Some(format!("{side}: {why}"));
+    }
+}
+
+/// One discovery round: lists matching source topics, makes sure their target topics
+/// exist with enough partitions, and finds start offsets of partitions not yet known.
+async fn discover(
+    flow: Flow,
+    source: Arc<Cluster>,
+    target: Arc<Cluster>,
+    known: HashSet<TopicPartition>,
+    known_target_topics: HashSet<String>,
+    first: bool,
+) -> Event {
+    Event::Discovered(discover_inner(&flow, &source, &target, &known, &known_target_topics, first).await)
+}
+
+async fn discover_inner(
+    flow: &Flow,
+    source: &Cluster,
+    target: &Cluster,
+    known: &HashSet<TopicPartition>,
+    known_target_topics: &HashSet<String>,
+    first: bool,
+) -> Result<Discovery, ClusterError> {
+    let src = source.metadata(None).await?;
+    let mut matching: Vec<(&String, usize, usize)> = src
+        .topics
+        .iter()
+        .filter(|(name, t)| !t.is_internal && t.error.is_none() && flow.matches(name))
+        .map(|(name, t)| (name, t.partitions.len(), t.partitions.iter().map(|p| p.replicas).max().unwrap_or(1)))
+        .collect();
+    matching.sort();
+    let target_names: Vec<String> = matching.iter().map(|(n, ..)| flow.target_topic(n)).collect();
+    let mut tgt = if target_names.is_empty() { ClusterMetadata::default() } else { target.metadata(Some(&target_names)).await? };
+    let mut refused = Vec::new();
+    let mut changed = false;
+    let mut usable = Vec::new();
+    for ((name, partitions, replicas), tname) in matching.iter().zip(&target_names) {
+        let existing = tgt.topics.get(tname).filter(|t| t.error.is_none()).map(|t| t.partitions.len());
+        match existing {
+            None => {
+                let rf = (*replicas).clamp(1, tgt.brokers.len().max(1)) as i16;
+                info!(flow = %flow.name, "creating target topic '{tname}' on '{}' with {partitions} partitions, replication factor {rf}", target.alias());
+                if let Err(e) = target.create_topic(tname, *partitions as i32, rf).await {
+                    if e.is_retriable() {
+                        return Err(e);
+                    }
+                    refused.push(((*name).clone(), format!("cannot create target topic '{tname}': {e}")));
+                    continue;
+                }
+                changed = true;
+            }
+            Some(n) if n < *partitions => {
+                if known.iter().any(|tp| &*tp.topic == name.as_str()) {
+                    // The source grew while we mirror: grow the target the same way.
+                    info!(flow = %flow.name, "source topic '{name}' grew to {partitions} partitions; growing target topic '{tname}'");
+                    if let Err(e) = target.create_partitions(tname, *partitions as i32).await {
+                        refused.push(((*name).clone(), format!("cannot grow target topic '{tname}' to {partitions} partitions: {e}")));
+                        continue;
+                    }
+                    changed = true;
+                } else {
+                    refused.push((
+                        (*name).clone(),
+                        format!("target topic '{tname}' has {n} partitions but the source has {partitions}; partition i is mirrored to partition i, so the target needs at least as many"),
+                    ));
+                    continue;
+                }
+            }
+            Some(_) => {}
+        }
+        usable.push(((*name).clone(), *partitions, tname.clone()));
+    }
+    if changed {
+        // Newly created topics: wait for their leaders.
+        for _ in 0..20 {
+            tgt = target.metadata(Some(&target_names)).await?;
+            let ready = usable.iter().all(|(_, n, t)| {
+                tgt.topics.get(t).is_some_and(|ti| ti.error.is_none() && ti.partitions.len() >= *n && ti.partitions.iter().all(|p| p.leader >= 0))
+            });
+            if ready {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    let mut target_topics = Vec::new();
+    for (_, _, tname) in &usable {
+        if known_target_topics.contains(tname) {
+            continue;
+        }
+        let configs = target.topic_configs(tname).await.unwrap_or_default();
+        if let Some(c) = configs.get("compression.type") {
+            if c != "producer" {
+                warn!(flow = %flow.name, "target topic '{tname}' has compression.type={c}: the target broker will recompress every batch (set it to 'producer' to keep batches as mirrored)");
+            }
+        }
+        let max_message_bytes = configs.get("max.message.bytes").and_then(|v| v.parse::<usize>().ok());
+        target_topics.push((tname.clone(), TargetTopic { name: Arc::from(tname.as_str()), max_message_bytes }));
+    }
+    // Start offsets for partitions not yet mirrored.
+    let mut new_partitions = Vec::new();
+    let mut by_leader: BTreeMap<(i32, String), Vec<i32>> = BTreeMap::new();
+    for (name, partitions, _) in &usable {
+        let info = &src.topics[name];
+        for i in 0..*partitions {
+            let tp = TopicPartition::new(name, i as i32);
+            if known.contains(&tp) {
+                continue;
+            }
+            let leader = info.partitions[i].leader;
+            if leader < 0 {
+                continue; // no leader yet: next round
+            }
+            by_leader.entry((leader, name.clone())).or_default().push(i as i32);
+        }
+    }
+    // Partitions present at the first round start where the config says; partitions that
+    // appear later are new data in full and start at the beginning.
+    let timestamp = if first && flow.start == StartAt::Latest { -1 } else { -2 };
+    for ((leader, topic), parts) in by_leader {
+        for (partition, result) in source.list_offsets(leader, &topic, &parts, timestamp).await? {
+            match result {
+                Ok(offset) => new_partitions.push((TopicPartition::new(&topic, partition), offset)),
+                Err(e) => debug!("ListOffsets {topic}-{partition}: {e}; next round"),
+            }
+        }
+    }
+    let _ = target_topics.iter().map(|(_, t)| &t.name).count();
+    Ok(Discovery { source: src, target: tgt, new_partitions, target_topics, refused })
+}

@@ -1,0 +1,438 @@
+//! Connections to brokers: sockets, ApiVersions negotiation, correlation ids, pipelining.
+//!
+//! One [`Connection`] is one TCP stream to one broker. Requests are pipelined: any
+//! number of tasks may call [`Connection::call`] at once; the request frames are written
+//! in the order the calls were made (Kafka answers in request order per connection,
+//! which the idempotent producer relies on) and responses are matched by correlation id.
+//!
+//! A writer task and a reader task own the two halves of the stream, as in rskafka's
+//! messenger. When the stream breaks, the connection becomes *poisoned*: every pending
+//! and every later request fails at once with the same error, and the owner opens a new
+//! connection. A half-broken connection is never reused.
+//!
+//! [`Transport`] is the byte stream under a connection. TLS joins it as a second variant
+//! (inter-datacenter links); the rest of the layer does not care which one it is.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, ApiVersionsRequest};
+use kafka_protocol::protocol::{Request, StrBytes};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::wire::{self, WireError};
+
+/// Largest response frame accepted. Fetch responses are bounded by our own max_bytes
+/// plus one batch; anything near this is a peer that does not speak Kafka.
+pub const MAX_FRAME: usize = 512 << 20;
+
+/// Errors of the network layer. Each names the broker address.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum NetError {
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect { addr: String, reason: String },
+    #[error("connection to {addr} broke: {reason}")]
+    Broken { addr: String, reason: String },
+    #[error("{addr} did not answer {api:?} within {timeout:?}")]
+    Timeout { addr: String, api: ApiKey, timeout: Duration },
+    #[error("{addr} sent bytes that are not a valid Kafka response: {reason}")]
+    Protocol { addr: String, reason: String },
+    #[error("{addr} does not support {api:?} in a version we speak (broker {broker_min}..={broker_max}, ours {ours_min}..={ours_max})")]
+    UnsupportedVersion { addr: String, api: ApiKey, broker_min: i16, broker_max: i16, ours_min: i16, ours_max: i16 },
+}
+
+impl NetError {
+    /// Network errors are all worth retrying on a new connection, except a version
+    /// mismatch and a peer that does not speak Kafka.
+    #[must_use]
+    pub fn is_retriable(&self) -> bool {
+        !matches!(self, NetError::UnsupportedVersion { .. } | NetError::Protocol { .. })
+    }
+}
+
+/// The byte stream under a connection.
+pub enum Transport {
+    Plain(TcpStream),
+}
+
+impl Transport {
+    fn split(self) -> (Box<dyn AsyncRead + Send + Unpin>, Box<dyn AsyncWrite + Send + Unpin>) {
+        match self {
+            Transport::Plain(s) => {
+                let (r, w) = s.into_split();
+                (Box::new(r), Box::new(w))
+            }
+        }
+    }
+}
+
+/// Highest version of each API this client implements. Fetch and Produce stop at the
+/// last versions that name topics (v13 of both switched to topic ids, KIP-516).
+#[must_use]
+pub fn our_max_version(api: ApiKey) -> i16 {
+    match api {
+        ApiKey::Fetch | ApiKey::Produce => 12,
+        ApiKey::Metadata => 12,
+        ApiKey::ApiVersions => 3,
+        ApiKey::ListOffsets => 8,
+        ApiKey::CreateTopics => 7,
+        ApiKey::CreatePartitions => 3,
+        ApiKey::DescribeConfigs => 4,
+        ApiKey::InitProducerId => 4,
+        _ => i16::MAX,
+    }
+}
+
+type Reply = oneshot::Sender<Result<Bytes, NetError>>;
+
+struct Shared {
+    addr: String,
+    pending: Mutex<HashMap<i32, Reply>>,
+    poison: Mutex<Option<NetError>>,
+}
+
+impl Shared {
+    fn poison(&self, err: NetError) {
+        let mut p = self.poison.lock().unwrap();
+        if p.is_none() {
+            *p = Some(err.clone());
+        }
+        drop(p);
+        let drained: Vec<Reply> = self.pending.lock().unwrap().drain().map(|(_, r)| r).collect();
+        for reply in drained {
+            let _ = reply.send(Err(err.clone()));
+        }
+    }
+}
+
+/// A pipelined connection to one broker.
+pub struct Connection {
+    shared: Arc<Shared>,
+    tx: mpsc::UnboundedSender<Bytes>,
+    next_correlation: AtomicI32,
+    versions: HashMap<i16, (i16, i16)>,
+    client_id: String,
+    request_timeout: Duration,
+}
+
+impl Connection {
+    /// Connects and negotiates API versions.
+    pub async fn connect(
+        addr: &str,
+        client_id: &str,
+        connect_timeout: Duration,
+        request_timeout: Duration,
+    ) -> Result<Self, NetError> {
+        let cerr = |reason: String| NetError::Connect { addr: addr.to_owned(), reason };
+        let stream = tokio::time::timeout(connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| cerr(format!("no answer within {connect_timeout:?}")))?
+            .map_err(|e| cerr(e.to_string()))?;
+        stream.set_nodelay(true).map_err(|e| cerr(e.to_string()))?;
+        let mut conn = Self::start(Transport::Plain(stream), addr, client_id, request_timeout);
+        conn.negotiate().await?;
+        Ok(conn)
+    }
+
+    fn start(transport: Transport, addr: &str, client_id: &str, request_timeout: Duration) -> Self {
+        let shared = Arc::new(Shared {
+            addr: addr.to_owned(),
+            pending: Mutex::new(HashMap::new()),
+            poison: Mutex::new(None),
+        });
+        let (reader, writer) = transport.split();
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(write_loop(writer, rx, shared.clone()));
+        tokio::spawn(read_loop(reader, shared.clone()));
+        Self {
+            shared,
+            tx,
+            next_correlation: AtomicI32::new(1),
+            versions: HashMap::new(),
+            client_id: client_id.to_owned(),
+            request_timeout,
+        }
+    }
+
+    async fn negotiate(&mut self) -> Result<(), NetError> {
+        let req = ApiVersionsRequest::default()
+            .with_client_software_name(StrBytes::from_static_str("mirrorproxy"))
+            .with_client_software_version(StrBytes::from_static_str(env!("CARGO_PKG_VERSION")));
+        // v3 first; a broker that does not know it answers in v0 with UNSUPPORTED_VERSION
+        // and its own version list (KIP-511), so decoding it at v0 works as well.
+        let frame = self.raw_call::<ApiVersionsRequest>(&req, 3).await?;
+        let resp = match wire::decode_response::<ApiVersionsRequest>(frame.clone(), 3) {
+            Ok(r) if r.error_code == 0 => r,
+            _ => wire::decode_response::<ApiVersionsRequest>(frame, 0).map_err(|e| self.protocol_error(&e))?,
+        };
+        if resp.error_code != 0 && resp.api_keys.is_empty() {
+            return Err(NetError::Protocol {
+                addr: self.addr().to_owned(),
+                reason: format!("ApiVersions failed with error code {}", resp.error_code),
+            });
+        }
+        self.versions = resp.api_keys.iter().map(|k| (k.api_key, (k.min_version, k.max_version))).collect();
+        Ok(())
+    }
+
+    /// The broker address this connection goes to.
+    #[must_use]
+    pub fn addr(&self) -> &str {
+        &self.shared.addr
+    }
+
+    /// True once the stream broke; the owner should open a new connection.
+    #[must_use]
+    pub fn is_poisoned(&self) -> bool {
+        self.shared.poison.lock().unwrap().is_some()
+    }
+
+    /// The version used for request type `R`: the highest one both sides support.
+    pub fn version_for<R: Request>(&self) -> Result<i16, NetError> {
+        let api = wire::api_key::<R>();
+        let ours_min = R::VERSIONS.min;
+        let ours_max = R::VERSIONS.max.min(our_max_version(api));
+        let (broker_min, broker_max) = self.versions.get(&R::KEY).copied().unwrap_or((-1, -1));
+        let v = ours_max.min(broker_max);
+        if broker_max < 0 || v < ours_min.max(broker_min) {
+            return Err(NetError::UnsupportedVersion {
+                addr: self.addr().to_owned(),
+                api,
+                broker_min,
+                broker_max,
+                ours_min,
+                ours_max,
+            });
+        }
+        Ok(v)
+    }
+
+    /// Sends a request and waits for its response, at the negotiated version.
+    pub async fn call<R: Request>(&self, request: &R) -> Result<R::Response, NetError> {
+        let version = self.version_for::<R>()?;
+        self.call_at(request, version).await
+    }
+
+    /// Sends a request at an explicit version and waits for its response.
+    pub async fn call_at<R: Request>(&self, request: &R, version: i16) -> Result<R::Response, NetError> {
+        self.send_at(request, version)?.await
+    }
+
+    /// Queues a request *now* and returns a future for its response.
+    ///
+    /// Requests queued by successive `send` calls are written in that order, which is
+    /// what keeps an idempotent producer's batches in sequence order on the wire, even
+    /// though their responses are awaited elsewhere.
+    pub fn send<R: Request>(
+        &self,
+        request: &R,
+    ) -> Result<impl std::future::Future<Output = Result<R::Response, NetError>> + Send + 'static, NetError> {
+        let version = self.version_for::<R>()?;
+        self.send_at(request, version)
+    }
+
+    fn send_at<R: Request>(
+        &self,
+        request: &R,
+        version: i16,
+    ) -> Result<impl std::future::Future<Output = Result<R::Response, NetError>> + Send + 'static, NetError> {
+        let reply = self.enqueue(request, version)?;
+        let shared = self.shared.clone();
+        let timeout = self.request_timeout;
+        Ok(async move {
+            let api = wire::api_key::<R>();
+            let frame = match tokio::time::timeout(timeout, reply).await {
+                Ok(Ok(result)) => result?,
+                Ok(Err(_)) => {
+                    return Err(NetError::Broken { addr: shared.addr.clone(), reason: "connection closed".into() })
+                }
+                Err(_) => {
+                    let err = NetError::Timeout { addr: shared.addr.clone(), api, timeout };
+                    // The stream's state is unknown now: start over on a new connection.
+                    shared.poison(err.clone());
+                    return Err(err);
+                }
+            };
+            wire::decode_response::<R>(frame, version).map_err(|e| {
+                let err = NetError::Protocol { addr: shared.addr.clone(), reason: e.to_string() };
+                // We disagree with the broker about the message layout: fail everything on it.
+                shared.poison(err.clone());
+                err
+            })
+        })
+    }
+
+    fn protocol_error(&self, e: &WireError) -> NetError {
+        NetError::Protocol { addr: self.addr().to_owned(), reason: e.to_string() }
+    }
+
+    async fn raw_call<R: Request>(&self, request: &R, version: i16) -> Result<Bytes, NetError> {
+        let reply = self.enqueue(request, version)?;
+        match tokio::time::timeout(self.request_timeout, reply).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(NetError::Broken { addr: self.addr().to_owned(), reason: "connection closed".into() }),
+            Err(_) => {
+                let err = NetError::Timeout { addr: self.addr().to_owned(), api: wire::api_key::<R>(), timeout: self.request_timeout };
+                self.shared.poison(err.clone());
+                Err(err)
+            }
+        }
+    }
+
+    /// Registers a correlation id and hands the frame to the writer task.
+    fn enqueue<R: Request>(&self, request: &R, version: i16) -> Result<oneshot::Receiver<Result<Bytes, NetError>>, NetError> {
+        if let Some(err) = self.shared.poison.lock().unwrap().clone() {
+            return Err(err);
+        }
+        let correlation_id = self.next_correlation.fetch_add(1, Ordering::Relaxed);
+        let frame = wire::encode_request(request, version, correlation_id, &self.client_id)
+            .map_err(|e| self.protocol_error(&e))?;
+        let (reply_tx, reply_rx) = oneshot::channel();
+        self.shared.pending.lock().unwrap().insert(correlation_id, reply_tx);
+        // Re-check: the reader may have poisoned the connection between the two locks.
+        if let Some(err) = self.shared.poison.lock().unwrap().clone() {
+            self.shared.pending.lock().unwrap().remove(&correlation_id);
+            return Err(err);
+        }
+        if self.tx.send(frame).is_err() {
+            self.shared.pending.lock().unwrap().remove(&correlation_id);
+            return Err(NetError::Broken { addr: self.addr().to_owned(), reason: "writer stopped".into() });
+        }
+        Ok(reply_rx)
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.shared.poison(NetError::Broken { addr: self.shared.addr.clone(), reason: "connection closed by us".into() });
+    }
+}
+
+async fn write_loop(mut w: Box<dyn AsyncWrite + Send + Unpin>, mut rx: mpsc::UnboundedReceiver<Bytes>, shared: Arc<Shared>) {
+    while let Some(frame) = rx.recv().await {
+        if let Err(e) = w.write_all(&frame).await {
+            shared.poison(NetError::Broken { addr: shared.addr.clone(), reason: e.to_string() });
+            return;
+        }
+        if shared.poison.lock().unwrap().is_some() {
+            return;
+        }
+    }
+    let _ = w.shutdown().await;
+}
+
+async fn read_loop(mut r: Box<dyn AsyncRead + Send + Unpin>, shared: Arc<Shared>) {
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    loop {
+        // Drain every complete frame already buffered.
+        loop {
+            match wire::check_frame(&buf, MAX_FRAME) {
+                Ok(Some(total)) => {
+                    let mut frame = buf.split_to(total).freeze();
+                    let body = frame.split_off(wire::LENGTH_PREFIX);
+                    let id = match wire::peek_correlation_id(&body) {
+                        Ok(id) => id,
+                        Err(e) => {
+                            shared.poison(NetError::Protocol { addr: shared.addr.clone(), reason: e.to_string() });
+                            return;
+                        }
+                    };
+                    let reply = shared.pending.lock().unwrap().remove(&id);
+                    match reply {
+                        Some(reply) => {
+                            let _ = reply.send(Ok(body));
+                        }
+                        None => {
+                            shared.poison(NetError::Protocol {
+                                addr: shared.addr.clone(),
+                                reason: format!("response with unknown correlation id {id}"),
+                            });
+                            return;
+                        }
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    shared.poison(NetError::Protocol { addr: shared.addr.clone(), reason: e.to_string() });
+                    return;
+                }
+            }
+        }
+        if shared.poison.lock().unwrap().is_some() {
+            return;
+        }
+        if let Some(total) = needed(&buf) {
+            buf.reserve(total.saturating_sub(buf.len()));
+        } else {
+            buf.reserve(64 * 1024);
+        }
+        match r.read_buf(&mut buf).await {
+            Ok(0) => {
+                shared.poison(NetError::Broken { addr: shared.addr.clone(), reason: "closed by the broker".into() });
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                shared.poison(NetError::Broken { addr: shared.addr.clone(), reason: e.to_string() });
+                return;
+            }
+        }
+    }
+}
+
+/// Total bytes of the frame being received, when its length prefix is known.
+fn needed(buf: &[u8]) -> Option<usize> {
+    (buf.len() >= 4).then(|| 4 + i32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]).max(0) as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    #[tokio::test]
+    async fn http_server_is_refused_with_a_clear_error() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut b = [0u8; 512];
+            let _ = s.read(&mut b).await;
+            let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n").await;
+        });
+        let err = match Connection::connect(&addr, "t", Duration::from_secs(2), Duration::from_secs(2)).await {
+            Err(e) => e,
+            Ok(_) => panic!("an HTTP server was accepted as a broker"),
+        };
+        let msg = err.to_string();
+        assert!(msg.contains("HTTP") && msg.contains(&addr), "{msg}");
+    }
+
+    #[tokio::test]
+    async fn unreachable_address_names_it() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        drop(listener);
+        let err = Connection::connect(&addr, "t", Duration::from_secs(2), Duration::from_secs(2)).await.err().unwrap();
+        assert!(matches!(err, NetError::Connect { .. }));
+        assert!(err.to_string().contains(&addr));
+    }
+
+    #[tokio::test]
+    async fn silent_peer_times_out_and_poisons() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            drop(s);
+        });
+        let err = Connection::connect(&addr, "t", Duration::from_secs(2), Duration::from_millis(300)).await.err().unwrap();
+        assert!(matches!(err, NetError::Timeout { .. }), "{err}");
+    }
+}
