@@ -20,7 +20,7 @@
 //! |     61 | records              |      | possibly one compressed blob            |
 //!
 //! Attributes: bits 0-2 compression codec, bit 3 timestamp type
-//! (LogAppendTime), bit 4 transactional, bit 5 control, bit 6
+//! (`LogAppendTime`), bit 4 transactional, bit 5 control, bit 6
 //! hasDeleteHorizonMs.
 //!
 //! `baseOffset`, `batchLength`, `partitionLeaderEpoch` and `magic` lie before

@@ -12,7 +12,7 @@
 //!
 //! The layout is the one written by Kafka's `DefaultRecordBatch.java`
 //! (`clients/src/main/java/org/apache/kafka/common/record/DefaultRecordBatch.java`);
-//! see [`header`] for the field table.
+//! see [`BatchHeader`] for the field table.
 //!
 //! # Batch states as types
 //!
@@ -72,9 +72,9 @@ mod split;
 mod verified;
 
 #[cfg(test)]
-mod testutil;
-#[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod testutil;
 
 pub use compression::{
     compress, compress_snappy, decompress, decompress_with_limit, snappy_framing, Compression,

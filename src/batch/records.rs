@@ -128,7 +128,10 @@ pub(crate) fn varint_len(value: i32) -> usize {
 /// Fails if a varint is malformed, a length is negative or runs past the
 /// record, a record does not consume exactly its declared length, there are
 /// fewer than `count` records, or bytes remain after the last one.
-pub fn walk_records(decompressed_records: &[u8], count: i32) -> Result<Vec<RecordSpan>, BatchError> {
+pub fn walk_records(
+    decompressed_records: &[u8],
+    count: i32,
+) -> Result<Vec<RecordSpan>, BatchError> {
     let data = decompressed_records;
     let count = usize::try_from(count).map_err(|_| BatchError::MalformedRecord {
         base_offset: None,
@@ -139,14 +142,13 @@ pub fn walk_records(decompressed_records: &[u8], count: i32) -> Result<Vec<Recor
     let mut spans = Vec::with_capacity(count.min(data.len() / MIN_RECORD_LEN + 1));
     let mut pos = 0usize;
     for index in 0..count {
-        let span = walk_one(data, pos).map_err(|(position, reason)| {
-            BatchError::MalformedRecord {
+        let span =
+            walk_one(data, pos).map_err(|(position, reason)| BatchError::MalformedRecord {
                 base_offset: None,
                 index,
                 position,
                 reason,
-            }
-        })?;
+            })?;
         pos = span.record.end;
         spans.push(span);
     }
@@ -187,7 +189,8 @@ fn nullable_bytes(
 
 fn walk_one(data: &[u8], start: usize) -> Result<RecordSpan, WalkError> {
     let mut pos = start;
-    let length = read_varint(data, &mut pos).ok_or((start, "malformed or missing record length"))?;
+    let length =
+        read_varint(data, &mut pos).ok_or((start, "malformed or missing record length"))?;
     let length = usize::try_from(length).map_err(|_| (start, "negative record length"))?;
     let body_start = pos;
     let body_end = body_start
@@ -204,7 +207,8 @@ fn walk_one(data: &[u8], start: usize) -> Result<RecordSpan, WalkError> {
     let at = pos;
     let timestamp_delta = read_varlong(body, &mut pos).ok_or((at, "malformed timestamp delta"))?;
     let delta_start = pos;
-    let offset_delta = read_varint(body, &mut pos).ok_or((delta_start, "malformed offset delta"))?;
+    let offset_delta =
+        read_varint(body, &mut pos).ok_or((delta_start, "malformed offset delta"))?;
     let offset_delta_bytes = delta_start..pos;
     let key = nullable_bytes(body, &mut pos, "key length below -1", true)?;
     let value = nullable_bytes(body, &mut pos, "value length below -1", true)?;
@@ -259,7 +263,20 @@ mod tests {
 
     #[test]
     fn varint_round_trip_and_len() {
-        for v in [0, 1, -1, 63, -64, 64, 300, -300, i32::MAX, i32::MIN, 1 << 20, 1 << 27] {
+        for v in [
+            0,
+            1,
+            -1,
+            63,
+            -64,
+            64,
+            300,
+            -300,
+            i32::MAX,
+            i32::MIN,
+            1 << 20,
+            1 << 27,
+        ] {
             let mut out = Vec::new();
             write_varint(&mut out, v);
             assert_eq!(out.len(), varint_len(v), "len of {v}");
@@ -272,7 +289,10 @@ mod tests {
     #[test]
     fn varint_rejects_overlong_and_truncated() {
         let mut pos = 0;
-        assert_eq!(read_varint(&[0x80, 0x80, 0x80, 0x80, 0x80, 0x01], &mut pos), None);
+        assert_eq!(
+            read_varint(&[0x80, 0x80, 0x80, 0x80, 0x80, 0x01], &mut pos),
+            None
+        );
         let mut pos = 0;
         assert_eq!(read_varint(&[0x80], &mut pos), None);
         let mut pos = 0;

@@ -82,6 +82,8 @@ impl RawBatch {
 ///
 /// Errors: a batch with magic other than 2 ([`BatchError::UnsupportedMagic`])
 /// or a `batchLength` below the 49-byte minimum ([`BatchError::Corrupt`]).
+// Owned `Bytes` by design: the returned batches share (and keep alive) its buffer.
+#[allow(clippy::needless_pass_by_value)]
 pub fn split_batches(records: Bytes) -> Result<Split, BatchError> {
     let mut split = Split::default();
     let mut pos = 0usize;

@@ -105,7 +105,11 @@ fn records_round_trip_through_walker_for_every_codec() {
             snappy_framing,
             ..TestBatch::with_records(sample_records())
         };
-        assert_eq!(walked(&tb.build()), sample_records(), "{compression} {snappy_framing:?}");
+        assert_eq!(
+            walked(&tb.build()),
+            sample_records(),
+            "{compression} {snappy_framing:?}"
+        );
     }
 }
 
@@ -168,7 +172,13 @@ fn bad_batch_length_is_corrupt() {
         a[8..12].copy_from_slice(&len.to_be_bytes());
         let err = split_batches(Bytes::from(a)).unwrap_err();
         assert!(
-            matches!(err, BatchError::Corrupt { base_offset: 1000, .. }),
+            matches!(
+                err,
+                BatchError::Corrupt {
+                    base_offset: 1000,
+                    ..
+                }
+            ),
             "{len}: {err}"
         );
         assert!(err.to_string().contains("offset 1000"), "{err}");
@@ -200,7 +210,13 @@ fn every_bit_flip_after_byte_17_is_detected() {
                         let raw = split.batches.into_iter().next().expect("complete batch");
                         let err = raw.verify().expect_err("flip must be detected");
                         assert!(
-                            matches!(err, BatchError::CrcMismatch { base_offset: 1000, .. }),
+                            matches!(
+                                err,
+                                BatchError::CrcMismatch {
+                                    base_offset: 1000,
+                                    ..
+                                }
+                            ),
                             "{compression} byte {byte} bit {bit}: {err}"
                         );
                     }
@@ -253,8 +269,16 @@ fn unchanged_crc_covered_bytes_keep_the_crc() {
         ..TestBatch::with_records(sample_records())
     };
     let input = tb.build();
-    let out = one(input.clone()).verify().unwrap().into_outgoing(STAMP).unwrap();
-    assert_eq!(&out.bytes()[8..], &input[8..], "only the base offset differs");
+    let out = one(input.clone())
+        .verify()
+        .unwrap()
+        .into_outgoing(STAMP)
+        .unwrap();
+    assert_eq!(
+        &out.bytes()[8..],
+        &input[8..],
+        "only the base offset differs"
+    );
     assert_eq!(&out.bytes()[..8], &[0; 8]);
 }
 
@@ -306,13 +330,20 @@ fn renumbering_shrinks_multibyte_offset_deltas() {
         .map(|&d| TestRecord::new(d, Some(b"key"), Some(b"value")))
         .collect();
     let input = TestBatch::with_records(recs.clone()).build();
-    let out = one(input.clone()).verify().unwrap().into_outgoing(STAMP).unwrap();
+    let out = one(input.clone())
+        .verify()
+        .unwrap()
+        .into_outgoing(STAMP)
+        .unwrap();
     // Deltas 200, 70000 and 20M take 2, 3 and 4 bytes; 1, 2, 3 take one.
     assert_eq!(out.bytes().len(), input.len() - 1 - 2 - 3);
     let got = walked(out.bytes());
     for (i, (g, r)) in got.iter().zip(&recs).enumerate() {
         assert_eq!(g.offset_delta, i as i32);
-        assert_eq!((&g.key, &g.value, g.timestamp_delta), (&r.key, &r.value, r.timestamp_delta));
+        assert_eq!(
+            (&g.key, &g.value, g.timestamp_delta),
+            (&r.key, &r.value, r.timestamp_delta)
+        );
     }
 }
 
@@ -324,9 +355,17 @@ fn trailing_compaction_only_fixes_the_header() {
         ..TestBatch::with_records(sample_records())
     };
     let input = tb.build();
-    let out = one(input.clone()).verify().unwrap().into_outgoing(STAMP).unwrap();
+    let out = one(input.clone())
+        .verify()
+        .unwrap()
+        .into_outgoing(STAMP)
+        .unwrap();
     assert_eq!(out.header().last_offset_delta, 2);
-    assert_eq!(&out.bytes()[HEADER_LEN..], &input[HEADER_LEN..], "not re-compressed");
+    assert_eq!(
+        &out.bytes()[HEADER_LEN..],
+        &input[HEADER_LEN..],
+        "not re-compressed"
+    );
     one(out.bytes().to_vec()).verify().unwrap();
 }
 
@@ -342,10 +381,15 @@ fn control_batches_are_typed_and_not_forwardable() {
         assert_eq!(v.control_type().unwrap(), Some(want));
         assert!(matches!(
             v.into_outgoing(STAMP),
-            Err(BatchError::NotForwardable { base_offset: 1000, .. })
+            Err(BatchError::NotForwardable {
+                base_offset: 1000,
+                ..
+            })
         ));
     }
-    let data = one(TestBatch::with_records(sample_records()).build()).verify().unwrap();
+    let data = one(TestBatch::with_records(sample_records()).build())
+        .verify()
+        .unwrap();
     assert_eq!(data.control_type().unwrap(), None);
     // A control record with a short key is corrupt, not a panic.
     let mut tb = control_batch(0);
@@ -391,7 +435,14 @@ fn wrong_record_count_with_valid_crc_fails_rewrite_cleanly() {
     b[17..21].copy_from_slice(&crc.to_be_bytes());
     let err = one(b).verify().unwrap().into_outgoing(STAMP).unwrap_err();
     assert!(
-        matches!(err, BatchError::MalformedRecord { base_offset: Some(1000), index: 3, .. }),
+        matches!(
+            err,
+            BatchError::MalformedRecord {
+                base_offset: Some(1000),
+                index: 3,
+                ..
+            }
+        ),
         "{err}"
     );
 }
@@ -420,7 +471,10 @@ fn concatenated_xerial_streams_decode() {
     let a = compress_snappy(b"hello ", SnappyFraming::Xerial).unwrap();
     let b = compress_snappy(b"world", SnappyFraming::Xerial).unwrap();
     let both = [a, b].concat();
-    assert_eq!(decompress(Compression::Snappy, &both).unwrap(), b"hello world");
+    assert_eq!(
+        decompress(Compression::Snappy, &both).unwrap(),
+        b"hello world"
+    );
 }
 
 #[test]
@@ -442,7 +496,16 @@ fn arb_bytes() -> impl Strategy<Value = Option<Vec<u8>>> {
     ]
 }
 
-fn arb_record() -> impl Strategy<Value = (i64, Option<Vec<u8>>, Option<Vec<u8>>, Vec<Option<Vec<u8>>>, u8)> {
+/// (timestamp delta, key, value, header values, offset gap before the record)
+type ArbRecord = (
+    i64,
+    Option<Vec<u8>>,
+    Option<Vec<u8>>,
+    Vec<Option<Vec<u8>>>,
+    u8,
+);
+
+fn arb_record() -> impl Strategy<Value = ArbRecord> {
     (
         -1_000_000i64..1_000_000,
         arb_bytes(),
@@ -464,7 +527,7 @@ fn arb_codec() -> impl Strategy<Value = (Compression, SnappyFraming)> {
 }
 
 fn build_from(
-    recs: &[(i64, Option<Vec<u8>>, Option<Vec<u8>>, Vec<Option<Vec<u8>>>, u8)],
+    recs: &[ArbRecord],
     codec: (Compression, SnappyFraming),
     transactional: bool,
     trailing_gap: u8,

@@ -27,6 +27,7 @@ impl TestRecord {
 }
 
 #[derive(Debug, Clone)]
+#[allow(clippy::struct_excessive_bools)]
 pub(crate) struct TestBatch {
     pub base_offset: i64,
     pub partition_leader_epoch: i32,
@@ -140,9 +141,13 @@ impl TestBatch {
             (Compression::Snappy, framing) => compress_snappy(&plain, framing).unwrap(),
             (c, _) => compress(c, &plain).unwrap(),
         };
-        let last_delta = self
-            .last_offset_delta
-            .unwrap_or_else(|| self.records.iter().map(|r| r.offset_delta).max().unwrap_or(0));
+        let last_delta = self.last_offset_delta.unwrap_or_else(|| {
+            self.records
+                .iter()
+                .map(|r| r.offset_delta)
+                .max()
+                .unwrap_or(0)
+        });
         let max_ts = self
             .records
             .iter()

@@ -35,7 +35,7 @@ pub enum ControlType {
     Abort,
     /// 1: the transaction was committed.
     Commit,
-    /// Any other type (e.g. KRaft's leader-change / snapshot markers).
+    /// Any other type (e.g. `KRaft` leader-change / snapshot markers).
     Other(i16),
 }
 
@@ -162,8 +162,7 @@ impl VerifiedBatch {
     #[must_use]
     pub fn needs_renumbering(&self) -> bool {
         !self.is_empty()
-            && i64::from(self.header.records_count)
-                != i64::from(self.header.last_offset_delta) + 1
+            && i64::from(self.header.records_count) != i64::from(self.header.last_offset_delta) + 1
     }
 
     /// For a control batch, the type of its marker record; `None` for data
@@ -193,7 +192,9 @@ impl VerifiedBatch {
         if version < 0 {
             return Err(corrupt("control record key has a negative version"));
         }
-        Ok(Some(ControlType::from_id(i16::from_be_bytes([kind[0], kind[1]]))))
+        Ok(Some(ControlType::from_id(i16::from_be_bytes([
+            kind[0], kind[1],
+        ]))))
     }
 
     /// Produces the bytes to send to the target broker: base offset 0, the
@@ -278,18 +279,18 @@ impl VerifiedBatch {
             })?;
             let packed = match codec {
                 Compression::None => plain,
-                Compression::Snappy => {
-                    compress_snappy(&plain, snappy_framing(self.records_data()))
-                        .map_err(|e| e.at_batch(base_offset))?
-                }
+                Compression::Snappy => compress_snappy(&plain, snappy_framing(self.records_data()))
+                    .map_err(|e| e.at_batch(base_offset))?,
                 other => compress(other, &plain).map_err(|e| e.at_batch(base_offset))?,
             };
             Cow::Owned(packed)
         };
-        let batch_length = i32::try_from(body.len() + HEADER_LEN - super::LOG_OVERHEAD)
-            .map_err(|_| BatchError::NotForwardable {
-                base_offset,
-                reason: "the renumbered batch would be larger than 2 GiB",
+        let batch_length =
+            i32::try_from(body.len() + HEADER_LEN - super::LOG_OVERHEAD).map_err(|_| {
+                BatchError::NotForwardable {
+                    base_offset,
+                    reason: "the renumbered batch would be larger than 2 GiB",
+                }
             })?;
         let mut header = BatchHeader {
             batch_length,

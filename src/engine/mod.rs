@@ -148,8 +148,9 @@ pub struct FlowStats {
 struct Pending {
     id: u64,
     batch: VerifiedBatch,
-    /// Stamp of the last send; reused on retry so the broker can drop duplicates.
-    stamp: Option<ProducerStamp>,
+    /// Stamp of the last send and the producer generation it belongs to; reused on
+    /// retry so the broker can drop duplicates.
+    stamp: Option<(u64, ProducerStamp)>,
     _charge: Charge,
 }
 
@@ -203,7 +204,7 @@ impl PartState {
 type Task = Pin<Box<dyn Future<Output = Event> + Send>>;
 
 enum Event {
-    Discovered(Result<Discovery, ClusterError>),
+    Discovered { generation: u64, result: Result<Discovery, ClusterError> },
     Fetched { broker: i32, requested: Vec<(TopicPartition, i64)>, result: Result<FetchResponse, NetError>, charge: Charge },
     Produced { broker: i32, sent: Vec<(TopicPartition, u64)>, result: Result<ProduceResponse, NetError> },
     TargetConnected { broker: i32, result: Result<Arc<Connection>, ClusterError> },
@@ -266,6 +267,9 @@ struct FlowDriver {
     target_topics: HashMap<String, TargetTopic>,
     refused_topics: HashMap<String, String>,
     producer: Option<(i64, i16)>,
+    /// Bumped on every new producer id: stamps of older generations are void (a broker
+    /// that restarted empty may hand out the same id and epoch again).
+    producer_generation: u64,
     producer_requested: bool,
     target_conns: HashMap<i32, Arc<Connection>>,
     connecting: HashSet<i32>,
@@ -276,6 +280,9 @@ struct FlowDriver {
     discover_now: bool,
     next_pending_id: u64,
     target_down: Option<(Instant, String)>,
+    /// Bumped on every target failure; a discovery that started before the bump cannot
+    /// vouch for target topics (see `forget_target_leaders`).
+    target_generation: u64,
     source_down: Option<(Instant, String)>,
     tasks: FuturesUnordered<Task>,
 }
@@ -313,6 +320,7 @@ impl FlowDriver {
             target_topics: HashMap::new(),
             refused_topics: HashMap::new(),
             producer: None,
+            producer_generation: 0,
             producer_requested: false,
             target_conns: HashMap::new(),
             connecting: HashSet::new(),
@@ -323,6 +331,7 @@ impl FlowDriver {
             discover_now: true,
             next_pending_id: 0,
             target_down: None,
+            target_generation: 0,
             source_down: None,
             tasks: FuturesUnordered::new(),
         }
@@ -380,7 +389,9 @@ impl FlowDriver {
         if self.discover_now && !self.discovering && !stopping {
             self.discover_now = false;
             self.discovering = true;
+            let generation = self.target_generation;
             self.tasks.push(Box::pin(discover(
+                generation,
                 self.flow.clone(),
                 self.source.clone(),
                 self.target.clone(),
@@ -495,11 +506,11 @@ impl FlowDriver {
                 let idx = p.in_flight;
                 let entry = &mut p.queue[idx];
                 let stamp = match entry.stamp {
-                    Some(s) if s.producer_id == producer_id && s.producer_epoch == producer_epoch => s,
+                    Some((generation, s)) if generation == self.producer_generation => s,
                     _ => {
                         let s = ProducerStamp { producer_id, producer_epoch, base_sequence: p.next_sequence };
                         p.next_sequence = p.next_sequence.wrapping_add(entry.batch.header().records_count.max(1)) & i32::MAX;
-                        entry.stamp = Some(s);
+                        entry.stamp = Some((self.producer_generation, s));
                         s
                     }
                 };
@@ -559,7 +570,7 @@ impl FlowDriver {
 
     fn handle(&mut self, event: Event) {
         match event {
-            Event::Discovered(result) => self.on_discovered(result),
+            Event::Discovered { generation, result } => self.on_discovered(generation, result),
             Event::Fetched { broker, requested, result, charge } => {
                 self.fetching.remove(&broker);
                 self.on_fetched(broker, requested, result, charge);
@@ -589,6 +600,7 @@ impl FlowDriver {
                     Ok((id, epoch)) => {
                         info!(flow = %self.flow.name, producer_id = id, producer_epoch = epoch, "idempotent producer ready on target cluster '{}'", self.target.alias());
                         self.producer = Some((id, epoch));
+                        self.producer_generation += 1;
                         for p in self.parts.values_mut() {
                             p.next_sequence = 0;
                         }
@@ -619,11 +631,24 @@ impl FlowDriver {
     }
 
     fn target_unreachable(&mut self, why: &str) {
+        self.forget_target_leaders();
         if self.target_down.is_none() {
             error!(flow = %self.flow.name, side = "target", retrying = true, "target cluster '{}' is failing: {why}", self.target.alias());
             self.target_down = Some((Instant::now(), why.to_owned()));
         } else {
             debug!(flow = %self.flow.name, "target still failing: {why}");
+        }
+    }
+
+    /// After a target failure, nothing is produced until a discovery round that started
+    /// afterwards has confirmed (or re-created) each target topic. A broker that came back
+    /// empty may otherwise acknowledge batches for topics it no longer has (tansu 0.6.0
+    /// answers Produce to an unknown topic with success and keeps nothing).
+    fn forget_target_leaders(&mut self) {
+        self.target_generation += 1;
+        self.discover_now = true;
+        for p in self.parts.values_mut() {
+            p.target_leader = None;
         }
     }
 
@@ -646,7 +671,7 @@ impl FlowDriver {
         }
     }
 
-    fn on_discovered(&mut self, result: Result<Discovery, ClusterError>) {
+    fn on_discovered(&mut self, generation: u64, result: Result<Discovery, ClusterError>) {
         self.discovering = false;
         let d = match result {
             Ok(d) => d,
@@ -701,6 +726,9 @@ impl FlowDriver {
             if let Some(info) = d.source.topics.get(&*tp.topic).and_then(|t| t.partitions.get(tp.partition as usize)) {
                 p.source_leader = (info.leader >= 0).then_some(info.leader);
                 p.source_leader_epoch = info.leader_epoch;
+            }
+            if generation != self.target_generation {
+                continue; // the target failed while this round ran: wait for a fresh one
             }
             if let Some(info) = d.target.topics.get(&*p.target.topic).and_then(|t| t.partitions.get(p.target.partition as usize)) {
                 let leader = (info.leader >= 0).then_some(info.leader);
@@ -1027,6 +1055,7 @@ fn stop_partition(flow: &str, tp: &TopicPartition, p: &mut PartState, side: Side
 /// One discovery round: lists matching source topics, makes sure their target topics
 /// exist with enough partitions, and finds start offsets of partitions not yet known.
 async fn discover(
+    generation: u64,
     flow: Flow,
     source: Arc<Cluster>,
     target: Arc<Cluster>,
@@ -1034,7 +1063,7 @@ async fn discover(
     known_target_topics: HashSet<String>,
     first: bool,
 ) -> Event {
-    Event::Discovered(discover_inner(&flow, &source, &target, &known, &known_target_topics, first).await)
+    Event::Discovered { generation, result: discover_inner(&flow, &source, &target, &known, &known_target_topics, first).await }
 }
 
 async fn discover_inner(
