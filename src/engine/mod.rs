@@ -1031,7 +1031,7 @@ impl FlowDriver {
         let stopped = self.parts.values().filter(|p| p.stopped.is_some()).count();
         info!(
             flow = %self.flow.name,
-            "{rps:.0} records/s, {mbps:.2} MB/s, lag {lag} records, {} partitions ({stopped} stopped), {} records mirrored, {} aborted skipped, buffer {:.1} MB",
+            "{rps:.0} records/s, {mbps:.2} MB/s, lag {lag} records, {} partitions ({stopped} stopped), {} records mirrored, {} aborted skipped, budget in use {:.1} MB",
             self.parts.len(),
             records,
             self.stats.aborted_records.load(Ordering::Relaxed),
