@@ -1,0 +1,596 @@
+//! Probes the tansu broker (the integration-test Kafka) with rdkafka for the
+//! features the mirror relies on. Each test starts its own broker.
+//!
+//! Run: `cargo test --release --test tansu_probe -- --nocapture`
+//! (prints "PROBE:" lines with what tansu did).
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use support::*;
+
+const T: Duration = Duration::from_secs(30);
+
+#[allow(clippy::unnecessary_wraps)]
+fn bytes(s: &str) -> Option<Vec<u8>> {
+    Some(s.as_bytes().to_vec())
+}
+
+/// Records grouped by partition, in offset order as received.
+fn by_partition(rs: &[ReceivedRecord]) -> BTreeMap<i32, Vec<&ReceivedRecord>> {
+    let mut m: BTreeMap<i32, Vec<&ReceivedRecord>> = BTreeMap::new();
+    for r in rs {
+        m.entry(r.partition).or_default().push(r);
+    }
+    m
+}
+
+/// Assert that `got` holds exactly `sent` (per partition, same order, nothing extra).
+fn assert_same(sent: &[TestRecord], got: &[ReceivedRecord], what: &str) {
+    assert_eq!(
+        got.len(),
+        sent.len(),
+        "{what}: consumed {} records, produced {}: {got:#?}",
+        got.len(),
+        sent.len()
+    );
+    let got_by = by_partition(got);
+    let mut sent_by: BTreeMap<i32, Vec<&TestRecord>> = BTreeMap::new();
+    for r in sent {
+        sent_by.entry(r.partition).or_default().push(r);
+    }
+    for (p, s) in &sent_by {
+        let g = got_by.get(p).cloned().unwrap_or_default();
+        assert_eq!(g.len(), s.len(), "{what}: partition {p} count");
+        for (i, (g, s)) in g.iter().zip(s).enumerate() {
+            assert!(
+                g.matches(s),
+                "{what}: partition {p} record #{i} differs:\n got  {g:?}\n sent {s:?}"
+            );
+        }
+        let offs: Vec<i64> = g.iter().map(|r| r.offset).collect();
+        assert!(
+            offs.windows(2).all(|w| w[0] < w[1]),
+            "{what}: partition {p} offsets not increasing: {offs:?}"
+        );
+    }
+}
+
+fn sample_records(partitions: i32, n: usize, tag: &str) -> Vec<TestRecord> {
+    (0..n)
+        .map(|i| TestRecord {
+            partition: (i as i32) % partitions,
+            key: bytes(&format!("k{i}")),
+            // compressible payload
+            value: Some(format!("{tag}-value-{i}-").repeat(20).into_bytes()),
+            headers: vec![("h".into(), bytes(&format!("{i}")))],
+            timestamp: None,
+        })
+        .collect()
+}
+
+#[test]
+fn broker_starts_and_topic_has_partitions() {
+    let b = Broker::start();
+    assert_eq!(
+        topic_partitions(&b.bootstrap, "absent-topic"),
+        None,
+        "absent topic"
+    );
+    create_topic(&b.bootstrap, "three", 3);
+    assert_eq!(topic_partitions(&b.bootstrap, "three"), Some(3));
+    create_topic(&b.bootstrap, "one", 1);
+    assert_eq!(topic_partitions(&b.bootstrap, "one"), Some(1));
+    // creating an existing topic must be refused
+    let again = try_create_topic(&b.bootstrap, "three", 3, &[]);
+    println!("PROBE: creating an existing topic -> {again:?}");
+    assert!(again.is_err(), "re-creating topic 'three' succeeded");
+}
+
+#[test]
+fn topic_configs() {
+    use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+    use rdkafka::client::DefaultClientContext;
+    let b = Broker::start();
+    let r = try_create_topic(
+        &b.bootstrap,
+        "compacted",
+        2,
+        &[
+            ("cleanup.policy", "compact"),
+            ("max.message.bytes", "2000000"),
+        ],
+    );
+    println!("PROBE: create topic with configs (cleanup.policy=compact, max.message.bytes=2000000) -> {r:?}");
+    assert!(r.is_ok(), "create with configs: {r:?}");
+    assert_eq!(topic_partitions(&b.bootstrap, "compacted"), Some(2));
+
+    let admin: AdminClient<DefaultClientContext> = base_config(&b.bootstrap).create().unwrap();
+    let res = futures::executor::block_on(admin.describe_configs(
+        [&ResourceSpecifier::Topic("compacted")],
+        &AdminOptions::new().request_timeout(Some(Duration::from_secs(10))),
+    ));
+    match res {
+        Ok(v) => {
+            for r in v {
+                match r {
+                    Ok(cr) => {
+                        println!(
+                            "PROBE: DescribeConfigs(topic compacted): {} entries",
+                            cr.entries.len()
+                        );
+                        for e in &cr.entries {
+                            println!(
+                                "PROBE:   {} = {:?} (default={})",
+                                e.name, e.value, e.is_default
+                            );
+                        }
+                    }
+                    Err(e) => {
+                        println!("PROBE: DescribeConfigs(topic compacted) resource error: {e:?}");
+                    }
+                }
+            }
+        }
+        Err(e) => println!("PROBE: DescribeConfigs(topic compacted) failed: {e}"),
+    }
+
+    // is the topic's max.message.bytes (2 MB) enforced? (informational)
+    let rec = TestRecord {
+        partition: 0,
+        value: Some(vec![1u8; 3_000_000]),
+        ..Default::default()
+    };
+    let r = try_produce_with(
+        &b.bootstrap,
+        "compacted",
+        std::slice::from_ref(&rec),
+        &ProduceOpts {
+            codec: "none",
+            idempotent: false,
+            extra: &[("message.timeout.ms", "10000")],
+        },
+    );
+    println!(
+        "PROBE: 3 MB record to a topic with max.message.bytes=2000000 -> {:?}",
+        r.map(|d| d.len())
+    );
+
+    // does producing to a missing topic auto-create it? (informational)
+    let r = try_produce_with(
+        &b.bootstrap,
+        "never-created",
+        &[TestRecord::kv(0, "k", "v")],
+        &ProduceOpts {
+            codec: "none",
+            idempotent: false,
+            extra: &[("message.timeout.ms", "5000")],
+        },
+    );
+    println!(
+        "PROBE: produce to a topic never created -> {:?}; metadata then shows {:?} partitions",
+        r.map(|d| d.len()),
+        topic_partitions(&b.bootstrap, "never-created")
+    );
+}
+
+#[test]
+fn every_codec_round_trips() {
+    let b = Broker::start();
+    for codec in ["none", "gzip", "snappy", "lz4", "zstd"] {
+        let topic = format!("codec-{codec}");
+        create_topic(&b.bootstrap, &topic, 2);
+        let recs = sample_records(2, 40, codec);
+        let d = produce(&b.bootstrap, &topic, &recs, codec, false);
+        assert_eq!(d.len(), recs.len());
+        let got = consume_all(&b.bootstrap, &topic, recs.len(), T);
+        assert_same(&recs, &got, &format!("codec {codec}"));
+        let wm: Vec<_> = (0..2)
+            .map(|p| watermarks(&b.bootstrap, &topic, p))
+            .collect();
+        let max_off: Vec<_> = (0..2)
+            .map(|p| {
+                got.iter()
+                    .filter(|r| r.partition == p)
+                    .map(|r| r.offset)
+                    .max()
+            })
+            .collect();
+        println!("PROBE: codec {codec}: {} records ok; watermarks {wm:?}; max consumed offsets {max_off:?}", got.len());
+    }
+}
+
+#[test]
+fn idempotent_producer() {
+    let b = Broker::start();
+    create_topic(&b.bootstrap, "idem", 3);
+    let recs = sample_records(3, 300, "idem");
+    let d = produce(&b.bootstrap, "idem", &recs, "lz4", true);
+    assert_eq!(d.len(), recs.len());
+    // offsets per partition are 0..n without gaps or duplicates
+    for p in 0..3 {
+        let mut offs: Vec<i64> = d
+            .iter()
+            .filter(|x| x.partition == p)
+            .map(|x| x.offset)
+            .collect();
+        offs.sort_unstable();
+        let want: Vec<i64> = (0..offs.len() as i64).collect();
+        assert_eq!(offs, want, "partition {p} delivery offsets");
+    }
+    // a second idempotent producer session appends after the first
+    let more = sample_records(3, 30, "idem2");
+    produce(&b.bootstrap, "idem", &more, "none", true);
+    let got = consume_all(&b.bootstrap, "idem", 330, T);
+    let mut all = recs.clone();
+    all.extend(more);
+    assert_same(&all, &got, "idempotent");
+    println!("PROBE: idempotent producer: 330 records, offsets contiguous, no duplicates");
+}
+
+#[test]
+fn transactions_markers_and_read_committed() {
+    let b = Broker::start();
+    create_topic(&b.bootstrap, "tx", 2);
+    let mk = |tag: &str, n: usize| -> Vec<TestRecord> {
+        (0..n)
+            .map(|i| TestRecord {
+                partition: (i % 2) as i32,
+                key: bytes(&format!("{tag}-{i}")),
+                value: bytes(&format!("{tag}-{i}")),
+                ..TestRecord::default()
+            })
+            .collect()
+    };
+    let c1 = mk("commit1", 4);
+    let a1 = mk("abort1", 4);
+    let c2 = mk("commit2", 2);
+    let r1 = try_produce_transaction(&b.bootstrap, "tx", &c1, true, "txid-probe");
+    println!("PROBE: committed transaction #1 -> {r1:?}");
+    let r2 = try_produce_transaction(&b.bootstrap, "tx", &a1, false, "txid-probe");
+    println!("PROBE: aborted transaction -> {r2:?}");
+    let r3 = try_produce_transaction(&b.bootstrap, "tx", &c2, true, "txid-probe");
+    println!("PROBE: committed transaction #2 -> {r3:?}");
+    for p in 0..2 {
+        println!(
+            "PROBE: tx partition {p} watermarks {:?}",
+            watermarks(&b.bootstrap, "tx", p)
+        );
+    }
+
+    let unc = consume_all_isolation(&b.bootstrap, "tx", 10, Duration::from_secs(15), false);
+    println!("PROBE: read_uncommitted sees {} records:", unc.len());
+    for r in &unc {
+        println!(
+            "PROBE:   p{} off {} {:?}",
+            r.partition,
+            r.offset,
+            String::from_utf8_lossy(r.value.as_deref().unwrap_or_default())
+        );
+    }
+    let com = consume_all(&b.bootstrap, "tx", 6, Duration::from_secs(15));
+    println!("PROBE: read_committed sees {} records:", com.len());
+    for r in &com {
+        println!(
+            "PROBE:   p{} off {} {:?}",
+            r.partition,
+            r.offset,
+            String::from_utf8_lossy(r.value.as_deref().unwrap_or_default())
+        );
+    }
+
+    let (r1, r2, r3) = (r1.unwrap(), r2.unwrap(), r3.unwrap());
+    // Every transaction ends with a control marker that takes one offset per
+    // partition: data 0,1 | commit marker 2 | data 3,4 | abort marker 5 | data 6 | marker 7.
+    for p in 0..2 {
+        let offs = |d: &[Delivered]| -> Vec<i64> {
+            d.iter()
+                .filter(|x| x.partition == p)
+                .map(|x| x.offset)
+                .collect()
+        };
+        assert_eq!(
+            offs(&r1),
+            vec![0, 1],
+            "partition {p}: committed txn #1 offsets"
+        );
+        assert_eq!(
+            offs(&r2),
+            vec![3, 4],
+            "partition {p}: aborted txn offsets (marker at 2)"
+        );
+        assert_eq!(
+            offs(&r3),
+            vec![6],
+            "partition {p}: committed txn #2 offsets (marker at 5)"
+        );
+        assert_eq!(
+            watermarks(&b.bootstrap, "tx", p),
+            (0, 8),
+            "partition {p}: watermarks (marker at 7)"
+        );
+    }
+
+    let mut all = c1.clone();
+    all.extend(a1.clone());
+    all.extend(c2.clone());
+    assert_same(&all, &unc, "read_uncommitted sees every data record");
+
+    let mut committed = c1.clone();
+    committed.extend(c2.clone());
+    if TANSU_FILTERS_ABORTED {
+        assert_same(&committed, &com, "read_committed");
+    } else {
+        // tansu 0.6.0: Fetch never lists aborted transactions, so librdkafka's
+        // read_committed cannot drop them: it sees the aborted records too.
+        // Should this start failing with 6 records, tansu got fixed: set
+        // TANSU_FILTERS_ABORTED = true (and revisit mirror tests that work around it).
+        assert_same(
+            &all,
+            &com,
+            "read_committed on tansu 0.6.0 (known: aborted records are NOT filtered)",
+        );
+    }
+}
+
+/// tansu 0.6.0 writes transaction markers but its Fetch responses never list
+/// aborted transactions, so `read_committed` consumers also see aborted records.
+const TANSU_FILTERS_ABORTED: bool = false;
+
+#[test]
+fn headers_duplicates_nulls_and_null_key_value() {
+    let b = Broker::start();
+    create_topic(&b.bootstrap, "hdr", 1);
+    let recs = vec![
+        TestRecord {
+            partition: 0,
+            key: bytes("k"),
+            value: bytes("v"),
+            headers: vec![
+                ("dup".into(), bytes("first")),
+                ("null".into(), None),
+                ("dup".into(), bytes("second")),
+                ("empty".into(), Some(vec![])),
+                ("dup".into(), None),
+                ("bin".into(), Some(vec![0, 255, 1, 254])),
+            ],
+            timestamp: None,
+        },
+        // tombstone with null key... and null value
+        TestRecord {
+            partition: 0,
+            key: None,
+            value: None,
+            headers: vec![],
+            timestamp: None,
+        },
+        // null key, empty value, empty key
+        TestRecord {
+            partition: 0,
+            key: None,
+            value: Some(vec![]),
+            headers: vec![],
+            timestamp: None,
+        },
+        TestRecord {
+            partition: 0,
+            key: Some(vec![]),
+            value: bytes("x"),
+            headers: vec![],
+            timestamp: None,
+        },
+    ];
+    for codec in ["none", "zstd"] {
+        let topic = format!("hdr-{codec}");
+        create_topic(&b.bootstrap, &topic, 1);
+        produce(&b.bootstrap, &topic, &recs, codec, false);
+        let got = consume_all(&b.bootstrap, &topic, recs.len(), T);
+        println!(
+            "PROBE: headers ({codec}): {:?}",
+            got.first().map(|r| &r.headers)
+        );
+        assert_same(&recs, &got, &format!("headers/nulls {codec}"));
+    }
+}
+
+#[test]
+fn large_values() {
+    let b = Broker::start();
+    create_topic(&b.bootstrap, "big", 1);
+    // pseudo-random, poorly compressible 500 KB
+    let mut x: u32 = 12345;
+    let big: Vec<u8> = (0..500 * 1024)
+        .map(|_| {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            (x >> 16) as u8
+        })
+        .collect();
+    let recs = vec![
+        TestRecord {
+            partition: 0,
+            key: bytes("big1"),
+            value: Some(big.clone()),
+            ..Default::default()
+        },
+        TestRecord {
+            partition: 0,
+            key: bytes("small"),
+            value: bytes("s"),
+            ..Default::default()
+        },
+        TestRecord {
+            partition: 0,
+            key: bytes("big2"),
+            value: Some(big.clone()),
+            ..Default::default()
+        },
+    ];
+    for codec in ["none", "zstd"] {
+        let topic = format!("big-{codec}");
+        create_topic(&b.bootstrap, &topic, 1);
+        produce(&b.bootstrap, &topic, &recs, codec, false);
+        let got = consume_all(&b.bootstrap, &topic, recs.len(), T);
+        assert_same(&recs, &got, &format!("500 KB values {codec}"));
+        println!("PROBE: 500 KB values with codec {codec}: ok");
+    }
+
+    // how far does it go? (informational: 1.5 MB and 5 MB single records)
+    for size in [1_500_000usize, 5_000_000] {
+        let topic = format!("huge-{size}");
+        create_topic(&b.bootstrap, &topic, 1);
+        let rec = TestRecord {
+            partition: 0,
+            value: Some(vec![7u8; size]),
+            ..Default::default()
+        };
+        let r = try_produce_with(
+            &b.bootstrap,
+            &topic,
+            std::slice::from_ref(&rec),
+            &ProduceOpts {
+                codec: "none",
+                idempotent: false,
+                extra: &[],
+            },
+        );
+        let got = if r.is_ok() {
+            consume_all(&b.bootstrap, &topic, 1, Duration::from_secs(15))
+        } else {
+            vec![]
+        };
+        println!(
+            "PROBE: single {size}-byte record: produce {:?}; consumed {} record(s){}",
+            r.as_ref().map(|_| "ok"),
+            got.len(),
+            got.first().map_or(String::new(), |g| format!(
+                ", value intact: {}",
+                g.value.as_deref() == rec.value.as_deref()
+            ))
+        );
+    }
+}
+
+#[test]
+fn explicit_timestamps_survive() {
+    let b = Broker::start();
+    create_topic(&b.bootstrap, "ts", 2);
+    let stamps = [
+        1_000_000_000_000i64,
+        1_600_000_000_123,
+        1_234_567_890_001,
+        4_102_444_800_000,
+    ];
+    let recs: Vec<TestRecord> = stamps
+        .iter()
+        .enumerate()
+        .map(|(i, &t)| TestRecord {
+            partition: (i % 2) as i32,
+            key: bytes(&format!("t{i}")),
+            value: bytes("v"),
+            headers: vec![],
+            timestamp: Some(t),
+        })
+        .collect();
+    for codec in ["none", "snappy"] {
+        let topic = format!("ts-{codec}");
+        create_topic(&b.bootstrap, &topic, 2);
+        produce(&b.bootstrap, &topic, &recs, codec, false);
+        let got = consume_all(&b.bootstrap, &topic, recs.len(), T);
+        assert_same(&recs, &got, &format!("timestamps {codec}"));
+        for r in &got {
+            assert_eq!(
+                r.timestamp_type,
+                TsType::CreateTime,
+                "timestamp type of {r:?}"
+            );
+        }
+        println!(
+            "PROBE: explicit timestamps ({codec}): {:?}",
+            got.iter().map(|r| r.timestamp).collect::<Vec<_>>()
+        );
+    }
+}
+
+#[test]
+fn restart_on_same_port() {
+    let mut b = Broker::start();
+    let port = b.port;
+    create_topic(&b.bootstrap, "before", 1);
+    produce(
+        &b.bootstrap,
+        "before",
+        &[TestRecord::kv(0, "a", "1")],
+        "none",
+        false,
+    );
+    b.stop();
+    assert!(!b.is_running());
+    b.restart_same_port();
+    assert_eq!(b.port, port);
+    assert!(b.is_running());
+    // memory storage: the old topic is gone
+    let before = topic_partitions(&b.bootstrap, "before");
+    println!("PROBE: after restart, topic 'before' -> {before:?}");
+    assert_eq!(
+        before, None,
+        "memory storage kept the topic across a restart?"
+    );
+    create_topic(&b.bootstrap, "after", 2);
+    let recs = vec![TestRecord::kv(0, "b", "2"), TestRecord::kv(1, "c", "3")];
+    produce(&b.bootstrap, "after", &recs, "gzip", true);
+    assert_same(
+        &recs,
+        &consume_all(&b.bootstrap, "after", 2, T),
+        "after restart",
+    );
+}
+
+#[test]
+fn watermark_quirk() {
+    // tansu's high watermark is "last batch's base offset + 1": find out what
+    // that means for a consumer when one batch holds many records.
+    let b = Broker::start();
+    create_topic(&b.bootstrap, "wm", 1);
+    let recs: Vec<TestRecord> = (0..10)
+        .map(|i| TestRecord::kv(0, &format!("k{i}"), "v"))
+        .collect();
+    let d = produce_with(
+        &b.bootstrap,
+        "wm",
+        &recs,
+        &ProduceOpts {
+            codec: "none",
+            idempotent: false,
+            extra: &[("linger.ms", "200")],
+        },
+    );
+    println!(
+        "PROBE: 10 records in (probably) one batch: delivery offsets {:?}",
+        d.iter().map(|x| x.offset).collect::<Vec<_>>()
+    );
+    println!(
+        "PROBE: watermarks after one 10-record batch: {:?}",
+        watermarks(&b.bootstrap, "wm", 0)
+    );
+    let got_c = consume_all(&b.bootstrap, "wm", 10, Duration::from_secs(10));
+    let got_u = consume_all_isolation(&b.bootstrap, "wm", 10, Duration::from_secs(10), false);
+    println!(
+        "PROBE: read_committed consumer got {} records, read_uncommitted got {}",
+        got_c.len(),
+        got_u.len()
+    );
+    produce(
+        &b.bootstrap,
+        "wm",
+        &[TestRecord::kv(0, "x", "y")],
+        "none",
+        false,
+    );
+    println!(
+        "PROBE: watermarks after one more 1-record batch: {:?}",
+        watermarks(&b.bootstrap, "wm", 0)
+    );
+    assert_same(&recs, &got_u, "read_uncommitted after a 10-record batch");
+}
