@@ -667,3 +667,33 @@ proptest! {
         let _ = split_batches(Bytes::from(data));
     }
 }
+
+#[test]
+fn trimming_a_batch_keeps_only_records_at_or_after_the_position() {
+    for (codec, framing) in all_framings() {
+        let tb = TestBatch {
+            compression: codec,
+            snappy_framing: framing,
+            base_offset: 100,
+            ..TestBatch::with_records(sample_records())
+        };
+        let verified = one(tb.build()).verify().unwrap();
+        // before the batch: unchanged; past it: nothing
+        assert_eq!(verified.clone().without_records_before(100).unwrap().unwrap(), verified);
+        assert!(verified.clone().without_records_before(103).unwrap().is_none());
+        let trimmed = verified.without_records_before(101).unwrap().expect("two records left");
+        assert_eq!(trimmed.header().records_count, 2, "{codec}");
+        assert_eq!(trimmed.header().base_offset, 100);
+        // the trimmed batch is itself valid (its CRC verifies) and keeps the codec
+        let again = one(trimmed.bytes().to_vec()).verify().expect("trimmed batch verifies");
+        assert_eq!(again.header().compression().unwrap(), codec);
+        let out = trimmed.into_outgoing(STAMP).unwrap();
+        let records = walked(out.bytes());
+        let want = &sample_records()[1..];
+        assert_eq!(records.len(), 2);
+        for (i, (got, w)) in records.iter().zip(want).enumerate() {
+            assert_eq!(got.offset_delta, i as i32, "{codec}: renumbered");
+            assert_eq!((&got.key, &got.value, &got.headers), (&w.key, &w.value, &w.headers), "{codec}");
+        }
+    }
+}

@@ -257,10 +257,63 @@ impl VerifiedBatch {
         }
     }
 
+    /// Compresses plain records data with this batch's codec (and snappy framing).
+    fn pack(&self, plain: Vec<u8>) -> Result<Vec<u8>, BatchError> {
+        let base_offset = self.header.base_offset;
+        Ok(match self.codec() {
+            Compression::None => plain,
+            Compression::Snappy => compress_snappy(&plain, snappy_framing(self.records_data()))
+                .map_err(|e| e.at_batch(base_offset))?,
+            other => compress(other, &plain).map_err(|e| e.at_batch(base_offset))?,
+        })
+    }
+
+    /// The same batch without its records at offsets below `offset`, or `None` when
+    /// no record is left.
+    ///
+    /// Needed where a start position falls inside a batch (Fetch returns whole
+    /// batches): the records before it were not asked for. The kept records keep
+    /// their offset deltas and the base offset stays, exactly as log compaction
+    /// leaves a batch, so [`VerifiedBatch::into_outgoing`] renumbers them. Records
+    /// are copied byte for byte; only the batch is re-compressed.
+    pub fn without_records_before(self, offset: i64) -> Result<Option<VerifiedBatch>, BatchError> {
+        let base_offset = self.header.base_offset;
+        if offset <= base_offset {
+            return Ok(Some(self));
+        }
+        if offset > self.header.last_offset() {
+            return Ok(None);
+        }
+        let (data, spans) = self.record_spans()?;
+        let mut plain = Vec::with_capacity(data.len());
+        let mut kept = 0i32;
+        for span in &spans {
+            if base_offset + i64::from(span.offset_delta) >= offset {
+                plain.extend_from_slice(&data[span.record.clone()]);
+                kept += 1;
+            }
+        }
+        if kept == 0 {
+            return Ok(None);
+        }
+        let body = self.pack(plain)?;
+        let batch_length = i32::try_from(body.len() + HEADER_LEN - super::LOG_OVERHEAD).map_err(|_| {
+            BatchError::NotForwardable { base_offset, reason: "the trimmed batch would be larger than 2 GiB" }
+        })?;
+        let mut header = BatchHeader { batch_length, records_count: kept, ..self.header };
+        let mut head = [0u8; HEADER_LEN];
+        header.write_into(&mut head);
+        let mut out = BytesMut::with_capacity(HEADER_LEN + body.len());
+        out.extend_from_slice(&head);
+        out.extend_from_slice(&body);
+        header.crc = crc32c::crc32c(&out[CRC_START..]);
+        out[CRC..CRC + 4].copy_from_slice(&header.crc.to_be_bytes());
+        Ok(Some(VerifiedBatch::new(header, out.freeze())))
+    }
+
     /// Slow path: rewrite offset deltas to 0..n-1 and re-compress.
     fn renumbered(self, stamp: ProducerStamp) -> Result<OutgoingBatch, BatchError> {
         let base_offset = self.header.base_offset;
-        let codec = self.codec();
         let (data, spans) = self.record_spans()?;
         let count = self.header.records_count;
         let already_consecutive = spans
@@ -277,13 +330,7 @@ impl VerifiedBatch {
                 base_offset,
                 reason: reason.to_owned(),
             })?;
-            let packed = match codec {
-                Compression::None => plain,
-                Compression::Snappy => compress_snappy(&plain, snappy_framing(self.records_data()))
-                    .map_err(|e| e.at_batch(base_offset))?,
-                other => compress(other, &plain).map_err(|e| e.at_batch(base_offset))?,
-            };
-            Cow::Owned(packed)
+            Cow::Owned(self.pack(plain)?)
         };
         let batch_length =
             i32::try_from(body.len() + HEADER_LEN - super::LOG_OVERHEAD).map_err(|_| {

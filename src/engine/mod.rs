@@ -862,11 +862,23 @@ impl FlowDriver {
                     return;
                 }
             };
-            if h.base_offset < p.fetch_offset {
-                // Only at a start position inside a batch (the source's "latest" can point
-                // there): forward the whole batch rather than lose its tail.
-                warn!(flow = %flow, partition = %tp, "batch {}..={} starts before the start position {}; forwarding it whole", h.base_offset, h.last_offset(), p.fetch_offset);
-            }
+            let verified = if h.base_offset < p.fetch_offset && !h.is_control() {
+                // A position inside a batch (a start offset; tansu's "latest" points
+                // there): the records before it were not asked for.
+                match verified.without_records_before(p.fetch_offset) {
+                    Ok(Some(v)) => v,
+                    Ok(None) => {
+                        p.fetch_offset = h.next_offset();
+                        continue;
+                    }
+                    Err(e) => {
+                        stop_partition(&flow, tp, p, Side::Source, format!("cannot cut batch at offset {} at position {}: {e}", h.base_offset, p.fetch_offset));
+                        return;
+                    }
+                }
+            } else {
+                verified
+            };
             let size = verified.bytes().len();
             if h.is_control() {
                 stats.control_batches.fetch_add(1, Ordering::Relaxed);

@@ -88,6 +88,16 @@ pub fn our_max_version(api: ApiKey) -> i16 {
     }
 }
 
+/// Lowest version of each API this client can encode what it needs in.
+/// Metadata needs v4: below it, a Metadata request cannot say "do not auto-create".
+#[must_use]
+pub fn our_min_version(api: ApiKey) -> i16 {
+    match api {
+        ApiKey::Metadata => 4,
+        _ => 0,
+    }
+}
+
 type Reply = oneshot::Sender<Result<Bytes, NetError>>;
 
 struct Shared {
@@ -195,7 +205,7 @@ impl Connection {
     /// The version used for request type `R`: the highest one both sides support.
     pub fn version_for<R: Request>(&self) -> Result<i16, NetError> {
         let api = wire::api_key::<R>();
-        let ours_min = R::VERSIONS.min;
+        let ours_min = R::VERSIONS.min.max(our_min_version(api));
         let ours_max = R::VERSIONS.max.min(our_max_version(api));
         let (broker_min, broker_max) = self.versions.get(&R::KEY).copied().unwrap_or((-1, -1));
         let v = ours_max.min(broker_max);

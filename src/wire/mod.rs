@@ -42,14 +42,18 @@ pub fn check_frame(buf: &[u8], max_frame: usize) -> Result<Option<usize>, WireEr
         return Ok(None);
     }
     let len = i32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
+    // A TLS record header (content type 20..=23, version 3.x) read as a length is
+    // 335..=402 MB: under any sane maximum, so it must be recognised by its shape,
+    // or we would wait for hundreds of megabytes that never come.
+    if (0x14..=0x17).contains(&buf[0]) && buf[1] == 0x03 && buf[2] <= 0x04 {
+        return Err(WireError::BadFrameLength {
+            len: i64::from(len),
+            max: max_frame,
+            hint: " (it answered with a TLS record: is this a TLS listener?)",
+        });
+    }
     if len < 4 || len as usize > max_frame {
-        let hint = if buf.starts_with(b"HTTP") {
-            " (it answered like an HTTP server)"
-        } else if buf[0] == 0x15 || buf[0] == 0x16 {
-            " (it answered with a TLS record: is this a TLS listener?)"
-        } else {
-            ""
-        };
+        let hint = if buf.starts_with(b"HTTP") { " (it answered like an HTTP server)" } else { "" };
         return Err(WireError::BadFrameLength { len: i64::from(len), max: max_frame, hint });
     }
     let total = LENGTH_PREFIX + len as usize;
@@ -150,6 +154,11 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains("HTTP"), "{msg}");
         assert!(check_frame(&[0xff, 0xff, 0xff, 0xff], 1024).is_err());
+        // a TLS alert / handshake record from a TLS listener, even under a large maximum
+        for first in [[0x15, 0x03, 0x03, 0x00], [0x16, 0x03, 0x01, 0x02]] {
+            let msg = check_frame(&first, 512 << 20).unwrap_err().to_string();
+            assert!(msg.contains("TLS"), "{msg}");
+        }
     }
 
     #[test]

@@ -758,8 +758,17 @@ pub fn consume_all_isolation(
     timeout: Duration,
     read_committed: bool,
 ) -> Vec<ReceivedRecord> {
-    let partitions = topic_partitions(bootstrap, topic)
-        .unwrap_or_else(|| panic!("consume_all: topic {topic} does not exist on {bootstrap}"));
+    // The topic may not exist yet (a mirror creates it): wait for it within the timeout.
+    let wait_topic = Instant::now() + timeout;
+    let partitions = loop {
+        if let Some(p) = topic_partitions(bootstrap, topic) {
+            break p;
+        }
+        if Instant::now() > wait_topic {
+            panic!("consume_all: topic {topic} does not exist on {bootstrap} after {timeout:?}");
+        }
+        thread::sleep(Duration::from_millis(200));
+    };
     let consumer: BaseConsumer = base_config(bootstrap)
         .set("group.id", format!("probe-{}", std::process::id()))
         .set("enable.auto.commit", "false")
