@@ -278,3 +278,84 @@ fn target_outage_is_reported_and_mirroring_resumes() {
     assert!(proxy.stop().success(), "unclean exit");
     assert!(t0.elapsed() < Duration::from_secs(10));
 }
+
+#[test]
+fn target_topic_problems_stop_only_what_they_concern() {
+    let source = Broker::start();
+    let target = Broker::start();
+    // target topic with fewer partitions than the source: refused, that topic only
+    create_topic(&source.bootstrap, "t.narrow", 3);
+    create_topic(&target.bootstrap, "t.narrow", 1);
+    produce(&source.bootstrap, "t.narrow", &varied_records(30, 3, "n"), "none", false);
+    // target topic that accepts smaller messages than a source batch: that partition stops
+    create_topic(&source.bootstrap, "t.big", 2);
+    create_topic_with_config(&target.bootstrap, "t.big", 2, &[("max.message.bytes", "100000")]);
+    let small = vec![TestRecord::kv(0, "small", "fits")];
+    produce(&source.bootstrap, "t.big", &small, "none", false);
+    let big = vec![TestRecord { partition: 1, key: Some(b"big".to_vec()), value: Some(vec![7u8; 300 * 1024]), headers: vec![], timestamp: None }];
+    produce(&source.bootstrap, "t.big", &big, "none", false);
+    // target topic that recompresses: works, with a warning
+    create_topic(&source.bootstrap, "t.recompress", 1);
+    create_topic_with_config(&target.bootstrap, "t.recompress", 1, &[("compression.type", "gzip")]);
+    let plain = varied_records(20, 1, "r");
+    produce(&source.bootstrap, "t.recompress", &plain, "none", false);
+    // and a healthy topic next to them
+    create_topic(&source.bootstrap, "t.ok", 2);
+    let ok = varied_records(60, 2, "ok");
+    produce(&source.bootstrap, "t.ok", &ok, "gzip", false);
+
+    let mut proxy = MirrorProxy::start(&config(&source.bootstrap, &target.bootstrap, "t\\\\..*", ""));
+    assert_same("t.ok", &ok, &consume_all(&target.bootstrap, "t.ok", ok.len(), WAIT));
+    assert!(
+        proxy.wait_for_log("target topic 't.narrow' has 1 partitions but the source has 3", WAIT),
+        "narrow target not reported:\n{}",
+        tail(&proxy.log(), 30)
+    );
+    assert!(proxy.wait_for_log("larger than max.message.bytes=100000 of target topic 't.big'", WAIT), "{}", tail(&proxy.log(), 30));
+    assert!(proxy.log().contains("partition=t.big-1"), "the stopped partition is not named:\n{}", tail(&proxy.log(), 30));
+    // partition 0 of the same topic was not held back by partition 1
+    let got = consume_all(&target.bootstrap, "t.big", 1, WAIT);
+    assert_same("t.big", &small, &got);
+    assert!(proxy.log().contains("target topic 't.recompress' has compression.type=gzip"), "{}", tail(&proxy.log(), 30));
+    assert_same("t.recompress", &plain, &consume_all(&target.bootstrap, "t.recompress", plain.len(), WAIT));
+    // the narrow topic received nothing
+    assert!(consume_all(&target.bootstrap, "t.narrow", 30, Duration::from_secs(3)).is_empty());
+    assert!(proxy.is_running());
+    assert!(proxy.stop().success());
+}
+
+/// Peak resident memory of a process, from /proc (VmHWM), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
+    let kb: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .expect("VmHWM in /proc status");
+    kb * 1024
+}
+
+#[test]
+fn memory_stays_within_the_budget_while_mirroring_more_than_it() {
+    let source = Broker::start();
+    let target = Broker::start();
+    create_topic(&source.bootstrap, "bulk", 4);
+    // 4 x 20 MiB of incompressible-ish data, far more than the 8 MiB buffer budget
+    let value: Vec<u8> = (0..8192u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let recs: Vec<TestRecord> = (0..10_240)
+        .map(|i| TestRecord { partition: i % 4, key: Some(format!("b{i}").into_bytes()), value: Some(value.clone()), headers: vec![], timestamp: None })
+        .collect();
+    produce(&source.bootstrap, "bulk", &recs, "none", false);
+    let cfg = config(&source.bootstrap, &target.bootstrap, "bulk", "")
+        + "buffer_bytes = 8388608\nfetch_max_bytes = 2097152\nfetch_partition_max_bytes = 1048576\n";
+    let mut proxy = MirrorProxy::start(&cfg);
+    let got = consume_all(&target.bootstrap, "bulk", recs.len(), Duration::from_secs(120));
+    assert_eq!(got.len(), recs.len());
+    let rss = peak_rss(proxy.pid().expect("running"));
+    // 80 MiB went through; the budget is 8 MiB. Allow the runtime, allocator and
+    // copies in flight, but nothing proportional to the data.
+    assert!(rss < 64 << 20, "peak RSS {} MiB for an 8 MiB budget", rss >> 20);
+    eprintln!("peak RSS {:.1} MiB while mirroring 80 MiB with an 8 MiB budget", rss as f64 / 1048576.0);
+    assert!(proxy.stop().success());
+}
