@@ -32,7 +32,7 @@ fn num(args: &[String], name: &str, default: u64) -> u64 {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let mode = args.get(1).map(String::as_str).unwrap_or("");
+    let mode = args.get(1).map_or("", String::as_str);
     let bootstrap = arg(&args, "--bootstrap").expect("--bootstrap H:P is required");
     let topic = arg(&args, "--topic").expect("--topic is required");
     match mode {

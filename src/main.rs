@@ -100,7 +100,7 @@ async fn run(path: &std::path::Path) -> Result<(), String> {
         error!("second signal: exiting now");
         std::process::exit(130);
     });
-    Engine::new(&config.flows, &clusters, &config.tuning, rx).run().await;
+    Engine::new(&config.flows, &clusters, &config.tuning, &rx).run().await;
     Ok(())
 }
 

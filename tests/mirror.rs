@@ -324,7 +324,7 @@ fn target_topic_problems_stop_only_what_they_concern() {
     assert!(proxy.stop().success());
 }
 
-/// Peak resident memory of a process, from /proc (VmHWM), in bytes.
+/// Peak resident memory of a process, from /proc (`VmHWM`), in bytes.
 fn peak_rss(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
     let kb: u64 = status
@@ -356,6 +356,6 @@ fn memory_stays_within_the_budget_while_mirroring_more_than_it() {
     // 80 MiB went through; the budget is 8 MiB. Allow the runtime, allocator and
     // copies in flight, but nothing proportional to the data.
     assert!(rss < 64 << 20, "peak RSS {} MiB for an 8 MiB budget", rss >> 20);
-    eprintln!("peak RSS {:.1} MiB while mirroring 80 MiB with an 8 MiB budget", rss as f64 / 1048576.0);
+    eprintln!("peak RSS {:.1} MiB while mirroring 80 MiB with an 8 MiB budget", rss as f64 / 1_048_576.0);
     assert!(proxy.stop().success());
 }

@@ -121,7 +121,7 @@ impl Charge {
     }
 
     /// Takes more bytes from the budget even beyond its limit: a broker may return one
-    /// batch larger than the requested max_bytes (KIP-74), and that batch must be held.
+    /// batch larger than the requested `max_bytes` (KIP-74), and that batch must be held.
     fn grow(&mut self, bytes: u64) {
         self.budget.used.fetch_add(bytes, Ordering::AcqRel);
         self.bytes += bytes;
@@ -161,11 +161,10 @@ impl Pending {
 }
 
 struct TargetTopic {
-    name: Arc<str>,
     max_message_bytes: Option<usize>,
 }
 
-/// State of one mirrored partition (keyed by its source TopicPartition).
+/// State of one mirrored partition (keyed by its source `TopicPartition`).
 struct PartState {
     target: TopicPartition,
     source_leader: Option<i32>,
@@ -234,7 +233,7 @@ impl Engine {
         flows: &[Flow],
         clusters: &HashMap<String, Arc<Cluster>>,
         tuning: &Tuning,
-        shutdown: watch::Receiver<bool>,
+        shutdown: &watch::Receiver<bool>,
     ) -> Self {
         let budget = Budget::new(tuning.buffer_bytes);
         let flows = flows
@@ -255,6 +254,7 @@ impl Engine {
     }
 }
 
+#[allow(clippy::struct_excessive_bools)] // independent flags of one actor
 struct FlowDriver {
     flow: Flow,
     source: Arc<Cluster>,
@@ -395,7 +395,7 @@ impl FlowDriver {
                 self.flow.clone(),
                 self.source.clone(),
                 self.target.clone(),
-                self.parts.iter().map(|(tp, _)| tp.clone()).collect(),
+                self.parts.keys().cloned().collect(),
                 self.target_topics.keys().cloned().collect(),
                 !self.first_discovery_done,
             )));
@@ -952,7 +952,7 @@ impl FlowDriver {
                 warn!(flow = %flow, partition = %tp, "target did not answer for partition {}; retrying", p.target);
                 self.produce_failed(&tp, id, None);
             } else if let Some((e, msg)) = errors.get(&key) {
-                self.produce_failed(&tp, id, Some((*e, msg.clone())));
+                self.produce_failed(&tp, id, Some((*e, msg.as_deref())));
             } else {
                 any_ok = true;
                 self.produce_acked(&tp, id);
@@ -983,7 +983,7 @@ impl FlowDriver {
         }
     }
 
-    fn produce_failed(&mut self, tp: &TopicPartition, id: u64, error: Option<(ResponseError, Option<String>)>) {
+    fn produce_failed(&mut self, tp: &TopicPartition, id: u64, error: Option<(ResponseError, Option<&str>)>) {
         let flow = self.flow.name.clone();
         let max_backoff = Tuning::ms(self.tuning.retry_backoff_max_ms);
         let Some(p) = self.parts.get_mut(tp) else { return };
@@ -991,7 +991,7 @@ impl FlowDriver {
         let offset = p.queue.iter().find(|e| e.id == id).map_or(-1, Pending::base_offset);
         let mut reset_producer = false;
         if let Some((e, msg)) = &error {
-            let detail = msg.as_deref().map(|m| format!(" ({m})")).unwrap_or_default();
+            let detail = msg.map(|m| format!(" ({m})")).unwrap_or_default();
             let front = p.queue.front().is_some_and(|f| f.id == id);
             if is_producer_state_error(*e) {
                 if front && !p.recovering {
@@ -1057,7 +1057,7 @@ impl FlowDriver {
     }
 }
 
-fn stop_partition(flow: &str, tp: &TopicPartition, p: &mut PartState, side: Side, why: String) {
+fn stop_partition(flow: &str, tp: &TopicPartition, p: &mut PartState, side: Side, why: impl fmt::Display) {
     if p.stopped.is_none() {
         error!(flow = %flow, side = %side, partition = %tp, retrying = false, "partition stopped: {why}");
         p.stopped = Some(format!("{side}: {why}"));
@@ -1160,7 +1160,7 @@ async fn discover_inner(
             }
         }
         let max_message_bytes = configs.get("max.message.bytes").and_then(|v| v.parse::<usize>().ok());
-        target_topics.push((tname.clone(), TargetTopic { name: Arc::from(tname.as_str()), max_message_bytes }));
+        target_topics.push((tname.clone(), TargetTopic { max_message_bytes }));
     }
     // Start offsets for partitions not yet mirrored.
     let mut new_partitions = Vec::new();
@@ -1190,6 +1190,5 @@ async fn discover_inner(
             }
         }
     }
-    let _ = target_topics.iter().map(|(_, t)| &t.name).count();
     Ok(Discovery { source: src, target: tgt, new_partitions, target_topics, refused })
 }

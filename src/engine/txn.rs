@@ -103,13 +103,14 @@ impl<T> TxnStage<T> {
         }
         let slot = match producer_id {
             None => Slot::Decided(Outcome::Commit),
-            Some(pid) => match self.known_outcome(pid, offset) {
-                Some(o) => Slot::Decided(o),
-                None => {
+            Some(pid) => {
+                if let Some(o) = self.known_outcome(pid, offset) {
+                    Slot::Decided(o)
+                } else {
                     self.waiting_bytes += size;
                     Slot::Waiting(pid)
                 }
-            },
+            }
         };
         self.staged.push_back((offset, size, slot, batch));
     }
