@@ -130,5 +130,88 @@ fn benches(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(batch_benches, benches);
+criterion_group!(batch_benches, benches, provenance_benches);
 criterion_main!(batch_benches);
+
+// ---------------------------------------------------------------------------
+// Provenance: stamping (rewrites the records section) and deciding (reads the
+// first record only, so its cost must not grow with the batch).
+// ---------------------------------------------------------------------------
+
+fn verified_one(bytes: Bytes) -> mirrorproxy::batch::VerifiedBatch {
+    split_batches(bytes).unwrap().batches[0]
+        .clone()
+        .verify()
+        .unwrap()
+}
+
+fn provenance_benches(c: &mut Criterion) {
+    use mirrorproxy::batch::{ClusterId, Hop};
+
+    let hop = Hop::new(
+        ClusterId::new("east").unwrap(),
+        ClusterId::new("west").unwrap(),
+    );
+    let next = Hop::new(
+        ClusterId::new("west").unwrap(),
+        ClusterId::new("central").unwrap(),
+    );
+    let back = Hop::new(
+        ClusterId::new("west").unwrap(),
+        ClusterId::new("east").unwrap(),
+    );
+    let codecs = [
+        ("uncompressed", KpCompression::None),
+        ("gzip", KpCompression::Gzip),
+        ("snappy", KpCompression::Snappy),
+        ("lz4", KpCompression::Lz4),
+        ("zstd", KpCompression::Zstd),
+    ];
+
+    // Stamping 1 KB records; throughput counts the uncompressed batch size
+    // (the records bytes that are spliced), whatever the codec.
+    let mut g = c.benchmark_group("provenance_stamp");
+    for (name, codec) in codecs {
+        for (size, n) in [("16KB", 16), ("1MiB", 1024)] {
+            let v = verified_one(batch(0, n, 1, codec));
+            let plain_len = batch(0, n, 1, KpCompression::None).len();
+            g.throughput(Throughput::Bytes(plain_len as u64));
+            g.bench_function(format!("{name}_{size}_fresh"), |b| {
+                b.iter(|| black_box(hop.stamp(black_box(v.clone())).unwrap()));
+            });
+            if codec == KpCompression::None {
+                // Second hop: the value of an existing header is extended.
+                let once = hop.stamp(v.clone()).unwrap();
+                g.bench_function(format!("{name}_{size}_second_hop"), |b| {
+                    b.iter(|| black_box(next.stamp(black_box(once.clone())).unwrap()));
+                });
+            }
+        }
+    }
+    g.finish();
+
+    // Deciding: the same work for a 16 KB and a 1 MiB batch.
+    let mut g = c.benchmark_group("provenance_decide");
+    for (name, codec) in codecs {
+        for (size, n) in [("16KB", 16), ("1MiB", 1024)] {
+            let stamped = hop.stamp(verified_one(batch(0, n, 1, codec))).unwrap();
+            let fetched = verified_one(stamped.bytes().clone());
+            assert!(back.decide(&fetched).unwrap().is_skip());
+            g.bench_function(format!("{name}_{size}"), |b| {
+                b.iter(|| black_box(back.decide(black_box(&fetched)).unwrap()));
+            });
+        }
+    }
+    g.finish();
+
+    // For comparison: what a decision would cost if it decompressed the
+    // whole 1 MiB batch.
+    let mut g = c.benchmark_group("provenance_decide_baseline_full_decompress");
+    for (name, codec) in codecs.into_iter().skip(1) {
+        let v = verified_one(batch(0, 1024, 1, codec));
+        g.bench_function(format!("{name}_1MiB"), |b| {
+            b.iter(|| black_box(v.decompressed_records().unwrap().len()));
+        });
+    }
+    g.finish();
+}

@@ -893,3 +893,156 @@ mod round_trip {
         assert!(check_frame(&max, MAX_FRAME).unwrap().is_none());
     }
 }
+
+// ===========================================================================
+// Provenance (active-active loop prevention): stamping and deciding, checked
+// against kafka_protocol's independent encoder and decoder for every codec.
+// ===========================================================================
+
+mod provenance {
+    use super::{decode_one, encode, record, verified, KP_CODECS, STAMP};
+    use bytes::Bytes;
+    use kafka_protocol::protocol::StrBytes;
+    use kafka_protocol::records::Record;
+    use mirrorproxy::batch::{
+        BatchError, ClusterId, Decision, Hop, Provenance, HEADER_LEN, PROVENANCE_HEADER,
+    };
+
+    fn hop(source: &str, target: &str) -> Hop {
+        Hop::new(
+            ClusterId::new(source).unwrap(),
+            ClusterId::new(target).unwrap(),
+        )
+    }
+
+    fn input() -> Vec<Record> {
+        (200..206)
+            .map(|o| {
+                let key = (o % 3 != 0).then(|| format!("key-{o}"));
+                let value = (o % 4 != 0).then(|| "v".repeat(o as usize));
+                record(o, key.as_deref(), value.as_deref())
+            })
+            .collect()
+    }
+
+    /// `want`'s headers in their order, then the provenance header.
+    fn assert_stamped(got: &[Record], want: &[Record], value: &str) {
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(want) {
+            assert_eq!(g.offset, w.offset);
+            assert_eq!(g.timestamp, w.timestamp);
+            assert_eq!(g.key, w.key);
+            assert_eq!(g.value, w.value);
+            assert_eq!(g.producer_id, w.producer_id);
+            let mut headers: Vec<(StrBytes, Option<Bytes>)> =
+                w.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            headers.push((
+                StrBytes::from_static_str(PROVENANCE_HEADER),
+                Some(Bytes::copy_from_slice(value.as_bytes())),
+            ));
+            let got_headers: Vec<(StrBytes, Option<Bytes>)> =
+                g.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            assert_eq!(got_headers, headers);
+        }
+    }
+
+    #[test]
+    fn provenance_header_value_is_v1_comma_separated_ids() {
+        let p = Provenance::decode(b"v1:east,west").unwrap();
+        assert_eq!(p.origin().as_str(), "east");
+        assert_eq!(p.encode(), b"v1:east,west");
+        assert_eq!(PROVENANCE_HEADER, "mirrorproxy.provenance");
+        assert!(Provenance::decode(b"v2:east").is_err());
+        assert!(ClusterId::new("a,b").is_err());
+    }
+
+    #[test]
+    fn application_batch_is_forwarded_and_stamped_for_every_codec() {
+        for (kp, ours) in KP_CODECS {
+            let v = verified(encode(&input(), kp));
+            let h = hop("east", "west");
+            assert_eq!(h.decide(&v).unwrap(), Decision::Forward { provenance: None });
+            let stamped = h.stamp(v.clone()).unwrap();
+            assert_eq!(stamped.header().compression().unwrap(), ours);
+            assert_eq!(stamped.header().base_offset, 200);
+            assert_eq!(stamped.header().last_offset_delta, 5);
+            assert_eq!(stamped.header().max_timestamp, v.header().max_timestamp);
+            assert_eq!(stamped.header().producer_id, 5000);
+            assert_eq!(&stamped.bytes()[21..HEADER_LEN], &v.bytes()[21..HEADER_LEN]);
+            // Re-verifiable on its own (valid CRC).
+            assert_eq!(verified(stamped.bytes().clone()), stamped);
+            assert_stamped(&decode_one(stamped.bytes()), &input(), "v1:east,west");
+            // And the usual Produce rewrite applies unchanged.
+            let out = stamped.into_outgoing(STAMP).unwrap();
+            let decoded = decode_one(out.bytes());
+            assert_eq!(decoded[0].offset, 0);
+            assert_eq!(decoded[0].producer_id, 777);
+        }
+    }
+
+    #[test]
+    fn mirrored_batch_is_skipped_on_the_way_back_for_every_codec() {
+        for (kp, ours) in KP_CODECS {
+            let there = hop("east", "west")
+                .stamp(verified(encode(&input(), kp)))
+                .unwrap();
+            // As the west cluster would return it on a fetch.
+            let fetched = verified(there.bytes().clone());
+            let back = hop("west", "east").decide(&fetched).unwrap();
+            assert_eq!(
+                back,
+                Decision::Skip {
+                    provenance: Provenance::decode(b"v1:east,west").unwrap()
+                },
+                "{ours}"
+            );
+            assert!(matches!(
+                hop("west", "east").stamp(fetched.clone()),
+                Err(BatchError::NotForwardable { base_offset: 200, .. })
+            ));
+            // A third cluster gets it, with the list extended in place.
+            let onward = hop("west", "central");
+            assert!(!onward.decide(&fetched).unwrap().is_skip());
+            let third = onward.stamp(fetched).unwrap();
+            assert_stamped(&decode_one(third.bytes()), &input(), "v1:east,west,central");
+            assert!(hop("central", "east").decide(&third).unwrap().is_skip());
+            assert!(hop("central", "west").decide(&third).unwrap().is_skip());
+        }
+    }
+
+    #[test]
+    fn control_batches_are_refused_by_provenance() {
+        let v = verified(super::control_batch(1));
+        assert!(matches!(
+            hop("a", "b").decide(&v),
+            Err(BatchError::NotForwardable { .. })
+        ));
+        assert!(matches!(
+            hop("a", "b").stamp(v),
+            Err(BatchError::NotForwardable { .. })
+        ));
+    }
+
+    #[test]
+    fn provenance_written_by_another_encoder_is_understood() {
+        // A batch whose records already carry a provenance header, encoded
+        // by kafka_protocol (as another mirrorproxy instance would write it).
+        let mut recs = input();
+        for r in &mut recs {
+            r.headers.insert(
+                StrBytes::from_static_str(PROVENANCE_HEADER),
+                Some(Bytes::from_static(b"v1:a,b")),
+            );
+        }
+        for (kp, ours) in KP_CODECS {
+            let v = verified(encode(&recs, kp));
+            assert_eq!(
+                mirrorproxy::batch::first_record_provenance(&v).unwrap(),
+                Some(Provenance::decode(b"v1:a,b").unwrap()),
+                "{ours}"
+            );
+            let out = hop("b", "c").stamp(v).unwrap();
+            assert_stamped(&decode_one(out.bytes()), &input(), "v1:a,b,c");
+        }
+    }
+}

@@ -67,6 +67,7 @@
 mod compression;
 mod error;
 mod header;
+pub mod provenance;
 mod records;
 mod split;
 mod verified;
@@ -82,6 +83,10 @@ pub use compression::{
 };
 pub use error::BatchError;
 pub use header::{BatchHeader, HEADER_LEN};
+pub use provenance::{
+    decide_provenance, first_record_provenance, stamp_provenance, ClusterId, Decision, Hop,
+    Provenance, ProvenanceError, PROVENANCE_HEADER,
+};
 pub use records::{walk_records, RecordSpan};
 pub use split::{split_batches, RawBatch, Split};
 pub use verified::{ControlType, OutgoingBatch, ProducerStamp, VerifiedBatch};
