@@ -4,13 +4,24 @@
 //! misspelt knob silently falling back to its default is the worst kind of config bug.
 //! Semantic checks (aliases, regexes, ranges) run after parsing and each error names
 //! the place in the file (`flows[1].topics`).
+//!
+//! Security per cluster: `link = "remote"` marks a cluster reached over a network we do
+//! not control; such a cluster must have `[clusters.X.tls]` unless `allow_plaintext =
+//! true` says otherwise (then a warning is logged at start). `[clusters.X.sasl]` names
+//! the mechanism and user; the password comes from an environment variable or a file,
+//! never from this file, and is read at start into a [`Secret`] that does not print.
+//! Relative paths under `tls` (and `password_file`) are relative to the config file's
+//! directory.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use regex::Regex;
 use serde::Deserialize;
+
+use crate::net::sasl::{Mechanism, SaslCredentials, Secret};
+use crate::net::tls::TlsFiles;
 
 /// A configuration problem, with where it is.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +42,58 @@ pub struct ClusterConfig {
     /// client.id sent to the brokers.
     #[serde(default = "default_client_id")]
     pub client_id: String,
+    /// "local" (default): same datacenter; "remote": needs `tls` or `allow_plaintext`.
+    #[serde(default)]
+    pub link: Link,
+    /// Accept a remote link without TLS (logged as a warning at start).
+    #[serde(default)]
+    pub allow_plaintext: bool,
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    #[serde(default)]
+    pub sasl: Option<SaslConfig>,
+}
+
+/// Where a cluster is, as far as the network goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Link {
+    #[default]
+    Local,
+    Remote,
+}
+
+/// `[clusters.X.tls]`: certificates are always verified; nothing here turns that off.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM bundle of trusted CAs; absent: the platform's root certificates.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// Client certificate chain (PEM) for mutual TLS; needs `key`.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// Private key (PEM) of `cert`.
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// Name verified in the broker certificates and sent as SNI, instead of the host dialled.
+    #[serde(default)]
+    pub server_name: Option<String>,
+}
+
+/// `[clusters.X.sasl]`. Holds where the password is, never the password.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SaslConfig {
+    /// "PLAIN", "SCRAM-SHA-256" or "SCRAM-SHA-512".
+    pub mechanism: Mechanism,
+    pub username: String,
+    /// Environment variable holding the password.
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// File holding the password (one trailing newline is ignored).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
 }
 
 fn default_client_id() -> String {
@@ -105,6 +168,10 @@ pub struct Tuning {
     pub shutdown_timeout_ms: u64,
     /// Bytes one partition may hold while waiting for the end of an open source transaction.
     pub transaction_buffer_bytes: u64,
+    /// How often each partition's position is written to the checkpoint topic.
+    pub checkpoint_interval_ms: u64,
+    /// Compacted topic on each target cluster holding the checkpoints.
+    pub checkpoint_topic: String,
 }
 
 impl Default for Tuning {
@@ -125,6 +192,8 @@ impl Default for Tuning {
             retry_backoff_max_ms: 5_000,
             shutdown_timeout_ms: 30_000,
             transaction_buffer_bytes: 64 << 20,
+            checkpoint_interval_ms: 1_000,
+            checkpoint_topic: crate::checkpoint::DEFAULT_TOPIC.to_owned(),
         }
     }
 }
@@ -193,9 +262,14 @@ impl Config {
 
     /// Parses and validates; `path` is used in messages only.
     pub fn parse(text: &str, path: &str) -> Result<Self, ConfigError> {
-        let raw: RawConfig = toml::from_str(text)
+        let mut raw: RawConfig = toml::from_str(text)
             .map_err(|e| ConfigError::Parse { path: path.to_owned(), reason: e.to_string().trim_end().replace('\n', " | ") })?;
         let invalid = |at: String, reason: String| ConfigError::Invalid { path: path.to_owned(), at, reason };
+        // Relative TLS and password files are relative to the config file's directory.
+        let base = Path::new(path).parent().unwrap_or_else(|| Path::new(""));
+        for c in raw.clusters.values_mut() {
+            c.resolve_paths(base);
+        }
         if raw.clusters.is_empty() {
             return Err(invalid("clusters".into(), "at least one [clusters.NAME] table is needed".into()));
         }
@@ -210,6 +284,31 @@ impl Config {
                 let ok = b.rsplit_once(':').is_some_and(|(h, port)| !h.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
                 if !ok {
                     return Err(invalid(format!("clusters.{alias}.bootstrap"), format!("'{b}' is not host:port")));
+                }
+            }
+            if c.link == Link::Remote && c.tls.is_none() && !c.allow_plaintext {
+                return Err(invalid(
+                    format!("clusters.{alias}"),
+                    "link = \"remote\" without a [tls] table would send data (and credentials) unencrypted; \
+                     add [clusters.NAME.tls], or set allow_plaintext = true to accept that"
+                        .replace("NAME", alias),
+                ));
+            }
+            if let Some(t) = &c.tls {
+                if t.cert.is_some() != t.key.is_some() {
+                    return Err(invalid(format!("clusters.{alias}.tls"), "cert and key go together (mutual TLS needs both)".into()));
+                }
+                if t.server_name.as_deref().is_some_and(str::is_empty) {
+                    return Err(invalid(format!("clusters.{alias}.tls.server_name"), "is empty".into()));
+                }
+            }
+            if let Some(s) = &c.sasl {
+                if s.username.is_empty() {
+                    return Err(invalid(format!("clusters.{alias}.sasl.username"), "is empty".into()));
+                }
+                match (&s.password_env, &s.password_file) {
+                    (Some(_), None) | (None, Some(_)) => {}
+                    _ => return Err(invalid(format!("clusters.{alias}.sasl"), "give exactly one of password_env and password_file".into())),
                 }
             }
         }
@@ -261,12 +360,79 @@ impl Config {
         check(t.request_timeout_ms >= 1000, "request_timeout_ms", "must be at least 1000")?;
         check(t.summary_interval_ms >= 100, "summary_interval_ms", "must be at least 100")?;
         check(t.metadata_refresh_ms >= 100, "metadata_refresh_ms", "must be at least 100")?;
+        check(t.checkpoint_interval_ms >= 100, "checkpoint_interval_ms", "must be at least 100")?;
+        check(!t.checkpoint_topic.is_empty() && t.checkpoint_topic.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)), "checkpoint_topic", "must be a valid topic name")?;
         check(t.retry_backoff_ms > 0 && t.retry_backoff_ms <= t.retry_backoff_max_ms, "retry_backoff_ms", "must be > 0 and <= retry_backoff_max_ms")?;
         Ok(Config { clusters: raw.clusters, flows, tuning: raw.tuning })
     }
 }
 
 impl ClusterConfig {
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut Option<PathBuf>| {
+            if let Some(path) = p {
+                if path.is_relative() {
+                    *path = base.join(&*path);
+                }
+            }
+        };
+        if let Some(t) = &mut self.tls {
+            fix(&mut t.ca);
+            fix(&mut t.cert);
+            fix(&mut t.key);
+        }
+        if let Some(s) = &mut self.sasl {
+            fix(&mut s.password_file);
+        }
+    }
+
+    /// The TLS files for [`crate::net::tls::TlsConnector`], if TLS is configured.
+    #[must_use]
+    pub fn tls_files(&self) -> Option<TlsFiles> {
+        self.tls.as_ref().map(|t| TlsFiles { ca: t.ca.clone(), cert: t.cert.clone(), key: t.key.clone(), server_name: t.server_name.clone() })
+    }
+
+    /// Reads the SASL password from its environment variable or file. Errors say where
+    /// the password was looked for, never what it is.
+    pub fn sasl_credentials(&self) -> Result<Option<SaslCredentials>, String> {
+        let Some(s) = &self.sasl else { return Ok(None) };
+        let password = match (&s.password_env, &s.password_file) {
+            (Some(var), _) => match std::env::var(var) {
+                Ok(v) if !v.is_empty() => v,
+                Ok(_) => return Err(format!("sasl.password_env: environment variable {var} is empty")),
+                Err(std::env::VarError::NotPresent) => return Err(format!("sasl.password_env: environment variable {var} is not set")),
+                Err(std::env::VarError::NotUnicode(_)) => return Err(format!("sasl.password_env: environment variable {var} is not UTF-8")),
+            },
+            (None, Some(file)) => {
+                let bytes = std::fs::read(file).map_err(|e| format!("sasl.password_file {}: {e}", file.display()))?;
+                let text = String::from_utf8(bytes).map_err(|_| format!("sasl.password_file {}: not UTF-8", file.display()))?;
+                let text = text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text).to_owned();
+                if text.is_empty() {
+                    return Err(format!("sasl.password_file {}: is empty", file.display()));
+                }
+                text
+            }
+            (None, None) => return Err("sasl: no password_env or password_file".into()),
+        };
+        Ok(Some(SaslCredentials { mechanism: s.mechanism, username: s.username.clone(), password: Secret::new(password) }))
+    }
+
+    /// Why this cluster's traffic is readable on the network, when it is and the
+    /// config accepted that (`allow_plaintext`, or PLAIN passwords without TLS).
+    #[must_use]
+    pub fn plaintext_warning(&self) -> Option<String> {
+        if self.tls.is_some() {
+            return None;
+        }
+        let plain_pw = self.sasl.as_ref().is_some_and(|s| s.mechanism == Mechanism::Plain);
+        match (self.link, plain_pw) {
+            (Link::Remote, true) => Some("remote link without TLS (allow_plaintext = true): data and the SASL PLAIN password cross the network unencrypted".into()),
+            (Link::Remote, false) => Some("remote link without TLS (allow_plaintext = true): data crosses the network unencrypted".into()),
+            (Link::Local, true) => Some("SASL PLAIN without TLS: the password crosses the network unencrypted".into()),
+            (Link::Local, false) => None,
+        }
+    }
+
     #[must_use]
     pub fn bootstrap_list(&self) -> Vec<String> {
         self.bootstrap.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
@@ -312,6 +478,93 @@ rename = "prefix"
         assert!(e.contains("renam"), "{e}");
         let e = err(&format!("{GOOD}\n[tuning]\nbufer_bytes = 5\n"));
         assert!(e.contains("bufer_bytes"), "{e}");
+    }
+
+    const SECURE: &str = r#"
+[clusters.edge]
+bootstrap = "127.0.0.1:9092"
+[clusters.cloud]
+bootstrap = "kafka.example:9093"
+link = "remote"
+[clusters.cloud.tls]
+ca = "tls/ca.pem"
+cert = "/abs/client.pem"
+key = "/abs/client.key"
+server_name = "kafka.example"
+[clusters.cloud.sasl]
+mechanism = "SCRAM-SHA-512"
+username = "mirror"
+password_env = "MIRRORPROXY_TEST_UNSET_PASSWORD_VAR"
+[[flows]]
+source = "edge"
+target = "cloud"
+topics = ".*"
+"#;
+
+    #[test]
+    fn parses_tls_and_sasl() {
+        let c = Config::parse(SECURE, "/etc/mirror/m.toml").unwrap();
+        let cloud = &c.clusters["cloud"];
+        assert_eq!(cloud.link, Link::Remote);
+        let files = cloud.tls_files().unwrap();
+        assert_eq!(files.ca.as_deref(), Some(Path::new("/etc/mirror/tls/ca.pem")), "relative to the config file");
+        assert_eq!(files.cert.as_deref(), Some(Path::new("/abs/client.pem")));
+        assert_eq!(files.server_name.as_deref(), Some("kafka.example"));
+        let sasl = cloud.sasl.as_ref().unwrap();
+        assert_eq!(sasl.mechanism, Mechanism::ScramSha512);
+        assert!(c.clusters["edge"].tls.is_none() && c.clusters["edge"].link == Link::Local);
+        let e = cloud.sasl_credentials().unwrap_err();
+        assert!(e.contains("MIRRORPROXY_TEST_UNSET_PASSWORD_VAR") && e.contains("not set"), "{e}");
+        assert!(cloud.plaintext_warning().is_none());
+    }
+
+    #[test]
+    fn password_file_is_read_and_never_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pw"), "s3cr3t-Pa55\n").unwrap();
+        let cfg = dir.path().join("m.toml");
+        let text = SECURE.replace("password_env = \"MIRRORPROXY_TEST_UNSET_PASSWORD_VAR\"", "password_file = \"pw\"");
+        let c = Config::parse(&text, cfg.to_str().unwrap()).unwrap();
+        let creds = c.clusters["cloud"].sasl_credentials().unwrap().unwrap();
+        assert_eq!(creds.password.expose(), "s3cr3t-Pa55");
+        let shown = format!("{c:?} {creds:?}");
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+    }
+
+    #[test]
+    fn remote_without_tls_is_refused_unless_allowed() {
+        let plain = r#"
+[clusters.edge]
+bootstrap = "127.0.0.1:9092"
+[clusters.cloud]
+bootstrap = "127.0.0.1:9093"
+link = "remote"
+[[flows]]
+source = "edge"
+target = "cloud"
+topics = ".*"
+"#;
+        let e = err(plain);
+        assert!(e.contains("clusters.cloud") && e.contains("allow_plaintext"), "{e}");
+        let c = Config::parse(&plain.replace("link = \"remote\"", "link = \"remote\"\nallow_plaintext = true"), "m.toml").unwrap();
+        assert!(c.clusters["cloud"].plaintext_warning().unwrap().contains("unencrypted"));
+        assert!(c.clusters["edge"].plaintext_warning().is_none());
+    }
+
+    #[test]
+    fn tls_and_sasl_mistakes_are_named() {
+        let e = err(&SECURE.replace("key = \"/abs/client.key\"\n", ""));
+        assert!(e.contains("clusters.cloud.tls") && e.contains("cert and key"), "{e}");
+        let e = err(&SECURE.replace("server_name", "servername"));
+        assert!(e.contains("servername"), "{e}");
+        let e = err(&SECURE.replace("SCRAM-SHA-512", "SCRAM-MD5"));
+        assert!(e.contains("SCRAM-MD5"), "{e}");
+        let e = err(&SECURE.replace("password_env = \"MIRRORPROXY_TEST_UNSET_PASSWORD_VAR\"", ""));
+        assert!(e.contains("clusters.cloud.sasl") && e.contains("password_env"), "{e}");
+        let e = err(&SECURE.replace("[clusters.cloud.tls]", "verify = false\n[clusters.cloud.tls]"));
+        assert!(e.contains("verify"), "{e}");
+        let e = err(&SECURE.replace("mechanism = \"SCRAM-SHA-512\"", "mechanism = \"PLAIN\"\npassword = \"x\""));
+        assert!(e.contains("password"), "inline passwords are not a thing: {e}");
     }
 
     #[test]

@@ -11,7 +11,9 @@ use mirrorproxy::cluster::{Cluster, ConnectSettings};
 use mirrorproxy::config::{Config, Tuning};
 use mirrorproxy::engine::Engine;
 use tokio::sync::watch;
-use tracing::{error, info};
+use mirrorproxy::net::tls::TlsConnector;
+use mirrorproxy::net::Security;
+use tracing::{error, info, warn};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -67,25 +69,79 @@ fn main() -> ExitCode {
     }
 }
 
-fn clusters(config: &Config) -> HashMap<String, Arc<Cluster>> {
+/// The clusters of the config, with their TLS configurations (built once per cluster,
+/// reloadable) and SASL credentials (read now from the environment or a file).
+struct Clusters {
+    clusters: HashMap<String, Arc<Cluster>>,
+    tls: Vec<(String, Arc<TlsConnector>)>,
+}
+
+fn clusters(config: &Config) -> Result<Clusters, String> {
     let t = &config.tuning;
-    config
-        .clusters
-        .iter()
-        .map(|(alias, c)| {
-            let settings = ConnectSettings {
-                client_id: c.client_id.clone(),
-                connect_timeout: Tuning::ms(t.connect_timeout_ms),
-                request_timeout: Tuning::ms(t.request_timeout_ms),
+    let mut out = Clusters { clusters: HashMap::new(), tls: Vec::new() };
+    for (alias, c) in &config.clusters {
+        if let Some(w) = c.plaintext_warning() {
+            warn!("cluster '{alias}': {w}");
+        }
+        let tls = match c.tls_files() {
+            Some(files) => {
+                let tls = Arc::new(TlsConnector::new(files).map_err(|e| format!("cluster '{alias}': {e}"))?);
+                out.tls.push((alias.clone(), tls.clone()));
+                Some(tls)
+            }
+            None => None,
+        };
+        let sasl = c.sasl_credentials().map_err(|e| format!("cluster '{alias}': {e}"))?.map(Arc::new);
+        let settings = ConnectSettings {
+            client_id: c.client_id.clone(),
+            connect_timeout: Tuning::ms(t.connect_timeout_ms),
+            request_timeout: Tuning::ms(t.request_timeout_ms),
+            security: Security { tls, sasl },
+        };
+        out.clusters.insert(alias.clone(), Arc::new(Cluster::new(alias, c.bootstrap_list(), settings)));
+    }
+    Ok(out)
+}
+
+/// Reloads TLS certificates on SIGHUP and when a certificate file changes (polled).
+/// Open connections keep their session; new ones use the new files. A reload that
+/// fails is logged and the previous certificates stay in use.
+fn spawn_tls_reloader(tls: Vec<(String, Arc<TlsConnector>)>) {
+    if tls.is_empty() {
+        return;
+    }
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        let mut poll = tokio::time::interval(std::time::Duration::from_secs(5));
+        poll.tick().await;
+        loop {
+            #[cfg(unix)]
+            let forced = tokio::select! {
+                _ = poll.tick() => false,
+                Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
             };
-            (alias.clone(), Arc::new(Cluster::new(alias, c.bootstrap_list(), settings)))
-        })
-        .collect()
+            #[cfg(not(unix))]
+            let forced = {
+                poll.tick().await;
+                false
+            };
+            for (alias, t) in &tls {
+                let result = if forced { t.reload().map(|()| true) } else { t.reload_if_changed() };
+                match result {
+                    Ok(true) => info!("cluster '{alias}': TLS certificates reloaded; new connections use them"),
+                    Ok(false) => {}
+                    Err(e) => error!("cluster '{alias}': TLS reload failed, keeping the previous certificates: {e}"),
+                }
+            }
+        }
+    });
 }
 
 async fn run(path: &std::path::Path) -> Result<(), String> {
     let config = Config::load(path).map_err(|e| e.to_string())?;
-    let clusters = clusters(&config);
+    let Clusters { clusters, tls } = clusters(&config)?;
+    spawn_tls_reloader(tls);
     // Fail fast on a cluster that is not there at start; outages later are ridden out.
     for (alias, cluster) in &clusters {
         let md = cluster.metadata(Some(&[])).await.map_err(|e| e.to_string())?;
@@ -124,7 +180,7 @@ async fn wait_for_signal() {
 async fn check(path: &std::path::Path) -> Result<(), String> {
     let config = Config::load(path).map_err(|e| e.to_string())?;
     println!("config {}: OK ({} clusters, {} flows)", path.display(), config.clusters.len(), config.flows.len());
-    let clusters = clusters(&config);
+    let clusters = clusters(&config)?.clusters;
     let mut problems = Vec::new();
     let mut metadata = HashMap::new();
     for (alias, cluster) in &clusters {

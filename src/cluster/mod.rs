@@ -21,7 +21,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use tokio::sync::Mutex;
 
-use crate::net::{Connection, NetError};
+use crate::net::{Connection, NetError, Security};
 
 /// A topic and a partition of it: Kafka's own unit of order.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -52,6 +52,8 @@ pub enum ClusterError {
     NoBroker { cluster: String, tried: String },
     #[error("cluster '{cluster}': broker {broker} is not in the metadata")]
     UnknownBroker { cluster: String, broker: i32 },
+    #[error("cluster '{cluster}': {what}")]
+    Other { cluster: String, what: String },
     #[error("cluster '{cluster}': {what} failed: {error}{message}")]
     Kafka { cluster: String, what: String, error: ResponseError, message: String },
 }
@@ -62,7 +64,7 @@ impl ClusterError {
     pub fn is_retriable(&self) -> bool {
         match self {
             ClusterError::Net { source, .. } => source.is_retriable(),
-            ClusterError::NoBroker { .. } | ClusterError::UnknownBroker { .. } => true,
+            ClusterError::NoBroker { .. } | ClusterError::UnknownBroker { .. } | ClusterError::Other { .. } => true,
             ClusterError::Kafka { error, .. } => error.is_retriable(),
         }
     }
@@ -74,6 +76,19 @@ pub struct ConnectSettings {
     pub client_id: String,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
+    /// TLS (one rustls config per cluster, reloadable) and SASL credentials.
+    pub security: Security,
+}
+
+impl Default for ConnectSettings {
+    fn default() -> Self {
+        Self {
+            client_id: "mirrorproxy".into(),
+            connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            security: Security::default(),
+        }
+    }
 }
 
 /// What Metadata said about one partition.
@@ -151,7 +166,7 @@ impl Cluster {
         }
         let s = &self.settings;
         let conn = Arc::new(
-            Connection::connect(addr, &s.client_id, s.connect_timeout, s.request_timeout)
+            Connection::connect_secure(addr, &s.client_id, s.connect_timeout, s.request_timeout, &s.security)
                 .await
                 .map_err(|e| self.net(e))?,
         );

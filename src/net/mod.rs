@@ -10,13 +10,21 @@
 //! and every later request fails at once with the same error, and the owner opens a new
 //! connection. A half-broken connection is never reused.
 //!
-//! [`Transport`] is the byte stream under a connection. TLS joins it as a second variant
-//! (inter-datacenter links); the rest of the layer does not care which one it is.
+//! [`Transport`] is the byte stream under a connection: plain TCP, or TLS ([`tls`],
+//! rustls) for inter-datacenter links; the rest of the layer does not care which one it
+//! is. With SASL configured ([`sasl`]), [`Connection::connect_secure`] authenticates
+//! right after ApiVersions, before the connection is handed out. A connection whose SASL
+//! session has a lifetime (KIP-368) *retires* before it expires: [`Connection::is_poisoned`]
+//! then says true so its owner opens a new one, while requests already sent on it are
+//! still answered (see [`sasl`]).
+
+pub mod sasl;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, ApiVersionsRequest};
@@ -44,20 +52,31 @@ pub enum NetError {
     Protocol { addr: String, reason: String },
     #[error("{addr} does not support {api:?} in a version we speak (broker {broker_min}..={broker_max}, ours {ours_min}..={ours_max})")]
     UnsupportedVersion { addr: String, api: ApiKey, broker_min: i16, broker_max: i16, ours_min: i16, ours_max: i16 },
+    /// A certificate or TLS alert problem; retrying cannot fix it.
+    #[error("TLS with {addr} failed: {reason}")]
+    Tls { addr: String, reason: String },
+    /// SASL refused (wrong credentials, mechanism not enabled); retrying cannot fix it.
+    #[error("SASL authentication with {addr} failed: {reason}")]
+    Authentication { addr: String, reason: String },
 }
 
 impl NetError {
     /// Network errors are all worth retrying on a new connection, except a version
-    /// mismatch and a peer that does not speak Kafka.
+    /// mismatch, a peer that does not speak Kafka, a certificate problem and refused
+    /// credentials: those need an operator.
     #[must_use]
     pub fn is_retriable(&self) -> bool {
-        !matches!(self, NetError::UnsupportedVersion { .. } | NetError::Protocol { .. })
+        !matches!(
+            self,
+            NetError::UnsupportedVersion { .. } | NetError::Protocol { .. } | NetError::Tls { .. } | NetError::Authentication { .. }
+        )
     }
 }
 
 /// The byte stream under a connection.
 pub enum Transport {
     Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
 impl Transport {
@@ -67,9 +86,24 @@ impl Transport {
                 let (r, w) = s.into_split();
                 (Box::new(r), Box::new(w))
             }
+            Transport::Tls(s) => {
+                let (r, w) = tokio::io::split(*s);
+                (Box::new(r), Box::new(w))
+            }
         }
     }
 }
+
+/// TLS and SASL for the connections of one cluster; the default is neither.
+#[derive(Debug, Clone, Default)]
+pub struct Security {
+    pub tls: Option<Arc<tls::TlsConnector>>,
+    pub sasl: Option<Arc<sasl::SaslCredentials>>,
+}
+
+/// Fraction of a SASL session lifetime after which a connection retires (the Java
+/// client re-authenticates between 85 % and 95 %).
+const RETIRE_AT: f64 = 0.85;
 
 /// Highest version of each API this client implements. Fetch and Produce stop at the
 /// last versions that name topics (v13 of both switched to topic ids, KIP-516).
@@ -94,6 +128,8 @@ pub fn our_max_version(api: ApiKey) -> i16 {
 pub fn our_min_version(api: ApiKey) -> i16 {
     match api {
         ApiKey::Metadata => 4,
+        // v0 sends the SASL tokens as raw frames outside Kafka's framing (pre KIP-152).
+        ApiKey::SaslHandshake => 1,
         _ => 0,
     }
 }
@@ -102,11 +138,22 @@ type Reply = oneshot::Sender<Result<Bytes, NetError>>;
 
 struct Shared {
     addr: String,
+    /// For a TLS connection: the verified name and whether we have a client certificate,
+    /// to explain TLS alerts that arrive after the handshake (TLS 1.3 client auth).
+    tls: Option<(String, bool)>,
     pending: Mutex<HashMap<i32, Reply>>,
     poison: Mutex<Option<NetError>>,
 }
 
 impl Shared {
+    /// A broken stream: a TLS alert or certificate problem is named as such.
+    fn io_error(&self, e: &std::io::Error) -> NetError {
+        if let (Some((host, has_cert)), Some(err)) = (&self.tls, tls::tls_error(e)) {
+            return NetError::Tls { addr: self.addr.clone(), reason: tls::describe(err, host, *has_cert) };
+        }
+        NetError::Broken { addr: self.addr.clone(), reason: e.to_string() }
+    }
+
     fn poison(&self, err: NetError) {
         let mut p = self.poison.lock().unwrap();
         if p.is_none() {
@@ -128,30 +175,59 @@ pub struct Connection {
     versions: HashMap<i16, (i16, i16)>,
     client_id: String,
     request_timeout: Duration,
+    /// When the SASL session is near its end (KIP-368): the connection retires then.
+    retire_at: Option<Instant>,
 }
 
 impl Connection {
-    /// Connects and negotiates API versions.
+    /// Connects (plain TCP, no SASL) and negotiates API versions.
     pub async fn connect(
         addr: &str,
         client_id: &str,
         connect_timeout: Duration,
         request_timeout: Duration,
     ) -> Result<Self, NetError> {
+        Self::connect_secure(addr, client_id, connect_timeout, request_timeout, &Security::default()).await
+    }
+
+    /// Connects, does the TLS handshake if configured, negotiates API versions and
+    /// authenticates with SASL if configured.
+    pub async fn connect_secure(
+        addr: &str,
+        client_id: &str,
+        connect_timeout: Duration,
+        request_timeout: Duration,
+        security: &Security,
+    ) -> Result<Self, NetError> {
         let cerr = |reason: String| NetError::Connect { addr: addr.to_owned(), reason };
+        let started = Instant::now();
         let stream = tokio::time::timeout(connect_timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| cerr(format!("no answer within {connect_timeout:?}")))?
             .map_err(|e| cerr(e.to_string()))?;
         stream.set_nodelay(true).map_err(|e| cerr(e.to_string()))?;
-        let mut conn = Self::start(Transport::Plain(stream), addr, client_id, request_timeout);
+        let (transport, tls_ctx) = match &security.tls {
+            None => (Transport::Plain(stream), None),
+            Some(tls) => {
+                let left = connect_timeout.saturating_sub(started.elapsed()).max(Duration::from_secs(1));
+                let s = tls.handshake(stream, addr, left).await?;
+                (Transport::Tls(Box::new(s)), Some((tls.verified_name(addr).to_owned(), tls.has_client_cert())))
+            }
+        };
+        let mut conn = Self::start(transport, addr, client_id, request_timeout, tls_ctx);
         conn.negotiate().await?;
+        if let Some(creds) = &security.sasl {
+            if let Some(lifetime) = sasl::authenticate(&conn, creds).await? {
+                conn.retire_at = Some(Instant::now() + lifetime.mul_f64(RETIRE_AT));
+            }
+        }
         Ok(conn)
     }
 
-    fn start(transport: Transport, addr: &str, client_id: &str, request_timeout: Duration) -> Self {
+    fn start(transport: Transport, addr: &str, client_id: &str, request_timeout: Duration, tls: Option<(String, bool)>) -> Self {
         let shared = Arc::new(Shared {
             addr: addr.to_owned(),
+            tls,
             pending: Mutex::new(HashMap::new()),
             poison: Mutex::new(None),
         });
@@ -166,6 +242,7 @@ impl Connection {
             versions: HashMap::new(),
             client_id: client_id.to_owned(),
             request_timeout,
+            retire_at: None,
         }
     }
 
@@ -196,10 +273,23 @@ impl Connection {
         &self.shared.addr
     }
 
-    /// True once the stream broke; the owner should open a new connection.
+    /// True once the stream broke, or once the SASL session is near its end (KIP-368);
+    /// either way the owner should open a new connection.
     #[must_use]
     pub fn is_poisoned(&self) -> bool {
-        self.shared.poison.lock().unwrap().is_some()
+        self.is_retired() || self.shared.poison.lock().unwrap().is_some()
+    }
+
+    /// True once the SASL session lifetime is 85 % over.
+    #[must_use]
+    pub fn is_retired(&self) -> bool {
+        self.retire_at.is_some_and(|t| Instant::now() >= t)
+    }
+
+    /// When this connection retires (SASL session lifetime), if it does.
+    #[must_use]
+    pub fn retire_at(&self) -> Option<Instant> {
+        self.retire_at
     }
 
     /// The version used for request type `R`: the highest one both sides support.
@@ -319,14 +409,39 @@ impl Connection {
 
 impl Drop for Connection {
     fn drop(&mut self) {
-        self.shared.poison(NetError::Broken { addr: self.shared.addr.clone(), reason: "connection closed by us".into() });
+        let closed = NetError::Broken { addr: self.shared.addr.clone(), reason: "connection closed by us".into() };
+        // A retired connection still owes answers to requests sent before it retired:
+        // keep the writer open and wait for them (at most one request timeout) before
+        // closing, so that nothing in flight is lost to the session rotation.
+        let owes = !self.shared.pending.lock().unwrap().is_empty() && self.shared.poison.lock().unwrap().is_none();
+        if self.is_retired() && owes {
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                let (dummy, _) = mpsc::unbounded_channel();
+                let tx = std::mem::replace(&mut self.tx, dummy);
+                let shared = self.shared.clone();
+                let deadline = Instant::now() + self.request_timeout;
+                handle.spawn(async move {
+                    while !shared.pending.lock().unwrap().is_empty() && Instant::now() < deadline {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    shared.poison(closed);
+                    drop(tx);
+                });
+                return;
+            }
+        }
+        self.shared.poison(closed);
     }
 }
 
 async fn write_loop(mut w: Box<dyn AsyncWrite + Send + Unpin>, mut rx: mpsc::UnboundedReceiver<Bytes>, shared: Arc<Shared>) {
     while let Some(frame) = rx.recv().await {
-        if let Err(e) = w.write_all(&frame).await {
-            shared.poison(NetError::Broken { addr: shared.addr.clone(), reason: e.to_string() });
+        let written = match w.write_all(&frame).await {
+            Ok(()) => w.flush().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = written {
+            shared.poison(shared.io_error(&e));
             return;
         }
         if shared.poison.lock().unwrap().is_some() {
@@ -388,7 +503,7 @@ async fn read_loop(mut r: Box<dyn AsyncRead + Send + Unpin>, shared: Arc<Shared>
             }
             Ok(_) => {}
             Err(e) => {
-                shared.poison(NetError::Broken { addr: shared.addr.clone(), reason: e.to_string() });
+                shared.poison(shared.io_error(&e));
                 return;
             }
         }
