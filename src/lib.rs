@@ -5,6 +5,7 @@
 //! leaders and topics; [`engine`] moves batches from source partitions to target
 //! partitions; [`config`] and the CLI sit on top.
 pub mod batch;
+pub mod checkpoint;
 pub mod cluster;
 pub mod config;
 pub mod engine;

@@ -48,6 +48,7 @@ use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
 use crate::batch::{self, ControlType, ProducerStamp, VerifiedBatch};
+use crate::checkpoint::{self, Checkpoint, CheckpointKey, Fingerprint, TailBatch};
 use crate::cluster::{Cluster, ClusterError, ClusterMetadata, TopicPartition};
 use crate::config::{Flow, StartAt, Tuning};
 use crate::net::{Connection, NetError};
@@ -151,12 +152,15 @@ struct Pending {
     /// Stamp of the last send and the producer generation it belongs to; reused on
     /// retry so the broker can drop duplicates.
     stamp: Option<(u64, ProducerStamp)>,
+    first_offset: i64,
     _charge: Charge,
 }
 
 impl Pending {
+    /// First source offset this batch stands for: its base offset, or the position it
+    /// was cut at when a start position fell inside it.
     fn base_offset(&self) -> i64 {
-        self.batch.header().base_offset
+        self.first_offset
     }
 }
 
@@ -183,6 +187,17 @@ struct PartState {
     produce_backoff: Duration,
     next_sequence: i32,
     stopped: Option<String>,
+    /// Next target offset after the acknowledged data; None until known.
+    target_next: Option<i64>,
+    /// Timestamp of the newest record on the target.
+    last_timestamp: i64,
+    /// Mapping history written with each checkpoint.
+    points: Vec<(i64, i64)>,
+    /// (source, target) of the last checkpoint written.
+    checkpointed: Option<(i64, i64)>,
+    /// Batches found on the target after the checkpoint: batches the mirror would send
+    /// are matched against them first and not sent again (crash window).
+    reconcile: VecDeque<TailBatch>,
 }
 
 impl PartState {
@@ -208,6 +223,7 @@ enum Event {
     Produced { broker: i32, sent: Vec<(TopicPartition, u64)>, result: Result<ProduceResponse, NetError> },
     TargetConnected { broker: i32, result: Result<Arc<Connection>, ClusterError> },
     ProducerId(Result<(i64, i16), ClusterError>),
+    CheckpointWritten { written: Vec<(TopicPartition, (i64, i64))>, result: Result<(), String> },
 }
 
 /// Result of one discovery round.
@@ -215,11 +231,26 @@ struct Discovery {
     source: ClusterMetadata,
     target: ClusterMetadata,
     /// New partitions and where they start.
-    new_partitions: Vec<(TopicPartition, i64)>,
+    new_partitions: Vec<(TopicPartition, Start)>,
     /// Target topic facts for topics seen for the first time.
     target_topics: Vec<(String, TargetTopic)>,
     /// Source topics that cannot be mirrored, with why.
     refused: Vec<(String, String)>,
+}
+
+/// Where a new partition starts.
+struct Start {
+    source_offset: i64,
+    /// From a checkpoint: the target position, the target's batches after it (to be
+    /// reconciled), the newest mirrored timestamp and the mapping history.
+    resume: Option<Resume>,
+}
+
+struct Resume {
+    target_offset: i64,
+    tail: Vec<TailBatch>,
+    last_timestamp: i64,
+    points: Vec<(i64, i64)>,
 }
 
 /// Runs all flows of a configuration until `shutdown` turns true.
@@ -285,6 +316,7 @@ struct FlowDriver {
     target_generation: u64,
     source_down: Option<(Instant, String)>,
     tasks: FuturesUnordered<Task>,
+    checkpoint_in_flight: bool,
 }
 
 /// Errors on Produce that mean "the target lost or never had our producer state".
@@ -334,6 +366,7 @@ impl FlowDriver {
             target_generation: 0,
             source_down: None,
             tasks: FuturesUnordered::new(),
+            checkpoint_in_flight: false,
         }
     }
 
@@ -344,6 +377,7 @@ impl FlowDriver {
         let mut summary_tick = tokio::time::interval(Tuning::ms(self.tuning.summary_interval_ms));
         summary_tick.tick().await;
         let mut poll_tick = tokio::time::interval(Duration::from_millis(50));
+        let mut checkpoint_tick = tokio::time::interval(Tuning::ms(self.tuning.checkpoint_interval_ms));
         let mut last_summary = (Instant::now(), 0u64, 0u64);
         let mut shutdown_deadline: Option<Instant> = None;
         let mut shutdown = self.shutdown.clone();
@@ -354,11 +388,13 @@ impl FlowDriver {
             }
             if let Some(deadline) = shutdown_deadline {
                 if self.drained() {
+                    self.final_checkpoint().await;
                     info!(flow = %name, "flow stopped cleanly");
                     break;
                 }
                 if Instant::now() >= deadline {
                     warn!(flow = %name, unacknowledged_batches = self.unacknowledged(), "shutdown timeout reached with batches not yet acknowledged by the target");
+                    self.final_checkpoint().await;
                     break;
                 }
             }
@@ -368,11 +404,86 @@ impl FlowDriver {
                 Some(event) = self.tasks.next() => self.handle(event),
                 _ = metadata_tick.tick() => { if !stopping { self.discover_now = true; } }
                 _ = summary_tick.tick() => self.summary(&mut last_summary),
+                _ = checkpoint_tick.tick() => self.start_checkpoint(),
                 _ = poll_tick.tick() => {}
                 _ = shutdown.changed(), if shutdown_deadline.is_none() => {}
             }
         }
         self.summary(&mut last_summary);
+    }
+
+    /// Checkpoints due: partitions whose (source, target) position moved.
+    fn due_checkpoints(&self) -> Vec<(TopicPartition, String, Checkpoint)> {
+        let now = checkpoint::now_ms();
+        self.parts
+            .iter()
+            .filter_map(|(tp, p)| {
+                let target = p.target_next?;
+                let pos = (p.mirrored_position(), target);
+                if p.checkpointed == Some(pos) {
+                    return None;
+                }
+                let key = CheckpointKey { source: self.flow.source.clone(), target: self.flow.target.clone(), topic: tp.topic.to_string(), partition: tp.partition };
+                let mut points = p.points.clone();
+                if let Some(previous) = p.checkpointed {
+                    checkpoint::push_point(&mut points, previous);
+                }
+                let cp = Checkpoint { v: 1, source_offset: pos.0, target_offset: pos.1, last_timestamp: p.last_timestamp, updated_ms: now, points };
+                Some((tp.clone(), key.encode(), cp))
+            })
+            .collect()
+    }
+
+    fn start_checkpoint(&mut self) {
+        if self.checkpoint_in_flight {
+            return;
+        }
+        let due = self.due_checkpoints();
+        if due.is_empty() {
+            return;
+        }
+        self.checkpoint_in_flight = true;
+        let written = due.iter().map(|(tp, _, cp)| (tp.clone(), (cp.source_offset, cp.target_offset))).collect();
+        let records: Vec<(String, Checkpoint)> = due.into_iter().map(|(_, k, cp)| (k, cp)).collect();
+        let target = self.target.clone();
+        let topic = self.tuning.checkpoint_topic.clone();
+        self.tasks.push(Box::pin(async move {
+            let result = checkpoint::write(&target, &topic, &records).await.map_err(|e| e.to_string());
+            Event::CheckpointWritten { written, result }
+        }));
+    }
+
+    fn on_checkpoint_written(&mut self, written: Vec<(TopicPartition, (i64, i64))>, result: Result<(), String>) {
+        self.checkpoint_in_flight = false;
+        match result {
+            Ok(()) => {
+                for (tp, pos) in written {
+                    if let Some(p) = self.parts.get_mut(&tp) {
+                        if let Some(previous) = p.checkpointed {
+                            checkpoint::push_point(&mut p.points, previous);
+                        }
+                        p.checkpointed = Some(pos);
+                    }
+                }
+            }
+            Err(e) => warn!(flow = %self.flow.name, side = "target", retrying = true, "writing checkpoints failed: {e}"),
+        }
+    }
+
+    /// At shutdown: one last checkpoint, so a restart resumes exactly here.
+    async fn final_checkpoint(&mut self) {
+        // A write still in flight covers older positions; the final one supersedes it.
+        let due = self.due_checkpoints();
+        if due.is_empty() {
+            return;
+        }
+        let records: Vec<(String, Checkpoint)> = due.into_iter().map(|(_, k, cp)| (k, cp)).collect();
+        let write = checkpoint::write(&self.target, &self.tuning.checkpoint_topic, &records);
+        match tokio::time::timeout(Duration::from_secs(10), write).await {
+            Ok(Ok(())) => info!(flow = %self.flow.name, partitions = records.len(), "final checkpoint written"),
+            Ok(Err(e)) => warn!(flow = %self.flow.name, "final checkpoint not written: {e}; the next start reconciles from the previous one"),
+            Err(_) => warn!(flow = %self.flow.name, "final checkpoint timed out; the next start reconciles from the previous one"),
+        }
     }
 
     fn drained(&self) -> bool {
@@ -392,6 +503,7 @@ impl FlowDriver {
             let generation = self.target_generation;
             self.tasks.push(Box::pin(discover(
                 generation,
+                self.tuning.checkpoint_topic.clone(),
                 self.flow.clone(),
                 self.source.clone(),
                 self.target.clone(),
@@ -594,6 +706,7 @@ impl FlowDriver {
                     }
                 }
             }
+            Event::CheckpointWritten { written, result } => self.on_checkpoint_written(written, result),
             Event::ProducerId(result) => {
                 self.producer_requested = false;
                 match result {
@@ -698,7 +811,15 @@ impl FlowDriver {
         let now = Instant::now();
         for (tp, start) in d.new_partitions {
             let target = TopicPartition { topic: Arc::from(self.flow.target_topic(&tp.topic)), partition: tp.partition };
-            info!(flow = %self.flow.name, partition = %tp, start_offset = start, target = %target, "mirroring partition");
+            let source_offset = start.source_offset;
+            match &start.resume {
+                Some(r) => info!(flow = %self.flow.name, partition = %tp, source_offset, target_offset = r.target_offset, target_batches_after_checkpoint = r.tail.len(), target = %target, "resuming partition from its checkpoint"),
+                None => info!(flow = %self.flow.name, partition = %tp, start_offset = source_offset, target = %target, "mirroring partition"),
+            }
+            let (target_next, last_timestamp, points, checkpointed, reconcile) = match start.resume {
+                Some(r) => (Some(r.target_offset), r.last_timestamp, r.points, Some((source_offset, r.target_offset)), r.tail.into()),
+                None => (None, -1, Vec::new(), None, VecDeque::new()),
+            };
             self.parts.insert(
                 tp,
                 PartState {
@@ -706,8 +827,8 @@ impl FlowDriver {
                     source_leader: None,
                     source_leader_epoch: -1,
                     target_leader: None,
-                    fetch_offset: start,
-                    high_watermark: start,
+                    fetch_offset: source_offset,
+                    high_watermark: source_offset,
                     partition_max_bytes: self.tuning.fetch_partition_max_bytes as i32,
                     fetch_not_before: now,
                     stage: TxnStage::new(self.tuning.transaction_buffer_bytes as usize),
@@ -718,6 +839,11 @@ impl FlowDriver {
                     produce_backoff: Tuning::ms(self.tuning.retry_backoff_ms),
                     next_sequence: 0,
                     stopped: None,
+                    target_next,
+                    last_timestamp,
+                    points,
+                    checkpointed,
+                    reconcile,
                 },
             );
         }
@@ -892,15 +1018,21 @@ impl FlowDriver {
                     }
                 }
             } else if !verified.is_empty() {
-                let pending = Pending { id: self.next_pending_id, batch: verified, stamp: None, _charge: charge.split(size as u64) };
+                let first_offset = h.base_offset.max(p.fetch_offset);
+                let pending = Pending { id: self.next_pending_id, batch: verified, stamp: None, first_offset, _charge: charge.split(size as u64) };
                 self.next_pending_id += 1;
-                p.stage.push(h.base_offset, size, h.is_transactional().then_some(h.producer_id), pending);
+                p.stage.push(first_offset, size, h.is_transactional().then_some(h.producer_id), pending);
             }
             p.fetch_offset = h.next_offset();
         }
         for released in p.stage.release() {
             match released {
-                Released::Forward(pending) => p.queue.push_back(pending),
+                Released::Forward(pending) => {
+                    if !p.reconcile.is_empty() && already_on_target(&flow, tp, p, &pending) {
+                        continue;
+                    }
+                    p.queue.push_back(pending);
+                }
                 Released::Drop(pending) => {
                     stats.aborted_records.fetch_add(u64::try_from(pending.batch.header().records_count).unwrap_or(0), Ordering::Relaxed);
                 }
@@ -932,10 +1064,12 @@ impl FlowDriver {
         };
         let mut errors: HashMap<(String, i32), (ResponseError, Option<String>)> = HashMap::new();
         let mut answered: HashSet<(String, i32)> = HashSet::new();
+        let mut base_offsets: HashMap<(String, i32), i64> = HashMap::new();
         for t in &resp.responses {
             for pr in &t.partition_responses {
                 let key = (t.name.0.as_str().to_owned(), pr.index);
                 answered.insert(key.clone());
+                base_offsets.insert(key.clone(), pr.base_offset);
                 if let Some(e) = ResponseError::try_from_code(pr.error_code) {
                     if e != ResponseError::DuplicateSequenceNumber {
                         errors.insert(key, (e, pr.error_message.as_ref().map(|m| m.as_str().to_owned())));
@@ -955,7 +1089,7 @@ impl FlowDriver {
                 self.produce_failed(&tp, id, Some((*e, msg.as_deref())));
             } else {
                 any_ok = true;
-                self.produce_acked(&tp, id);
+                self.produce_acked(&tp, id, base_offsets.get(&key).copied().unwrap_or(-1));
             }
         }
         if any_ok {
@@ -963,7 +1097,7 @@ impl FlowDriver {
         }
     }
 
-    fn produce_acked(&mut self, tp: &TopicPartition, id: u64) {
+    fn produce_acked(&mut self, tp: &TopicPartition, id: u64, target_base_offset: i64) {
         let flow = self.flow.name.clone();
         let Some(p) = self.parts.get_mut(tp) else { return };
         p.in_flight = p.in_flight.saturating_sub(1);
@@ -974,6 +1108,13 @@ impl FlowDriver {
         }
         let entry = p.queue.remove(pos).expect("position is valid");
         let h = entry.batch.header();
+        if target_base_offset >= 0 {
+            p.target_next = Some(target_base_offset + i64::from(h.records_count));
+        } else {
+            // DUPLICATE_SEQUENCE_NUMBER may come without an offset: count on from the last.
+            p.target_next = p.target_next.map(|t| t + i64::from(h.records_count));
+        }
+        p.last_timestamp = p.last_timestamp.max(h.max_timestamp);
         self.stats.records.fetch_add(u64::try_from(h.records_count).unwrap_or(0), Ordering::Relaxed);
         self.stats.bytes.fetch_add(entry.batch.bytes().len() as u64, Ordering::Relaxed);
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
@@ -1057,6 +1198,24 @@ impl FlowDriver {
     }
 }
 
+/// Crash window after a restart: is `pending` one of the batches found on the target
+/// after the checkpoint? Batches arrive in source order and ours appear on the target in
+/// the same order, so the first match (foreign batches in between are passed over) is
+/// the one. The first batch with no match ends the reconciliation.
+fn already_on_target(flow: &str, tp: &TopicPartition, p: &mut PartState, pending: &Pending) -> bool {
+    let sent = Fingerprint::of(pending.batch.header());
+    let Some(i) = p.reconcile.iter().position(|t| Fingerprint::of(&t.header).matches(&sent)) else {
+        info!(flow = %flow, partition = %tp, "reconciled with the target: the rest of what follows the checkpoint was not on the target yet");
+        p.reconcile.clear();
+        return false;
+    };
+    let found = p.reconcile.drain(..=i).last().expect("drained at least one");
+    debug!(flow = %flow, partition = %tp, source_offset = pending.base_offset(), target_offset = found.base_offset, "batch already on the target");
+    p.target_next = Some(found.base_offset + i64::from(found.header.records_count));
+    p.last_timestamp = p.last_timestamp.max(pending.batch.header().max_timestamp);
+    true
+}
+
 fn stop_partition(flow: &str, tp: &TopicPartition, p: &mut PartState, side: Side, why: impl fmt::Display) {
     if p.stopped.is_none() {
         error!(flow = %flow, side = %side, partition = %tp, retrying = false, "partition stopped: {why}");
@@ -1068,6 +1227,7 @@ fn stop_partition(flow: &str, tp: &TopicPartition, p: &mut PartState, side: Side
 /// exist with enough partitions, and finds start offsets of partitions not yet known.
 async fn discover(
     generation: u64,
+    checkpoint_topic: String,
     flow: Flow,
     source: Arc<Cluster>,
     target: Arc<Cluster>,
@@ -1075,7 +1235,7 @@ async fn discover(
     known_target_topics: HashSet<String>,
     first: bool,
 ) -> Event {
-    Event::Discovered { generation, result: discover_inner(&flow, &source, &target, &known, &known_target_topics, first).await }
+    Event::Discovered { generation, result: discover_inner(&flow, &source, &target, &known, &known_target_topics, first, &checkpoint_topic).await }
 }
 
 async fn discover_inner(
@@ -1085,6 +1245,7 @@ async fn discover_inner(
     known: &HashSet<TopicPartition>,
     known_target_topics: &HashSet<String>,
     first: bool,
+    checkpoint_topic: &str,
 ) -> Result<Discovery, ClusterError> {
     let src = source.metadata(None).await?;
     let mut matching: Vec<(&String, usize, usize)> = src
@@ -1181,14 +1342,58 @@ async fn discover_inner(
     }
     // Partitions present at the first round start where the config says; partitions that
     // appear later are new data in full and start at the beginning.
+    // Partitions with a checkpoint resume from it instead.
     let timestamp = if first && flow.start == StartAt::Latest { -1 } else { -2 };
+    let log = if by_leader.is_empty() {
+        checkpoint::CheckpointLog::default()
+    } else {
+        checkpoint::ensure_topic(target, checkpoint_topic).await.map_err(checkpoint_cluster_error)?;
+        checkpoint::read_log(target, checkpoint_topic).await.map_err(checkpoint_cluster_error)?
+    };
+    if log.foreign > 0 {
+        warn!(flow = %flow.name, "checkpoint topic '{checkpoint_topic}' on '{}' holds {} records that are not mirrorproxy checkpoints; they are ignored and left alone", target.alias(), log.foreign);
+    }
     for ((leader, topic), parts) in by_leader {
-        for (partition, result) in source.list_offsets(leader, &topic, &parts, timestamp).await? {
+        let mut fresh = Vec::new();
+        for partition in parts {
+            let key = CheckpointKey { source: flow.source.clone(), target: flow.target.clone(), topic: topic.clone(), partition };
+            match log.entries.get(&key) {
+                None => fresh.push(partition),
+                Some(Err(why)) => refused.push((
+                    format!("{topic}-{partition}"),
+                    format!("its checkpoint in '{checkpoint_topic}' on '{}' cannot be read ({why}); not mirrored, and the record is left as it is — delete or fix it to start over", target.alias()),
+                )),
+                Some(Ok(cp)) => {
+                    let target_topic = flow.target_topic(&topic);
+                    let tail = checkpoint::read_batches(target, &target_topic, partition, cp.target_offset, 1 << 20)
+                        .await
+                        .map_err(checkpoint_cluster_error)?;
+                    new_partitions.push((
+                        TopicPartition::new(&topic, partition),
+                        Start {
+                            source_offset: cp.source_offset,
+                            resume: Some(Resume { target_offset: cp.target_offset, tail, last_timestamp: cp.last_timestamp, points: cp.points.clone() }),
+                        },
+                    ));
+                }
+            }
+        }
+        if fresh.is_empty() {
+            continue;
+        }
+        for (partition, result) in source.list_offsets(leader, &topic, &fresh, timestamp).await? {
             match result {
-                Ok(offset) => new_partitions.push((TopicPartition::new(&topic, partition), offset)),
+                Ok(offset) => new_partitions.push((TopicPartition::new(&topic, partition), Start { source_offset: offset, resume: None })),
                 Err(e) => debug!("ListOffsets {topic}-{partition}: {e}; next round"),
             }
         }
     }
     Ok(Discovery { source: src, target: tgt, new_partitions, target_topics, refused })
+}
+
+fn checkpoint_cluster_error(e: checkpoint::CheckpointError) -> ClusterError {
+    match e {
+        checkpoint::CheckpointError::Cluster(c) => c,
+        checkpoint::CheckpointError::Topic { cluster, topic, reason } => ClusterError::Other { cluster, what: format!("checkpoint topic '{topic}': {reason}") },
+    }
 }
