@@ -21,7 +21,9 @@ use regex::Regex;
 use serde::Deserialize;
 
 use crate::net::sasl::{Mechanism, SaslCredentials, Secret};
+use crate::batch::provenance::{ClusterId, Hop};
 use crate::net::tls::TlsFiles;
+use crate::topology::{resolve_provenance, Edge};
 
 /// A configuration problem, with where it is.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +54,10 @@ pub struct ClusterConfig {
     pub tls: Option<TlsConfig>,
     #[serde(default)]
     pub sasl: Option<SaslConfig>,
+    /// The id written into provenance headers for this cluster; defaults to the alias.
+    /// Set it to keep the id when renaming the alias (see the README).
+    #[serde(default)]
+    pub provenance_id: Option<String>,
 }
 
 /// Where a cluster is, as far as the network goes.
@@ -129,6 +135,17 @@ pub struct FlowConfig {
     pub rename: Rename,
     #[serde(default = "default_start")]
     pub start: StartAt,
+    /// "header" or "off"; default: header for flows that are part of a cycle.
+    #[serde(default)]
+    pub provenance: Option<ProvenanceMode>,
+}
+
+/// Whether a flow stamps and filters by the provenance header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProvenanceMode {
+    Header,
+    Off,
 }
 
 fn default_rename() -> Rename {
@@ -226,6 +243,8 @@ pub struct Flow {
     pub exclude: Option<Regex>,
     pub rename: Rename,
     pub start: StartAt,
+    /// The provenance hop of this flow, when provenance is on.
+    pub provenance: Option<Hop>,
 }
 
 impl Flow {
@@ -340,6 +359,7 @@ impl Config {
                 exclude,
                 rename: f.rename,
                 start: f.start,
+                provenance: None,
             });
         }
         for (i, a) in flows.iter().enumerate() {
@@ -347,6 +367,26 @@ impl Config {
                 if a.name == b.name {
                     return Err(invalid(format!("flows[{i}]"), format!("two flows go {}: merge their topic patterns into one flow", a.name)));
                 }
+            }
+        }
+        let mut provenance_ids = BTreeMap::new();
+        for (alias, c) in &raw.clusters {
+            let id = c.provenance_id.as_deref().unwrap_or(alias);
+            let id = ClusterId::new(id).map_err(|e| invalid(format!("clusters.{alias}.provenance_id"), e.to_string()))?;
+            if let Some(other) = provenance_ids.values().find(|(_, v): &&(String, ClusterId)| *v == id).map(|(a, _)| a.clone()) {
+                return Err(invalid(format!("clusters.{alias}.provenance_id"), format!("'{id}' is also the provenance id of cluster '{other}'")));
+            }
+            provenance_ids.insert(alias.clone(), (alias.clone(), id));
+        }
+        let edges: Vec<Edge<'_>> = raw
+            .flows
+            .iter()
+            .map(|f| Edge { source: &f.source, target: &f.target, rename: f.rename, provenance: f.provenance })
+            .collect();
+        let on = resolve_provenance(&edges).map_err(|(i, why)| invalid(format!("flows[{i}].provenance"), why))?;
+        for (flow, on) in flows.iter_mut().zip(on) {
+            if on {
+                flow.provenance = Some(Hop::new(provenance_ids[&flow.source].1.clone(), provenance_ids[&flow.target].1.clone()));
             }
         }
         let t = &raw.tuning;

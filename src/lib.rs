@@ -11,3 +11,4 @@ pub mod config;
 pub mod engine;
 pub mod net;
 pub mod wire;
+pub mod topology;

@@ -143,6 +143,7 @@ pub struct FlowStats {
     pub batches: AtomicU64,
     pub aborted_records: AtomicU64,
     pub control_batches: AtomicU64,
+    pub provenance_skipped_records: AtomicU64,
 }
 
 /// A batch waiting for (or in) a Produce request.
@@ -960,6 +961,7 @@ impl FlowDriver {
     fn accept_records(&mut self, tp: &TopicPartition, records: Bytes, requested_offset: i64, mut charge: Charge) {
         let flow = self.flow.name.clone();
         let stats = self.stats.clone();
+        let hop = self.flow.provenance.clone();
         let Some(p) = self.parts.get_mut(tp) else { return };
         let split = match batch::split_batches(records) {
             Ok(s) => s,
@@ -1018,6 +1020,29 @@ impl FlowDriver {
                     }
                 }
             } else if !verified.is_empty() {
+                // Provenance: skip what has been to the target cluster already; stamp the rest.
+                let verified = match &hop {
+                    None => verified,
+                    Some(hop) => match hop.decide(&verified) {
+                        Ok(batch::provenance::Decision::Skip { provenance }) => {
+                            debug!(flow = %flow, partition = %tp, offset = h.base_offset, path = %provenance, "batch has been to the target already: skipped");
+                            stats.provenance_skipped_records.fetch_add(u64::try_from(h.records_count).unwrap_or(0), Ordering::Relaxed);
+                            p.fetch_offset = h.next_offset();
+                            continue;
+                        }
+                        Ok(batch::provenance::Decision::Forward { .. }) => match hop.stamp(verified) {
+                            Ok(v) => v,
+                            Err(e) => {
+                                stop_partition(&flow, tp, p, Side::Source, format!("cannot stamp provenance on the batch at offset {}: {e}", h.base_offset));
+                                return;
+                            }
+                        },
+                        Err(e) => {
+                            stop_partition(&flow, tp, p, Side::Source, format!("unreadable provenance in the batch at offset {}: {e}", h.base_offset));
+                            return;
+                        }
+                    },
+                };
                 let first_offset = h.base_offset.max(p.fetch_offset);
                 let pending = Pending { id: self.next_pending_id, batch: verified, stamp: None, first_offset, _charge: charge.split(size as u64) };
                 self.next_pending_id += 1;
@@ -1184,10 +1209,11 @@ impl FlowDriver {
         let stopped = self.parts.values().filter(|p| p.stopped.is_some()).count();
         info!(
             flow = %self.flow.name,
-            "{rps:.0} records/s, {mbps:.2} MB/s, lag {lag} records, {} partitions ({stopped} stopped), {} records mirrored, {} aborted skipped, budget in use {:.1} MB",
+            "{rps:.0} records/s, {mbps:.2} MB/s, lag {lag} records, {} partitions ({stopped} stopped), {} records mirrored, {} aborted skipped, {} skipped by provenance, budget in use {:.1} MB",
             self.parts.len(),
             records,
             self.stats.aborted_records.load(Ordering::Relaxed),
+            self.stats.provenance_skipped_records.load(Ordering::Relaxed),
             self.budget.used() as f64 / 1e6
         );
         for (tp, p) in &self.parts {

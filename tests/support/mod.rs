@@ -8,7 +8,7 @@
 //! panic and say how to install it (`bash tools/install-deps.sh`): never skip.
 #![allow(dead_code, unused_imports, clippy::pedantic)]
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::fs::{self, File};
 use std::io::Write;
@@ -1004,3 +1004,57 @@ impl Drop for MirrorProxy {
         }
     }
 }
+
+// ------------------------------------------------------------------ shared expectations
+
+/// Records exercising what must survive: null and empty keys/values, duplicate header
+/// keys, null header values, explicit timestamps.
+pub fn varied_records(n: usize, partitions: i32, tag: &str) -> Vec<TestRecord> {
+    (0..n)
+        .map(|i| {
+            let mut headers = Vec::new();
+            if i % 3 == 0 {
+                headers = vec![
+                    ("dup".to_string(), Some(b"first".to_vec())),
+                    ("dup".to_string(), None),
+                    ("empty".to_string(), Some(Vec::new())),
+                    ("dup".to_string(), Some(b"third".to_vec())),
+                ];
+            }
+            TestRecord {
+                partition: (i as i32) % partitions,
+                key: if i % 7 == 0 { None } else if i % 10 == 1 { Some(Vec::new()) } else { Some(format!("{tag}-k{i}").into_bytes()) },
+                value: if i % 11 == 0 { None } else if i % 13 == 0 { Some(Vec::new()) } else { Some(format!("{tag}-value-{i}-{}", "x".repeat(i % 50)).into_bytes()) },
+                headers,
+                timestamp: Some(1_700_000_000_000 + i as i64 * 17),
+            }
+        })
+        .collect()
+}
+
+/// Asserts that `got` holds exactly `expected`, partition by partition, in order.
+pub fn assert_same(topic: &str, expected: &[TestRecord], got: &[ReceivedRecord]) {
+    let mut want: BTreeMap<i32, Vec<&TestRecord>> = BTreeMap::new();
+    for r in expected {
+        want.entry(r.partition).or_default().push(r);
+    }
+    let mut have: BTreeMap<i32, Vec<&ReceivedRecord>> = BTreeMap::new();
+    for r in got {
+        have.entry(r.partition).or_default().push(r);
+    }
+    assert_eq!(got.len(), expected.len(), "{topic}: record count on the target");
+    for (p, w) in &want {
+        let h = have.get(p).map(Vec::as_slice).unwrap_or_default();
+        assert_eq!(h.len(), w.len(), "{topic}-{p}: record count");
+        for (i, (a, b)) in h.iter().zip(w).enumerate() {
+            assert!(a.matches(b), "{topic}-{p}: record {i} differs:\n target {a:?}\n source {b:?}");
+            if b.timestamp.is_some() {
+                assert_eq!(a.timestamp_type, TsType::CreateTime, "{topic}-{p}: record {i} timestamp type");
+            }
+        }
+        // offsets on the target are dense and in order: nothing duplicated or reordered
+        let offsets: Vec<i64> = h.iter().map(|r| r.offset).collect();
+        assert!(offsets.windows(2).all(|w| w[0] < w[1]), "{topic}-{p}: offsets not increasing: {offsets:?}");
+    }
+}
+
