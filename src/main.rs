@@ -37,6 +37,56 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Per flow and partition: source end offset, mirrored position, lag.
+    Status {
+        #[arg(long)]
+        config: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Offset tools for failover.
+    Offsets {
+        #[command(subcommand)]
+        command: OffsetsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum OffsetsCommand {
+    /// Where a consumer group resumes on the target of a flow, exactly.
+    Translate {
+        #[arg(long)]
+        config: PathBuf,
+        /// The flow, as SOURCE->TARGET.
+        #[arg(long)]
+        flow: String,
+        #[arg(long)]
+        group: String,
+        /// Commit the translated offsets for the group on the target (only if it has no
+        /// active members there; never moves an offset backwards).
+        #[arg(long)]
+        commit: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The first offset at or after a time, per partition (ListOffsets by timestamp).
+    At {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        cluster: String,
+        #[arg(long)]
+        topic: String,
+        /// RFC 3339, e.g. 2026-11-24T21:30:00Z.
+        #[arg(long)]
+        time: String,
+        /// Commit the result for this group (only if it has no active members).
+        #[arg(long)]
+        reset_group: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -58,6 +108,8 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run { config } => run(&config).await,
             Command::Check { config } => check(&config).await,
+            Command::Status { config, json } => status(&config, json).await,
+            Command::Offsets { command } => offsets(command).await,
         }
     });
     match result {
@@ -240,5 +292,77 @@ async fn check(path: &std::path::Path) -> Result<(), String> {
         Ok(())
     } else {
         Err(problems.join("\n"))
+    }
+}
+
+/// Loads the config and connects nothing yet: the clusters for the operator commands.
+fn load(path: &std::path::Path) -> Result<(Config, HashMap<String, Arc<Cluster>>), String> {
+    let config = Config::load(path).map_err(|e| e.to_string())?;
+    let clusters = clusters(&config)?.clusters;
+    Ok((config, clusters))
+}
+
+fn print_json<T: serde::Serialize>(value: &T) -> Result<(), String> {
+    println!("{}", serde_json::to_string_pretty(value).map_err(|e| e.to_string())?);
+    Ok(())
+}
+
+async fn status(path: &std::path::Path, json: bool) -> Result<(), String> {
+    let (config, clusters) = load(path)?;
+    let rows = mirrorproxy::ops::status(&config, &clusters).await?;
+    if json {
+        return print_json(&rows);
+    }
+    println!("{:<16} {:<32} {:>9} {:>12} {:>12} {:>10} {:>9}", "FLOW", "TOPIC", "PARTITION", "SOURCE END", "MIRRORED", "LAG", "LAG (s)");
+    for r in rows {
+        let mirrored = if r.mirrored < 0 { "-".to_owned() } else { r.mirrored.to_string() };
+        println!("{:<16} {:<32} {:>9} {:>12} {:>12} {:>10} {:>9.1}", r.flow, r.topic, r.partition, r.source_end, mirrored, r.lag_records, r.lag_seconds);
+    }
+    Ok(())
+}
+
+async fn offsets(command: OffsetsCommand) -> Result<(), String> {
+    match command {
+        OffsetsCommand::Translate { config, flow, group, commit, json } => {
+            let (config, clusters) = load(&config)?;
+            let rows = mirrorproxy::ops::translate_group(&config, &clusters, &flow, &group).await?;
+            if json {
+                print_json(&rows)?;
+            } else {
+                println!("{:<32} {:>9} {:>14} {:>14}  NOTE", "SOURCE TOPIC", "PARTITION", "COMMITTED", "TARGET OFFSET");
+                for r in &rows {
+                    let t = r.target_offset.map_or("-".to_owned(), |t| t.to_string());
+                    println!("{:<32} {:>9} {:>14} {:>14}  {}", r.topic, r.partition, r.committed_source_offset, t, r.note);
+                }
+            }
+            if commit {
+                let done = mirrorproxy::ops::sync_group(&config, &clusters, &flow, &group).await?;
+                eprintln!("committed {} offset(s) for group '{group}' on the target", done.len());
+            }
+            Ok(())
+        }
+        OffsetsCommand::At { config, cluster, topic, time, reset_group, json } => {
+            let at = mirrorproxy::ops::parse_time(&time)?;
+            let (config, clusters) = load(&config)?;
+            let Some(c) = clusters.get(&cluster) else {
+                let known: Vec<&String> = config.clusters.keys().collect();
+                return Err(format!("no cluster '{cluster}' in the config (clusters: {known:?})"));
+            };
+            let rows = mirrorproxy::ops::offsets_at(c, &topic, at).await?;
+            if json {
+                print_json(&rows)?;
+            } else {
+                println!("{:<32} {:>9} {:>14}", "TOPIC", "PARTITION", "OFFSET");
+                for r in &rows {
+                    println!("{:<32} {:>9} {:>14}", r.topic, r.partition, r.offset);
+                }
+            }
+            if let Some(group) = reset_group {
+                let offsets = rows.iter().map(|r| (mirrorproxy::cluster::TopicPartition::new(&r.topic, r.partition), r.offset)).collect();
+                mirrorproxy::groups::commit(c, &group, &offsets).await.map_err(|e| e.to_string())?;
+                eprintln!("group '{group}' on cluster '{cluster}' now starts at these offsets");
+            }
+            Ok(())
+        }
     }
 }

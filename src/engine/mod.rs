@@ -190,6 +190,8 @@ struct PartState {
     stopped: Option<String>,
     /// Next target offset after the acknowledged data; None until known.
     target_next: Option<i64>,
+    /// Source offset this partition started at in this run.
+    start_offset: i64,
     /// Timestamp of the newest record on the target.
     last_timestamp: i64,
     /// Mapping history written with each checkpoint.
@@ -841,6 +843,7 @@ impl FlowDriver {
                     next_sequence: 0,
                     stopped: None,
                     target_next,
+                    start_offset: source_offset,
                     last_timestamp,
                     points,
                     checkpointed,
@@ -1134,6 +1137,12 @@ impl FlowDriver {
         let entry = p.queue.remove(pos).expect("position is valid");
         let h = entry.batch.header();
         if target_base_offset >= 0 {
+            if p.target_next.is_none() && p.points.is_empty() {
+                // First batch on the target since this partition started from nothing:
+                // everything between the start offset and this batch was not copied, so
+                // (start, this batch's target offset) is the first mapping point.
+                p.points.push((p.start_offset, target_base_offset));
+            }
             p.target_next = Some(target_base_offset + i64::from(h.records_count));
         } else {
             // DUPLICATE_SEQUENCE_NUMBER may come without an offset: count on from the last.

@@ -116,6 +116,12 @@ pub fn our_max_version(api: ApiKey) -> i16 {
         ApiKey::ListOffsets => 8,
         ApiKey::CreateTopics => 7,
         ApiKey::CreatePartitions => 3,
+        // Group APIs: the last versions with one group per request.
+        ApiKey::FindCoordinator => 3,
+        ApiKey::OffsetFetch => 7,
+        ApiKey::OffsetCommit => 8,
+        ApiKey::DescribeGroups => 5,
+        ApiKey::ListGroups => 4,
         ApiKey::DescribeConfigs => 4,
         ApiKey::InitProducerId => 4,
         _ => i16::MAX,

@@ -1058,3 +1058,40 @@ pub fn assert_same(topic: &str, expected: &[TestRecord], got: &[ReceivedRecord])
     }
 }
 
+
+// ------------------------------------------------------------------ consumer groups
+
+/// Commits `offset` for `group` on one partition, as a consumer that assigned it
+/// (no group membership: tansu's group joins are slow).
+pub fn commit_offset(bootstrap: &str, group: &str, topic: &str, partition: i32, offset: i64) {
+    let consumer: BaseConsumer = base_config(bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(offset)).unwrap();
+    consumer
+        .commit(&tpl, rdkafka::consumer::CommitMode::Sync)
+        .unwrap_or_else(|e| panic!("commit {group} {topic}-{partition}@{offset} on {bootstrap}: {e}"));
+}
+
+/// The offset `group` has committed for a partition, if any.
+pub fn committed_offset(bootstrap: &str, group: &str, topic: &str, partition: i32) -> Option<i64> {
+    let consumer: BaseConsumer = base_config(bootstrap).set("group.id", group).create().expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, partition);
+    let got = consumer.committed_offsets(tpl, Duration::from_secs(10)).expect("committed offsets");
+    match got.find_partition(topic, partition).map(|e| e.offset()) {
+        Some(Offset::Offset(o)) => Some(o),
+        _ => None,
+    }
+}
+
+/// The first record a consumer of `group` receives from a partition when it resumes
+/// at the group's committed offset.
+pub fn first_record_for_group(bootstrap: &str, group: &str, topic: &str, partition: i32, timeout: Duration) -> Option<ReceivedRecord> {
+    let offset = committed_offset(bootstrap, group, topic, partition)?;
+    let all = consume_all(bootstrap, topic, usize::MAX, timeout);
+    all.into_iter().filter(|r| r.partition == partition && r.offset >= offset).min_by_key(|r| r.offset)
+}
