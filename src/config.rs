@@ -138,6 +138,11 @@ pub struct FlowConfig {
     /// "header" or "off"; default: header for flows that are part of a cycle.
     #[serde(default)]
     pub provenance: Option<ProvenanceMode>,
+    /// Consumer groups whose offsets are synced to the target (regex, whole name).
+    #[serde(default)]
+    pub groups: Option<String>,
+    #[serde(default)]
+    pub groups_exclude: Option<String>,
 }
 
 /// Whether a flow stamps and filters by the provenance header.
@@ -189,6 +194,8 @@ pub struct Tuning {
     pub checkpoint_interval_ms: u64,
     /// Compacted topic on each target cluster holding the checkpoints.
     pub checkpoint_topic: String,
+    /// How often consumer group offsets are synced for flows with `groups`.
+    pub group_sync_interval_ms: u64,
 }
 
 impl Default for Tuning {
@@ -211,6 +218,7 @@ impl Default for Tuning {
             transaction_buffer_bytes: 64 << 20,
             checkpoint_interval_ms: 1_000,
             checkpoint_topic: crate::checkpoint::DEFAULT_TOPIC.to_owned(),
+            group_sync_interval_ms: 10_000,
         }
     }
 }
@@ -245,9 +253,18 @@ pub struct Flow {
     pub start: StartAt,
     /// The provenance hop of this flow, when provenance is on.
     pub provenance: Option<Hop>,
+    /// Consumer groups to sync to the target, and those excluded.
+    pub groups: Option<Regex>,
+    pub groups_exclude: Option<Regex>,
 }
 
 impl Flow {
+    /// Whether a consumer group's offsets are synced by this flow.
+    #[must_use]
+    pub fn syncs_group(&self, group: &str) -> bool {
+        self.groups.as_ref().is_some_and(|g| g.is_match(group)) && !self.groups_exclude.as_ref().is_some_and(|e| e.is_match(group))
+    }
+
     /// Whether a source topic belongs to this flow.
     #[must_use]
     pub fn matches(&self, topic: &str) -> bool {
@@ -360,6 +377,8 @@ impl Config {
                 rename: f.rename,
                 start: f.start,
                 provenance: None,
+                groups: f.groups.as_deref().map(|g| anchored("groups", g)).transpose()?,
+                groups_exclude: f.groups_exclude.as_deref().map(|g| anchored("groups_exclude", g)).transpose()?,
             });
         }
         for (i, a) in flows.iter().enumerate() {
@@ -401,6 +420,7 @@ impl Config {
         check(t.summary_interval_ms >= 100, "summary_interval_ms", "must be at least 100")?;
         check(t.metadata_refresh_ms >= 100, "metadata_refresh_ms", "must be at least 100")?;
         check(t.checkpoint_interval_ms >= 100, "checkpoint_interval_ms", "must be at least 100")?;
+        check(t.group_sync_interval_ms >= 100, "group_sync_interval_ms", "must be at least 100")?;
         check(!t.checkpoint_topic.is_empty() && t.checkpoint_topic.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)), "checkpoint_topic", "must be a valid topic name")?;
         check(t.retry_backoff_ms > 0 && t.retry_backoff_ms <= t.retry_backoff_max_ms, "retry_backoff_ms", "must be > 0 and <= retry_backoff_max_ms")?;
         Ok(Config { clusters: raw.clusters, flows, tuning: raw.tuning })

@@ -227,6 +227,7 @@ enum Event {
     TargetConnected { broker: i32, result: Result<Arc<Connection>, ClusterError> },
     ProducerId(Result<(i64, i16), ClusterError>),
     CheckpointWritten { written: Vec<(TopicPartition, (i64, i64))>, result: Result<(), String> },
+    GroupsSynced(Vec<(String, Result<usize, String>)>),
 }
 
 /// Result of one discovery round.
@@ -320,6 +321,9 @@ struct FlowDriver {
     source_down: Option<(Instant, String)>,
     tasks: FuturesUnordered<Task>,
     checkpoint_in_flight: bool,
+    group_sync_in_flight: bool,
+    /// Last outcome per group, so that only changes are logged.
+    group_sync_state: HashMap<String, Result<(), String>>,
 }
 
 /// Errors on Produce that mean "the target lost or never had our producer state".
@@ -370,6 +374,8 @@ impl FlowDriver {
             source_down: None,
             tasks: FuturesUnordered::new(),
             checkpoint_in_flight: false,
+            group_sync_in_flight: false,
+            group_sync_state: HashMap::new(),
         }
     }
 
@@ -381,6 +387,7 @@ impl FlowDriver {
         summary_tick.tick().await;
         let mut poll_tick = tokio::time::interval(Duration::from_millis(50));
         let mut checkpoint_tick = tokio::time::interval(Tuning::ms(self.tuning.checkpoint_interval_ms));
+        let mut group_tick = tokio::time::interval(Tuning::ms(self.tuning.group_sync_interval_ms));
         let mut last_summary = (Instant::now(), 0u64, 0u64);
         let mut shutdown_deadline: Option<Instant> = None;
         let mut shutdown = self.shutdown.clone();
@@ -408,6 +415,7 @@ impl FlowDriver {
                 _ = metadata_tick.tick() => { if !stopping { self.discover_now = true; } }
                 _ = summary_tick.tick() => self.summary(&mut last_summary),
                 _ = checkpoint_tick.tick() => self.start_checkpoint(),
+                _ = group_tick.tick(), if self.flow.groups.is_some() && !stopping => self.start_group_sync(),
                 _ = poll_tick.tick() => {}
                 _ = shutdown.changed(), if shutdown_deadline.is_none() => {}
             }
@@ -470,6 +478,47 @@ impl FlowDriver {
                 }
             }
             Err(e) => warn!(flow = %self.flow.name, side = "target", retrying = true, "writing checkpoints failed: {e}"),
+        }
+    }
+
+    /// Group offset sync (MirrorMaker 2's sync.group.offsets): translate the committed
+    /// offsets of matching source groups and commit them on the target, for groups with
+    /// no live members there, never backwards (see [`crate::ops::sync_flow_group`]).
+    fn start_group_sync(&mut self) {
+        if self.group_sync_in_flight {
+            return;
+        }
+        self.group_sync_in_flight = true;
+        let (flow, source, target, topic) = (self.flow.clone(), self.source.clone(), self.target.clone(), self.tuning.checkpoint_topic.clone());
+        self.tasks.push(Box::pin(async move {
+            let groups = match crate::groups::list(&source).await {
+                Ok(g) => g,
+                Err(e) => return Event::GroupsSynced(vec![(String::new(), Err(format!("listing groups failed: {e}")))]),
+            };
+            let mut out = Vec::new();
+            for group in groups.into_iter().filter(|g| flow.syncs_group(g)) {
+                let r = crate::ops::sync_flow_group(&flow, &source, &target, &topic, &group).await.map(|c| c.len());
+                out.push((group, r));
+            }
+            Event::GroupsSynced(out)
+        }));
+    }
+
+    fn on_groups_synced(&mut self, results: Vec<(String, Result<usize, String>)>) {
+        self.group_sync_in_flight = false;
+        for (group, r) in results {
+            match &r {
+                Ok(n) if *n > 0 => debug!(flow = %self.flow.name, group = %group, partitions = n, "group offsets synced to the target"),
+                _ => {}
+            }
+            let state = r.map(|_| ());
+            if self.group_sync_state.get(&group) != Some(&state) {
+                match &state {
+                    Ok(()) => info!(flow = %self.flow.name, group = %group, "syncing group offsets to the target"),
+                    Err(e) => warn!(flow = %self.flow.name, group = %group, "group offsets not synced: {e}"),
+                }
+                self.group_sync_state.insert(group, state);
+            }
         }
     }
 
@@ -710,6 +759,7 @@ impl FlowDriver {
                 }
             }
             Event::CheckpointWritten { written, result } => self.on_checkpoint_written(written, result),
+            Event::GroupsSynced(results) => self.on_groups_synced(results),
             Event::ProducerId(result) => {
                 self.producer_requested = false;
                 match result {

@@ -233,6 +233,24 @@ impl Broker {
         }
     }
 
+    /// Freeze the broker (SIGSTOP): it stops answering but keeps its data, like a
+    /// datacenter that dropped off the network.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// Thaw a paused broker (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            let ok = Command::new("kill").arg(format!("-{sig}")).arg(c.id().to_string()).status().is_ok_and(|s| s.success());
+            assert!(ok, "kill -{sig} tansu");
+        }
+    }
+
     /// Kill the broker (its memory storage is lost).
     pub fn stop(&mut self) {
         self.kill();
