@@ -15,17 +15,12 @@ use kafka_protocol::records::{
 };
 use mirrorproxy::batch::{split_batches, ProducerStamp};
 
-const STAMP: ProducerStamp = ProducerStamp {
-    producer_id: 1,
-    producer_epoch: 0,
-    base_sequence: 0,
-};
+const STAMP: ProducerStamp = ProducerStamp { producer_id: 1, producer_epoch: 0, base_sequence: 0 };
 
 fn record(offset: i64) -> Record {
     // Semi-compressible 1000-byte values.
-    let value: Vec<u8> = (0..1000u32)
-        .map(|i| (i.wrapping_mul(31).wrapping_add(offset as u32) % 251) as u8 / 4)
-        .collect();
+    let value: Vec<u8> =
+        (0..1000u32).map(|i| (i.wrapping_mul(31).wrapping_add(offset as u32) % 251) as u8 / 4).collect();
     Record {
         transactional: false,
         control: false,
@@ -48,15 +43,7 @@ fn record(offset: i64) -> Record {
 fn batch(base: i64, n: i64, stride: i64, compression: KpCompression) -> Bytes {
     let records: Vec<Record> = (0..n).map(|i| record(base + i * stride)).collect();
     let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression,
-        },
-    )
-    .expect("encode");
+    RecordBatchEncoder::encode(&mut buf, &records, &RecordEncodeOptions { version: 2, compression }).expect("encode");
     buf.freeze()
 }
 
@@ -108,23 +95,13 @@ fn benches(c: &mut Criterion) {
     g.finish();
 
     let mut g = c.benchmark_group("renumber");
-    for (name, codec) in [
-        ("uncompressed", KpCompression::None),
-        ("zstd", KpCompression::Zstd),
-    ] {
+    for (name, codec) in [("uncompressed", KpCompression::None), ("zstd", KpCompression::Zstd)] {
         let compacted = batch(0, 16, 2, codec);
         g.throughput(Throughput::Bytes(compacted.len() as u64));
-        let v = split_batches(compacted).unwrap().batches[0]
-            .clone()
-            .verify()
-            .unwrap();
+        let v = split_batches(compacted).unwrap().batches[0].clone().verify().unwrap();
         assert!(v.needs_renumbering());
         g.bench_function(name, |b| {
-            b.iter_batched(
-                || v.clone(),
-                |v| black_box(v.into_outgoing(STAMP).unwrap()),
-                BatchSize::SmallInput,
-            );
+            b.iter_batched(|| v.clone(), |v| black_box(v.into_outgoing(STAMP).unwrap()), BatchSize::SmallInput);
         });
     }
     g.finish();
@@ -139,27 +116,15 @@ criterion_main!(batch_benches);
 // ---------------------------------------------------------------------------
 
 fn verified_one(bytes: Bytes) -> mirrorproxy::batch::VerifiedBatch {
-    split_batches(bytes).unwrap().batches[0]
-        .clone()
-        .verify()
-        .unwrap()
+    split_batches(bytes).unwrap().batches[0].clone().verify().unwrap()
 }
 
 fn provenance_benches(c: &mut Criterion) {
     use mirrorproxy::batch::{ClusterId, Hop};
 
-    let hop = Hop::new(
-        ClusterId::new("east").unwrap(),
-        ClusterId::new("west").unwrap(),
-    );
-    let next = Hop::new(
-        ClusterId::new("west").unwrap(),
-        ClusterId::new("central").unwrap(),
-    );
-    let back = Hop::new(
-        ClusterId::new("west").unwrap(),
-        ClusterId::new("east").unwrap(),
-    );
+    let hop = Hop::new(ClusterId::new("east").unwrap(), ClusterId::new("west").unwrap());
+    let next = Hop::new(ClusterId::new("west").unwrap(), ClusterId::new("central").unwrap());
+    let back = Hop::new(ClusterId::new("west").unwrap(), ClusterId::new("east").unwrap());
     let codecs = [
         ("uncompressed", KpCompression::None),
         ("gzip", KpCompression::Gzip),

@@ -35,7 +35,8 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use hdrhistogram::Histogram;
 use kafka_protocol::indexmap::IndexMap;
 use kafka_protocol::messages::{
-    api_versions_response::ApiVersion, create_topics_response::CreatableTopicResult,
+    api_versions_response::ApiVersion,
+    create_topics_response::CreatableTopicResult,
     describe_configs_response::DescribeConfigsResult,
     fetch_request::{FetchPartition, FetchTopic},
     list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse},
@@ -105,7 +106,9 @@ fn codec_of(name: &str) -> Compression {
 
 /// Semi-compressible value bytes (lz4 gets roughly 2:1 on them).
 fn value_bytes(size: usize, seed: u64) -> Bytes {
-    Bytes::from((0..size as u64).map(|i| ((i.wrapping_mul(31).wrapping_add(seed)) % 251) as u8 / 4).collect::<Vec<u8>>())
+    Bytes::from(
+        (0..size as u64).map(|i| ((i.wrapping_mul(31).wrapping_add(seed)) % 251) as u8 / 4).collect::<Vec<u8>>(),
+    )
 }
 
 /// One record batch of `n` records of `size`-byte values, base offset 0, each record's
@@ -129,7 +132,8 @@ fn encode_batch(n: i32, size: usize, codec: Compression, key_us: i64) -> Bytes {
         })
         .collect();
     let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(&mut buf, &records, &RecordEncodeOptions { version: 2, compression: codec }).expect("encode batch");
+    RecordBatchEncoder::encode(&mut buf, &records, &RecordEncodeOptions { version: 2, compression: codec })
+        .expect("encode batch");
     buf.freeze()
 }
 
@@ -221,7 +225,15 @@ struct SinkStats {
 }
 
 impl Synth {
-    fn new(advertise: (String, i32), topic: &str, partitions: i32, size: usize, codec: Compression, batch_records: i32, rate: f64) -> Self {
+    fn new(
+        advertise: (String, i32),
+        topic: &str,
+        partitions: i32,
+        size: usize,
+        codec: Compression,
+        batch_records: i32,
+        rate: f64,
+    ) -> Self {
         Self {
             advertise,
             topic: topic.to_owned(),
@@ -300,7 +312,9 @@ impl Synth {
         if key == ApiKey::ApiVersions {
             let keys = Self::versions()
                 .into_iter()
-                .map(|(k, min, max)| ApiVersion::default().with_api_key(k as i16).with_min_version(min).with_max_version(max))
+                .map(|(k, min, max)| {
+                    ApiVersion::default().with_api_key(k as i16).with_min_version(min).with_max_version(max)
+                })
                 .collect();
             let (err, ver) = if (0..=3).contains(&v) { (0, v) } else { (35, 0) };
             let resp = ApiVersionsResponse::default().with_error_code(err).with_api_keys(keys);
@@ -317,7 +331,8 @@ impl Synth {
                 let wanted: Option<Vec<String>> =
                     req.topics.map(|ts| ts.into_iter().filter_map(|t| t.name.map(|n| n.0.to_string())).collect());
                 let created = self.created.lock().unwrap().clone();
-                let names = wanted.unwrap_or_else(|| std::iter::once(self.topic.clone()).chain(created.keys().cloned()).collect());
+                let names = wanted
+                    .unwrap_or_else(|| std::iter::once(self.topic.clone()).chain(created.keys().cloned()).collect());
                 let topics = names
                     .into_iter()
                     .map(|n| {
@@ -338,7 +353,9 @@ impl Synth {
                                         .collect(),
                                 )
                         } else {
-                            MetadataResponseTopic::default().with_name(Some(TopicName(StrBytes::from_string(n)))).with_error_code(3)
+                            MetadataResponseTopic::default()
+                                .with_name(Some(TopicName(StrBytes::from_string(n))))
+                                .with_error_code(3)
                         }
                     })
                     .collect();
@@ -363,7 +380,11 @@ impl Synth {
                             .partitions
                             .iter()
                             .map(|p| {
-                                let offset = if p.timestamp == -1 && avail != i64::MAX { avail * i64::from(self.batch_records) } else { 0 };
+                                let offset = if p.timestamp == -1 && avail != i64::MAX {
+                                    avail * i64::from(self.batch_records)
+                                } else {
+                                    0
+                                };
                                 ListOffsetsPartitionResponse::default()
                                     .with_partition_index(p.partition_index)
                                     .with_timestamp(-1)
@@ -374,7 +395,12 @@ impl Synth {
                         ListOffsetsTopicResponse::default().with_name(t.name).with_partitions(parts)
                     })
                     .collect();
-                wire::encode_response::<ListOffsetsRequest>(&ListOffsetsResponse::default().with_topics(topics), v, corr).map_err(e)?
+                wire::encode_response::<ListOffsetsRequest>(
+                    &ListOffsetsResponse::default().with_topics(topics),
+                    v,
+                    corr,
+                )
+                .map_err(e)?
             }
             ApiKey::Fetch => {
                 let req = FetchRequest::decode(&mut body, v).map_err(dec)?;
@@ -385,9 +411,18 @@ impl Synth {
                 let results = req
                     .resources
                     .iter()
-                    .map(|r| DescribeConfigsResult::default().with_resource_type(r.resource_type).with_resource_name(r.resource_name.clone()))
+                    .map(|r| {
+                        DescribeConfigsResult::default()
+                            .with_resource_type(r.resource_type)
+                            .with_resource_name(r.resource_name.clone())
+                    })
                     .collect();
-                wire::encode_response::<DescribeConfigsRequest>(&DescribeConfigsResponse::default().with_results(results), v, corr).map_err(e)?
+                wire::encode_response::<DescribeConfigsRequest>(
+                    &DescribeConfigsResponse::default().with_results(results),
+                    v,
+                    corr,
+                )
+                .map_err(e)?
             }
             ApiKey::CreateTopics => {
                 let req = CreateTopicsRequest::decode(&mut body, v).map_err(dec)?;
@@ -407,7 +442,12 @@ impl Synth {
                             .with_error_code(if t.name.0.as_str() == self.topic { 36 } else { 0 })
                     })
                     .collect();
-                wire::encode_response::<CreateTopicsRequest>(&CreateTopicsResponse::default().with_topics(topics), v, corr).map_err(e)?
+                wire::encode_response::<CreateTopicsRequest>(
+                    &CreateTopicsResponse::default().with_topics(topics),
+                    v,
+                    corr,
+                )
+                .map_err(e)?
             }
             ApiKey::InitProducerId => {
                 let _ = InitProducerIdRequest::decode(&mut body, v).map_err(dec)?;
@@ -445,7 +485,9 @@ impl Synth {
                                 .with_log_start_offset(0),
                         );
                     }
-                    responses.push(TopicProduceResponse::default().with_name(t.name.clone()).with_partition_responses(parts));
+                    responses.push(
+                        TopicProduceResponse::default().with_name(t.name.clone()).with_partition_responses(parts),
+                    );
                 }
                 if !lat.is_empty() {
                     if let Some(h) = self.sink.latency.lock().unwrap().as_mut() {
@@ -457,7 +499,8 @@ impl Synth {
                 if req.acks == 0 {
                     return Ok(None);
                 }
-                wire::encode_response::<ProduceRequest>(&ProduceResponse::default().with_responses(responses), v, corr).map_err(e)?
+                wire::encode_response::<ProduceRequest>(&ProduceResponse::default().with_responses(responses), v, corr)
+                    .map_err(e)?
             }
             other => return Err(format!("{other:?} is not implemented by the synthetic broker")),
         }))
@@ -547,7 +590,8 @@ impl Synth {
     }
 
     fn estimate(&self, topics: &[FetchTopic], max_bytes: i32) -> usize {
-        let parts: usize = topics.iter().flat_map(|t| t.partitions.iter()).map(|p| p.partition_max_bytes.max(0) as usize).sum();
+        let parts: usize =
+            topics.iter().flat_map(|t| t.partitions.iter()).map(|p| p.partition_max_bytes.max(0) as usize).sum();
         let avail = if self.rate > 0.0 { 1 << 20 } else { usize::MAX };
         parts.min(max_bytes.max(0) as usize).min(avail) + self.template.len()
     }
@@ -635,7 +679,13 @@ fn relay_main(args: &[String]) {
 
 /// Reads Fetch responses through `addr` as fast as they come (2 requests in flight),
 /// discarding them; counts bytes into `counter` until `stop`.
-async fn raw_fetch_reader(addr: String, topic: String, partitions: i32, counter: Arc<AtomicU64>, stop: Arc<AtomicBool>) {
+async fn raw_fetch_reader(
+    addr: String,
+    topic: String,
+    partitions: i32,
+    counter: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+) {
     let Ok(sock) = TcpStream::connect(&addr).await else { return };
     let _ = sock.set_nodelay(true);
     let (mut r, mut w) = sock.into_split();
@@ -644,9 +694,13 @@ async fn raw_fetch_reader(addr: String, topic: String, partitions: i32, counter:
         .with_max_wait_ms(500)
         .with_min_bytes(1)
         .with_max_bytes(32 << 20)
-        .with_topics(vec![FetchTopic::default()
-            .with_topic(TopicName(StrBytes::from_string(topic)))
-            .with_partitions((0..partitions).map(|i| FetchPartition::default().with_partition(i).with_fetch_offset(0).with_partition_max_bytes(4 << 20)).collect())]);
+        .with_topics(vec![FetchTopic::default().with_topic(TopicName(StrBytes::from_string(topic))).with_partitions(
+            (0..partitions)
+                .map(|i| {
+                    FetchPartition::default().with_partition(i).with_fetch_offset(0).with_partition_max_bytes(4 << 20)
+                })
+                .collect(),
+        )]);
     let frame = wire::encode_request(&req, 11, 1, "raw-reader").unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(2);
     let stop2 = stop.clone();
@@ -803,7 +857,8 @@ fn produce(p: &ProduceSpec, stop: Option<&AtomicBool>) -> ProduceOut {
     use rdkafka::client::DefaultClientContext;
     use rdkafka::config::ClientConfig;
     use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", &p.bootstrap).create().expect("admin");
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", &p.bootstrap).create().expect("admin");
     let spec = NewTopic::new(&p.topic, p.partitions, TopicReplication::Fixed(1));
     let _ = futures::executor::block_on(admin.create_topics([&spec], &AdminOptions::new()));
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
@@ -865,7 +920,13 @@ fn produce(p: &ProduceSpec, stop: Option<&AtomicBool>) -> ProduceOut {
 }
 
 /// Consumes `topic` from the end and records (now − send time in the value) in µs.
-fn latency_consumer(bootstrap: String, topic: String, partitions: i32, stop: Arc<AtomicBool>, ready: Arc<AtomicBool>) -> Histogram<u64> {
+fn latency_consumer(
+    bootstrap: String,
+    topic: String,
+    partitions: i32,
+    stop: Arc<AtomicBool>,
+    ready: Arc<AtomicBool>,
+) -> Histogram<u64> {
     use rdkafka::config::ClientConfig;
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::Message;
@@ -1068,7 +1129,8 @@ fn run(args: &[String]) {
     assert!(ctx.proxy_bin.exists(), "{} not found: cargo build --release first", ctx.proxy_bin.display());
     let sizes: Vec<usize> = text(args, "--sizes", "100,1000,10000").split(',').map(|s| s.parse().unwrap()).collect();
     let peers_arg = text(args, "--peers", "mirrorproxy,librdkafka-mirror,tcp-relay");
-    let peers: Vec<Peer> = [Peer::Proxy, Peer::RdMirror, Peer::Relay].into_iter().filter(|p| peers_arg.contains(p.name())).collect();
+    let peers: Vec<Peer> =
+        [Peer::Proxy, Peer::RdMirror, Peer::Relay].into_iter().filter(|p| peers_arg.contains(p.name())).collect();
     let started = Instant::now();
     if modes.contains("isolation") {
         let mut configs: Vec<(usize, &str)> = sizes.iter().map(|s| (*s, "none")).collect();
@@ -1140,7 +1202,9 @@ fn run(args: &[String]) {
 fn machine_info() -> Value {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
         .unwrap_or_default();
     json!({"cpu": cpu, "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)})
 }
@@ -1180,11 +1244,22 @@ fn isolation_run(ctx: &mut Ctx, peer: Peer, size: usize, codec: &str, lat: Optio
 
 /// Starts the sink and the peer, samples, tears down. `src_connect` is where peers
 /// connect (equal to `src_addr` except across the WAN namespace).
-fn measure(ctx: &mut Ctx, peer: Peer, src_addr: &str, _src_connect: &str, size: usize, codec: &str, latency: bool, rep: usize, mode: &str) -> Value {
+fn measure(
+    ctx: &mut Ctx,
+    peer: Peer,
+    src_addr: &str,
+    _src_connect: &str,
+    size: usize,
+    codec: &str,
+    latency: bool,
+    rep: usize,
+    mode: &str,
+) -> Value {
     let topic = "bench.t";
     let sink_port = free_port();
     let sink_addr = format!("127.0.0.1:{sink_port}");
-    let mut sink = Synth::new(("127.0.0.1".into(), i32::from(sink_port)), topic, ctx.partitions, 10, Compression::None, 1, 0.0);
+    let mut sink =
+        Synth::new(("127.0.0.1".into(), i32::from(sink_port)), topic, ctx.partitions, 10, Compression::None, 1, 0.0);
     sink.serves_data = false;
     let sink = Arc::new(sink);
     if latency {
@@ -1198,21 +1273,30 @@ fn measure(ctx: &mut Ctx, peer: Peer, src_addr: &str, _src_connect: &str, size: 
     let mut proc = match peer {
         Peer::Proxy => {
             let cfg = proxy_config(&ctx.out.join("logs"), src_addr, &sink_addr, &ctx.proxy_tuning);
-            Proc::spawn("mirrorproxy", Command::new(&ctx.proxy_bin).args(["run", "--config"]).arg(&cfg).env("RUST_LOG", "info").envs(ctx.proxy_env.clone()), &log)
+            Proc::spawn(
+                "mirrorproxy",
+                Command::new(&ctx.proxy_bin)
+                    .args(["run", "--config"])
+                    .arg(&cfg)
+                    .env("RUST_LOG", "info")
+                    .envs(ctx.proxy_env.clone()),
+                &log,
+            )
         }
         Peer::RdMirror => Proc::spawn(
             "rdmirror",
-            Command::new(&ctx.exe).args(["rdmirror", "--source", src_addr, "--target", &sink_addr, "--topic", topic]).args([
-                "--partitions",
-                &ctx.partitions.to_string(),
-                "--codec",
-                codec,
-            ]),
+            Command::new(&ctx.exe)
+                .args(["rdmirror", "--source", src_addr, "--target", &sink_addr, "--topic", topic])
+                .args(["--partitions", &ctx.partitions.to_string(), "--codec", codec]),
             &log,
         ),
         Peer::Relay => {
             let relay_addr = format!("127.0.0.1:{}", free_port());
-            let p = Proc::spawn("relay", Command::new(&ctx.exe).args(["relay", "--listen", &relay_addr, "--upstream", src_addr]), &log);
+            let p = Proc::spawn(
+                "relay",
+                Command::new(&ctx.exe).args(["relay", "--listen", &relay_addr, "--upstream", src_addr]),
+                &log,
+            );
             assert!(wait_port(&relay_addr, Duration::from_secs(10)), "relay did not start");
             ctx.rt.spawn(raw_fetch_reader(relay_addr, topic.into(), ctx.partitions, relay_bytes.clone(), stop.clone()));
             p
@@ -1349,7 +1433,9 @@ impl Netns {
             format!("ip netns exec {NS} ip link set {NS_PEER_IF} up"),
             format!("ip netns exec {NS} ip link set lo up"),
             // source → proxy: delay + rate cap; proxy → source: delay
-            format!("ip netns exec {NS} tc qdisc add dev {NS_PEER_IF} root netem delay {half}ms rate {rate} limit 100000"),
+            format!(
+                "ip netns exec {NS} tc qdisc add dev {NS_PEER_IF} root netem delay {half}ms rate {rate} limit 100000"
+            ),
             format!("tc qdisc add dev {NS_HOST_IF} root netem delay {half}ms limit 100000"),
         ];
         let ns = Netns { link_bytes_per_s: parse_rate(rate), rate: rate.to_owned(), delay_ms: rtt_ms };
@@ -1390,16 +1476,20 @@ fn wan_run(ctx: &mut Ctx, ns: &Netns, peer: Peer, size: usize, codec: &str) -> V
     let log = ctx.log("synth-source-wan");
     let _source = Proc::spawn(
         "synth-source",
-        Command::new("ip").args(["netns", "exec", NS]).arg(&ctx.exe).args(["synth-source", "--listen", &src_addr, "--topic", topic]).args([
-            "--partitions",
-            &ctx.partitions.to_string(),
-            "--size",
-            &size.to_string(),
-            "--codec",
-            codec,
-            "--batch-records",
-            &ctx.batch_records.to_string(),
-        ]),
+        Command::new("ip")
+            .args(["netns", "exec", NS])
+            .arg(&ctx.exe)
+            .args(["synth-source", "--listen", &src_addr, "--topic", topic])
+            .args([
+                "--partitions",
+                &ctx.partitions.to_string(),
+                "--size",
+                &size.to_string(),
+                "--codec",
+                codec,
+                "--batch-records",
+                &ctx.batch_records.to_string(),
+            ]),
         &log,
     );
     assert!(wait_port(&src_addr, Duration::from_secs(10)), "synth-source in the namespace did not start");
@@ -1425,7 +1515,15 @@ fn start_tansu(ctx: &mut Ctx, tansu: &Path) -> (Proc, String) {
     let p = Proc::spawn(
         "tansu",
         Command::new(tansu)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"])
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "memory://tansu/",
+            ])
             .env_remove("LISTENER_URL")
             .env_remove("ADVERTISED_LISTENER_URL")
             .env_remove("STORAGE_ENGINE")
@@ -1440,7 +1538,8 @@ fn start_tansu(ctx: &mut Ctx, tansu: &Path) -> (Proc, String) {
 fn watermarks(bootstrap: &str, topic: &str, partitions: i32) -> Option<Vec<i64>> {
     use rdkafka::config::ClientConfig;
     use rdkafka::consumer::{BaseConsumer, Consumer};
-    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).set("log_level", "2").create().ok()?;
+    let c: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", bootstrap).set("log_level", "2").create().ok()?;
     (0..partitions).map(|p| c.fetch_watermarks(topic, p, Duration::from_secs(5)).ok().map(|(_, h)| h)).collect()
 }
 
@@ -1457,9 +1556,34 @@ fn real_run(ctx: &mut Ctx, tansu: &Path, peer: Peer, args: &[String]) -> Value {
     let (_src, src) = start_tansu(ctx, tansu);
     let (_dst, dst) = start_tansu(ctx, tansu);
     // Pre-create the target topic (the proxy would; librdkafka's mirror would not).
-    let _ = produce(&ProduceSpec { bootstrap: dst.clone(), topic: topic.clone(), records: 0, rate: 0.0, size, codec: codec.clone(), partitions: parts, keys: "seq".into(), key_space: 1, linger_ms: 5 }, None);
+    let _ = produce(
+        &ProduceSpec {
+            bootstrap: dst.clone(),
+            topic: topic.clone(),
+            records: 0,
+            rate: 0.0,
+            size,
+            codec: codec.clone(),
+            partitions: parts,
+            keys: "seq".into(),
+            key_space: 1,
+            linger_ms: 5,
+        },
+        None,
+    );
     let load = produce(
-        &ProduceSpec { bootstrap: src.clone(), topic: topic.clone(), records, rate: 0.0, size, codec: codec.clone(), partitions: parts, keys: text(args, "--keys", "seq"), key_space: 10_000, linger_ms: 20 },
+        &ProduceSpec {
+            bootstrap: src.clone(),
+            topic: topic.clone(),
+            records,
+            rate: 0.0,
+            size,
+            codec: codec.clone(),
+            partitions: parts,
+            keys: text(args, "--keys", "seq"),
+            key_space: 10_000,
+            linger_ms: 20,
+        },
         None,
     );
     eprintln!("  real: loaded {} records of {size} B ({codec}) into tansu in {:.1}s", load.records, load.secs);
@@ -1469,11 +1593,31 @@ fn real_run(ctx: &mut Ctx, tansu: &Path, peer: Peer, args: &[String]) -> Value {
     let mut proc = match peer {
         Peer::Proxy => {
             let cfg = proxy_config(&ctx.out.join("logs"), &src, &dst, &ctx.proxy_tuning);
-            Proc::spawn("mirrorproxy", Command::new(&ctx.proxy_bin).args(["run", "--config"]).arg(&cfg).env("RUST_LOG", "info").envs(ctx.proxy_env.clone()), &log)
+            Proc::spawn(
+                "mirrorproxy",
+                Command::new(&ctx.proxy_bin)
+                    .args(["run", "--config"])
+                    .arg(&cfg)
+                    .env("RUST_LOG", "info")
+                    .envs(ctx.proxy_env.clone()),
+                &log,
+            )
         }
         _ => Proc::spawn(
             "rdmirror",
-            Command::new(&ctx.exe).args(["rdmirror", "--source", &src, "--target", &dst, "--topic", &topic, "--partitions", &parts.to_string(), "--codec", &codec]),
+            Command::new(&ctx.exe).args([
+                "rdmirror",
+                "--source",
+                &src,
+                "--target",
+                &dst,
+                "--topic",
+                &topic,
+                "--partitions",
+                &parts.to_string(),
+                "--codec",
+                &codec,
+            ]),
             &log,
         ),
     };
@@ -1491,7 +1635,7 @@ fn real_run(ctx: &mut Ctx, tansu: &Path, peer: Peer, args: &[String]) -> Value {
     let drain_s = t0.elapsed().as_secs_f64();
     let (cpu_drain, _) = proc_stats(proc.pid());
     let bytes = (records * size as u64) as f64; // payload bytes (values)
-    // Latency phase.
+                                                // Latency phase.
     let stop = Arc::new(AtomicBool::new(false));
     let mut consumers = Vec::new();
     for b in [src.clone(), dst.clone()] {
@@ -1503,7 +1647,21 @@ fn real_run(ctx: &mut Ctx, tansu: &Path, peer: Peer, args: &[String]) -> Value {
         std::thread::sleep(Duration::from_millis(50));
     }
     let lat_records = (lat_rate * ctx.secs) as u64;
-    let _ = produce(&ProduceSpec { bootstrap: src.clone(), topic: topic.clone(), records: lat_records, rate: lat_rate, size, codec: codec.clone(), partitions: parts, keys: "seq".into(), key_space: 1, linger_ms: 0 }, None);
+    let _ = produce(
+        &ProduceSpec {
+            bootstrap: src.clone(),
+            topic: topic.clone(),
+            records: lat_records,
+            rate: lat_rate,
+            size,
+            codec: codec.clone(),
+            partitions: parts,
+            keys: "seq".into(),
+            key_space: 1,
+            linger_ms: 0,
+        },
+        None,
+    );
     std::thread::sleep(Duration::from_secs(2));
     stop.store(true, Ordering::Relaxed);
     let hs: Vec<Histogram<u64>> = consumers.into_iter().map(|(j, _)| j.join().unwrap()).collect();
@@ -1522,14 +1680,20 @@ fn real_run(ctx: &mut Ctx, tansu: &Path, peer: Peer, args: &[String]) -> Value {
 
 fn print_table(results: &[Value]) {
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "\n{:<10} {:<18} {:>6} {:<5} {:>9} {:>11} {:>9} {:>8} {:>8} {:>9} {:>9}", "mode", "peer", "size", "codec", "MB/s", "records/s", "CPU-s/GB", "CPU %", "RSS MB", "p50 ms", "p99 ms");
+    let _ = writeln!(
+        out,
+        "\n{:<10} {:<18} {:>6} {:<5} {:>9} {:>11} {:>9} {:>8} {:>8} {:>9} {:>9}",
+        "mode", "peer", "size", "codec", "MB/s", "records/s", "CPU-s/GB", "CPU %", "RSS MB", "p50 ms", "p99 ms"
+    );
     for r in results {
         if let Some(e) = r.get("error") {
             let _ = writeln!(out, "{:<10} error: {e}", r["mode"].as_str().unwrap_or(""));
             continue;
         }
         let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
-        let lat = |q: &str| r.get("latency_us").and_then(|l| l[q].as_f64()).map_or("-".to_string(), |v| format!("{:.2}", v / 1000.0));
+        let lat = |q: &str| {
+            r.get("latency_us").and_then(|l| l[q].as_f64()).map_or("-".to_string(), |v| format!("{:.2}", v / 1000.0))
+        };
         let mut line = format!(
             "{:<10} {:<18} {:>6} {:<5} {:>9.1} {:>11.0} {:>9.3} {:>8.0} {:>8.1} {:>9} {:>9}",
             r["mode"].as_str().unwrap_or(""),
@@ -1548,7 +1712,11 @@ fn print_table(results: &[Value]) {
             line += &format!("  link {:.0}% of {:.1} MB/s", u * 100.0, f("link_mb_per_s"));
         }
         if let Some(s) = r.get("latency_us_source") {
-            line += &format!("  (source-only p50 {:.2} / p99 {:.2} ms)", s["p50"].as_f64().unwrap_or(0.0) / 1000.0, s["p99"].as_f64().unwrap_or(0.0) / 1000.0);
+            line += &format!(
+                "  (source-only p50 {:.2} / p99 {:.2} ms)",
+                s["p50"].as_f64().unwrap_or(0.0) / 1000.0,
+                s["p99"].as_f64().unwrap_or(0.0) / 1000.0
+            );
         }
         if r.get("drained").and_then(Value::as_bool) == Some(false) {
             line += "  NOT DRAINED";
@@ -1557,17 +1725,33 @@ fn print_table(results: &[Value]) {
     }
     // Ratios for the targets (isolation, 1 KB uncompressed).
     let find = |mode: &str, peer: &str, size: u64, codec: &str| {
-        results.iter().find(|r| r["mode"] == mode && r["peer"] == peer && r["size"].as_u64() == Some(size) && r["codec"] == codec)
+        results
+            .iter()
+            .find(|r| r["mode"] == mode && r["peer"] == peer && r["size"].as_u64() == Some(size) && r["codec"] == codec)
     };
-    if let (Some(p), Some(rd), Some(rel)) =
-        (find("isolation", "mirrorproxy", 1000, "none"), find("isolation", "librdkafka-mirror", 1000, "none"), find("isolation", "tcp-relay", 1000, "none"))
-    {
+    if let (Some(p), Some(rd), Some(rel)) = (
+        find("isolation", "mirrorproxy", 1000, "none"),
+        find("isolation", "librdkafka-mirror", 1000, "none"),
+        find("isolation", "tcp-relay", 1000, "none"),
+    ) {
         let g = |v: &Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
         let _ = writeln!(out, "\ntargets (isolation, 1 KB, uncompressed, medians):");
-        let _ = writeln!(out, "  records/s vs librdkafka mirror: {:.1}x (target >= 5x)", g(p, "records_per_s") / g(rd, "records_per_s"));
-        let _ = writeln!(out, "  bytes/s vs raw TCP relay:       {:.0}% (target >= 50%)", 100.0 * g(p, "mb_per_s") / g(rel, "mb_per_s"));
+        let _ = writeln!(
+            out,
+            "  records/s vs librdkafka mirror: {:.1}x (target >= 5x)",
+            g(p, "records_per_s") / g(rd, "records_per_s")
+        );
+        let _ = writeln!(
+            out,
+            "  bytes/s vs raw TCP relay:       {:.0}% (target >= 50%)",
+            100.0 * g(p, "mb_per_s") / g(rel, "mb_per_s")
+        );
         let _ = writeln!(out, "  CPU-s per GB:                   {:.3} (target <= 0.25)", g(p, "cpu_s_per_gb"));
-        let _ = writeln!(out, "  peak RSS:                       {:.1} MB (target <= 64 MB + buffer_bytes 268 MB)", g(p, "peak_rss_mb"));
+        let _ = writeln!(
+            out,
+            "  peak RSS:                       {:.1} MB (target <= 64 MB + buffer_bytes 268 MB)",
+            g(p, "peak_rss_mb")
+        );
     }
 }
 
@@ -1609,13 +1793,27 @@ fn plots(out: &Path, results: &[Value]) -> Result<(), String> {
             .y_label_area_size(65)
             .build_cartesian_2d((xmin * 0.8..xmax * 1.25).log_scale(), 0.0..ymax.max(1.0))
             .map_err(|e| e.to_string())?;
-        chart.configure_mesh().x_desc("record value size (bytes, log)").y_desc("MB/s through the process").draw().map_err(|e| e.to_string())?;
+        chart
+            .configure_mesh()
+            .x_desc("record value size (bytes, log)")
+            .y_desc("MB/s through the process")
+            .draw()
+            .map_err(|e| e.to_string())?;
         for (i, (name, pts)) in series.iter().enumerate() {
             let c = colors[i % colors.len()];
-            chart.draw_series(LineSeries::new(pts.clone(), c.stroke_width(3))).map_err(|e| e.to_string())?.label(*name).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(3)));
+            chart
+                .draw_series(LineSeries::new(pts.clone(), c.stroke_width(3)))
+                .map_err(|e| e.to_string())?
+                .label(*name)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(3)));
             chart.draw_series(pts.iter().map(|p| Circle::new(*p, 5, c.filled()))).map_err(|e| e.to_string())?;
         }
-        chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(|e| e.to_string())?;
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| e.to_string())?;
         root.present().map_err(|e| e.to_string())?;
     }
     // Latency CDFs.
@@ -1623,7 +1821,11 @@ fn plots(out: &Path, results: &[Value]) -> Result<(), String> {
         .iter()
         .filter_map(|r| {
             let l = r.get("latency_us")?;
-            let pts = l["cdf"].as_array()?.iter().filter_map(|p| Some((p[1].as_f64()? / 1000.0, p[0].as_f64()? / 100.0))).collect();
+            let pts = l["cdf"]
+                .as_array()?
+                .iter()
+                .filter_map(|p| Some((p[1].as_f64()? / 1000.0, p[0].as_f64()? / 100.0)))
+                .collect();
             Some((format!("{} {}", r["mode"].as_str()?, r["peer"].as_str()?), pts))
         })
         .collect();
@@ -1639,13 +1841,28 @@ fn plots(out: &Path, results: &[Value]) -> Result<(), String> {
             .y_label_area_size(65)
             .build_cartesian_2d((0.05..xmax * 1.2).log_scale(), 0.0..1.0)
             .map_err(|e| e.to_string())?;
-        chart.configure_mesh().x_desc("latency (ms, log)").y_desc("fraction of records").draw().map_err(|e| e.to_string())?;
+        chart
+            .configure_mesh()
+            .x_desc("latency (ms, log)")
+            .y_desc("fraction of records")
+            .draw()
+            .map_err(|e| e.to_string())?;
         for (i, (name, pts)) in cdfs.iter().enumerate() {
             let c = colors[i % colors.len()];
             let pts: Vec<(f64, f64)> = pts.iter().map(|(x, y)| (x.max(0.05), *y)).collect();
-            chart.draw_series(LineSeries::new(pts, c.stroke_width(3))).map_err(|e| e.to_string())?.label(name.clone()).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(3)));
+            chart
+                .draw_series(LineSeries::new(pts, c.stroke_width(3)))
+                .map_err(|e| e.to_string())?
+                .label(name.clone())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(3)));
         }
-        chart.configure_series_labels().position(SeriesLabelPosition::LowerRight).background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(|e| e.to_string())?;
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| e.to_string())?;
         root.present().map_err(|e| e.to_string())?;
     }
     Ok(())

@@ -133,6 +133,9 @@ fn count(args: &[String], bootstrap: &str, topic: &str) -> i32 {
             }
         }
     }
-    println!("loadgen: {} distinct records on {topic} at {bootstrap} (expected {expect}), {duplicates} duplicates", keys.len());
+    println!(
+        "loadgen: {} distinct records on {topic} at {bootstrap} (expected {expect}), {duplicates} duplicates",
+        keys.len()
+    );
     i32::from(keys.len() != expect || duplicates > 0)
 }

@@ -10,23 +10,17 @@ use bytes::{Bytes, BytesMut};
 use kafka_protocol::indexmap::IndexMap;
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::{
-    Compression as KpCompression, Record, RecordBatchDecoder, RecordBatchEncoder,
-    RecordEncodeOptions, TimestampType,
+    Compression as KpCompression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
 use mirrorproxy::batch::{
-    split_batches, BatchError, Compression, ControlType, ProducerStamp, RawBatch, VerifiedBatch,
-    HEADER_LEN,
+    split_batches, BatchError, Compression, ControlType, ProducerStamp, RawBatch, VerifiedBatch, HEADER_LEN,
 };
 
 // ---------------------------------------------------------------------------
 // Record batch conformance
 // ---------------------------------------------------------------------------
 
-const STAMP: ProducerStamp = ProducerStamp {
-    producer_id: 777,
-    producer_epoch: 2,
-    base_sequence: 40,
-};
+const STAMP: ProducerStamp = ProducerStamp { producer_id: 777, producer_epoch: 2, base_sequence: 40 };
 
 const KP_CODECS: [(KpCompression, Compression); 5] = [
     (KpCompression::None, Compression::None),
@@ -38,10 +32,7 @@ const KP_CODECS: [(KpCompression, Compression); 5] = [
 
 fn record(offset: i64, key: Option<&str>, value: Option<&str>) -> Record {
     let mut headers = IndexMap::new();
-    headers.insert(
-        StrBytes::from_string(format!("trace-{offset}")),
-        Some(Bytes::from(format!("t{offset}"))),
-    );
+    headers.insert(StrBytes::from_string(format!("trace-{offset}")), Some(Bytes::from(format!("t{offset}"))));
     headers.insert(StrBytes::from_static_str("null-header"), None);
     Record {
         transactional: false,
@@ -64,15 +55,8 @@ fn record(offset: i64, key: Option<&str>, value: Option<&str>) -> Record {
 
 fn encode(records: &[Record], compression: KpCompression) -> Bytes {
     let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression,
-        },
-    )
-    .expect("kafka_protocol encodes");
+    RecordBatchEncoder::encode(&mut buf, records, &RecordEncodeOptions { version: 2, compression })
+        .expect("kafka_protocol encodes");
     buf.freeze()
 }
 
@@ -154,11 +138,7 @@ fn truncated_fetch_tail_is_dropped_not_an_error() {
     let split = split_batches(fetch.freeze()).expect("a cut-short tail is not an error");
     assert!(split.truncated_tail);
     assert_eq!(split.batches.len(), 1);
-    assert_eq!(
-        split.batches[0].header().next_offset(),
-        1,
-        "refetch from offset 1"
-    );
+    assert_eq!(split.batches[0].header().next_offset(), 1, "refetch from offset 1");
 }
 
 #[test]
@@ -177,23 +157,14 @@ fn batch_with_bad_crc_is_rejected() {
     let last = b.len() - 1;
     b[last] ^= 0x01;
     let err = only_batch(Bytes::from(b)).verify().unwrap_err();
-    assert!(
-        matches!(err, BatchError::CrcMismatch { base_offset: 0, stored, computed } if stored != computed),
-        "{err}"
-    );
+    assert!(matches!(err, BatchError::CrcMismatch { base_offset: 0, stored, computed } if stored != computed), "{err}");
 }
 
 #[test]
 fn batch_with_legacy_magic_is_rejected() {
     let mut b = encode(&[record(0, Some("k"), Some("v"))], KpCompression::None).to_vec();
     b[16] = 1;
-    assert_eq!(
-        split_batches(Bytes::from(b)).unwrap_err(),
-        BatchError::UnsupportedMagic {
-            base_offset: 0,
-            magic: 1
-        }
-    );
+    assert_eq!(split_batches(Bytes::from(b)).unwrap_err(), BatchError::UnsupportedMagic { base_offset: 0, magic: 1 });
 }
 
 #[test]
@@ -201,21 +172,14 @@ fn batch_with_impossible_length_is_corrupt() {
     let mut b = encode(&[record(0, Some("k"), Some("v"))], KpCompression::None).to_vec();
     b[8..12].copy_from_slice(&(-5i32).to_be_bytes());
     let err = split_batches(Bytes::from(b)).unwrap_err();
-    assert!(
-        matches!(err, BatchError::Corrupt { base_offset: 0, .. }),
-        "{err}"
-    );
+    assert!(matches!(err, BatchError::Corrupt { base_offset: 0, .. }), "{err}");
 }
 
 #[test]
 fn compacted_batch_is_renumbered_for_every_codec() {
     for (kp, ours) in KP_CODECS {
         // Compaction left offsets 0, 2, 5 of a batch spanning 0..=5.
-        let input = [
-            record(0, Some("a"), Some("1")),
-            record(2, Some("b"), None),
-            record(5, None, Some("3")),
-        ];
+        let input = [record(0, Some("a"), Some("1")), record(2, Some("b"), None), record(5, None, Some("3"))];
         let v = verified(encode(&input, kp));
         assert_eq!(v.header().last_offset_delta, 5);
         assert_eq!(v.header().records_count, 3);
@@ -236,13 +200,7 @@ fn empty_batch_is_reported_and_not_forwarded() {
     assert!(v.is_empty());
     assert!(!v.needs_renumbering());
     assert_eq!(v.header().next_offset(), 125);
-    assert!(matches!(
-        v.into_outgoing(STAMP),
-        Err(BatchError::NotForwardable {
-            base_offset: 120,
-            ..
-        })
-    ));
+    assert!(matches!(v.into_outgoing(STAMP), Err(BatchError::NotForwardable { base_offset: 120, .. })));
 }
 
 #[test]
@@ -261,35 +219,19 @@ fn abort_marker_is_recognised() {
 #[test]
 fn control_batch_is_not_forwarded() {
     let err = verified(control_batch(1)).into_outgoing(STAMP).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            BatchError::NotForwardable {
-                base_offset: 30,
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert!(matches!(err, BatchError::NotForwardable { base_offset: 30, .. }), "{err}");
 }
 
 #[test]
 fn data_batch_has_no_control_type() {
-    let v = verified(encode(
-        &[record(0, Some("k"), Some("v"))],
-        KpCompression::None,
-    ));
+    let v = verified(encode(&[record(0, Some("k"), Some("v"))], KpCompression::None));
     assert_eq!(v.control_type().unwrap(), None);
 }
 
 #[test]
 fn transactional_batch_is_forwarded_as_idempotent() {
-    let input: Vec<Record> = (0..3)
-        .map(|o| Record {
-            transactional: true,
-            ..record(o, Some("k"), Some("v"))
-        })
-        .collect();
+    let input: Vec<Record> =
+        (0..3).map(|o| Record { transactional: true, ..record(o, Some("k"), Some("v")) }).collect();
     for (kp, ours) in KP_CODECS {
         let v = verified(encode(&input, kp));
         assert!(v.header().is_transactional());
@@ -297,19 +239,9 @@ fn transactional_batch_is_forwarded_as_idempotent() {
         let h = out.header();
         assert!(!h.is_transactional(), "{ours}");
         assert_eq!(h.compression().unwrap(), ours);
-        assert_eq!(
-            (
-                h.base_offset,
-                h.producer_id,
-                h.producer_epoch,
-                h.base_sequence
-            ),
-            (0, 777, 2, 40)
-        );
+        assert_eq!((h.base_offset, h.producer_id, h.producer_epoch, h.base_sequence), (0, 777, 2, 40));
         let decoded = decode_one(out.bytes());
-        assert!(decoded
-            .iter()
-            .all(|r| !r.transactional && r.producer_id == 777));
+        assert!(decoded.iter().all(|r| !r.transactional && r.producer_id == 777));
         assert_eq!(decoded[2].sequence, 42);
         assert_same_payload(&decoded, &input);
     }
@@ -337,11 +269,7 @@ fn kafka_protocol_batches_round_trip_for_every_codec() {
         let out = v.into_outgoing(STAMP).unwrap();
         assert_eq!(out.record_count(), 10);
         assert_eq!(out.header().partition_leader_epoch, 11, "not touched");
-        assert_eq!(
-            &out.bytes()[HEADER_LEN..],
-            &bytes[HEADER_LEN..],
-            "{ours}: records untouched"
-        );
+        assert_eq!(&out.bytes()[HEADER_LEN..], &bytes[HEADER_LEN..], "{ours}: records untouched");
         let decoded = decode_one(out.bytes());
         assert_same_payload(&decoded, &input);
         assert_eq!(decoded[0].offset, 0);
@@ -351,10 +279,7 @@ fn kafka_protocol_batches_round_trip_for_every_codec() {
 
 #[test]
 fn rewrite_is_idempotent() {
-    let input = [
-        record(0, Some("a"), Some("1")),
-        record(3, Some("b"), Some("2")),
-    ];
+    let input = [record(0, Some("a"), Some("1")), record(3, Some("b"), Some("2"))];
     for (kp, ours) in KP_CODECS {
         let once = verified(encode(&input, kp)).into_outgoing(STAMP).unwrap();
         let twice = verified(once.bytes().clone()).into_outgoing(STAMP).unwrap();
@@ -365,23 +290,13 @@ fn rewrite_is_idempotent() {
 #[test]
 fn fetch_with_mixed_batches_splits_in_order() {
     let mut fetch = BytesMut::new();
-    fetch.extend_from_slice(&encode(
-        &[record(0, Some("a"), Some("1"))],
-        KpCompression::Lz4,
-    ));
+    fetch.extend_from_slice(&encode(&[record(0, Some("a"), Some("1"))], KpCompression::Lz4));
     fetch.extend_from_slice(&empty_batch(1));
     fetch.extend_from_slice(&control_batch(1));
-    fetch.extend_from_slice(&encode(
-        &[record(31, Some("b"), Some("2"))],
-        KpCompression::Snappy,
-    ));
+    fetch.extend_from_slice(&encode(&[record(31, Some("b"), Some("2"))], KpCompression::Snappy));
     let split = split_batches(fetch.freeze()).unwrap();
     assert!(!split.truncated_tail);
-    let bases: Vec<i64> = split
-        .batches
-        .iter()
-        .map(|b| b.header().base_offset)
-        .collect();
+    let bases: Vec<i64> = split.batches.iter().map(|b| b.header().base_offset).collect();
     assert_eq!(bases, [0, 1, 30, 31]);
     let forwardable = split
         .batches
@@ -423,21 +338,16 @@ mod round_trip {
         metadata_response::{MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic},
         produce_request::{PartitionProduceData, TopicProduceData},
         produce_response::{PartitionProduceResponse, TopicProduceResponse},
-        ApiKey, ApiVersionsRequest, ApiVersionsResponse, BrokerId, CreateTopicsRequest,
-        CreateTopicsResponse, DescribeConfigsRequest, DescribeConfigsResponse, FetchRequest,
-        FetchResponse, InitProducerIdRequest, InitProducerIdResponse, ListOffsetsRequest,
-        ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse,
-        ProducerId, TopicName,
+        ApiKey, ApiVersionsRequest, ApiVersionsResponse, BrokerId, CreateTopicsRequest, CreateTopicsResponse,
+        DescribeConfigsRequest, DescribeConfigsResponse, FetchRequest, FetchResponse, InitProducerIdRequest,
+        InitProducerIdResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse,
+        ProduceRequest, ProduceResponse, ProducerId, TopicName,
     };
-    use kafka_protocol::protocol::{
-        decode_request_header_from_buffer, Decodable, HeaderVersion, Request,
-        StrBytes,
-    };
+    use kafka_protocol::protocol::{decode_request_header_from_buffer, Decodable, HeaderVersion, Request, StrBytes};
     use kafka_protocol::records::Compression as KpCompression;
     use mirrorproxy::net::{our_max_version, MAX_FRAME};
     use mirrorproxy::wire::{
-        check_frame, decode_response, encode_request, encode_response, peek_correlation_id,
-        LENGTH_PREFIX,
+        check_frame, decode_response, encode_request, encode_response, peek_correlation_id, LENGTH_PREFIX,
     };
 
     const CLIENT_ID: &str = "mirrorproxy-test";
@@ -460,16 +370,10 @@ mod round_trip {
     fn batch_bytes() -> Bytes {
         let mut b = BytesMut::new();
         b.extend_from_slice(&super::encode(
-            &[
-                super::record(40, Some("k1"), Some("v1")),
-                super::record(41, None, Some("v2")),
-            ],
+            &[super::record(40, Some("k1"), Some("v1")), super::record(41, None, Some("v2"))],
             KpCompression::Zstd,
         ));
-        b.extend_from_slice(&super::encode(
-            &[super::record(42, Some("k3"), None)],
-            KpCompression::None,
-        ));
+        b.extend_from_slice(&super::encode(&[super::record(42, Some("k3"), None)], KpCompression::None));
         b.freeze()
     }
 
@@ -500,15 +404,13 @@ mod round_trip {
         R: Request + Decodable + PartialEq + Debug,
     {
         let ctx = format!("{:?} v{version}", ApiKey::try_from(R::KEY).unwrap());
-        let frame = encode_request(req, version, correlation_id, CLIENT_ID)
-            .unwrap_or_else(|e| panic!("{ctx}: {e}"));
+        let frame = encode_request(req, version, correlation_id, CLIENT_ID).unwrap_or_else(|e| panic!("{ctx}: {e}"));
         let len = i32::from_be_bytes(frame[..4].try_into().unwrap());
         assert_eq!(len as usize, frame.len() - LENGTH_PREFIX, "{ctx}: length prefix");
         assert_incomplete_until_whole(&frame);
 
         let mut body = frame.slice(LENGTH_PREFIX..);
-        let header =
-            decode_request_header_from_buffer(&mut body).unwrap_or_else(|e| panic!("{ctx}: {e}"));
+        let header = decode_request_header_from_buffer(&mut body).unwrap_or_else(|e| panic!("{ctx}: {e}"));
         assert_eq!(header.request_api_key, R::KEY, "{ctx}");
         assert_eq!(header.request_api_version, version, "{ctx}");
         assert_eq!(header.correlation_id, correlation_id, "{ctx}");
@@ -531,8 +433,7 @@ mod round_trip {
         R::Response: PartialEq + Debug + Clone,
     {
         let ctx = format!("{:?} v{version} response", ApiKey::try_from(R::KEY).unwrap());
-        let frame = encode_response::<R>(resp, version, correlation_id)
-            .unwrap_or_else(|e| panic!("{ctx}: {e}"));
+        let frame = encode_response::<R>(resp, version, correlation_id).unwrap_or_else(|e| panic!("{ctx}: {e}"));
         assert_incomplete_until_whole(&frame);
         let body = frame.slice(LENGTH_PREFIX..);
         assert_eq!(peek_correlation_id(&body).unwrap(), correlation_id, "{ctx}");
@@ -597,9 +498,7 @@ mod round_trip {
         for v in negotiable::<ApiVersionsRequest>() {
             let mut req = ApiVersionsRequest::default();
             if v >= 3 {
-                req = req
-                    .with_client_software_name(s("mirrorproxy"))
-                    .with_client_software_version(s("0.1.0"));
+                req = req.with_client_software_name(s("mirrorproxy")).with_client_software_version(s("0.1.0"));
             }
             request_round_trip(&req, v, 1);
             let mut resp = ApiVersionsResponse::default().with_api_keys(
@@ -642,7 +541,9 @@ mod round_trip {
         for v in negotiable::<MetadataRequest>() {
             // The mirror sends allow_auto_topic_creation=false, which exists from v4.
             let auto = v < 4;
-            let all = MetadataRequest::default().with_topics(if v >= 1 { None } else { Some(vec![]) }).with_allow_auto_topic_creation(auto);
+            let all = MetadataRequest::default()
+                .with_topics(if v >= 1 { None } else { Some(vec![]) })
+                .with_allow_auto_topic_creation(auto);
             request_round_trip(&all, v, 10);
             let some = MetadataRequest::default()
                 .with_topics(Some(vec![
@@ -652,7 +553,10 @@ mod round_trip {
                 .with_allow_auto_topic_creation(auto);
             request_round_trip(&some, v, 11);
 
-            let mut broker = MetadataResponseBroker::default().with_node_id(BrokerId(1)).with_host(s("broker-1.example")).with_port(9092);
+            let mut broker = MetadataResponseBroker::default()
+                .with_node_id(BrokerId(1))
+                .with_host(s("broker-1.example"))
+                .with_port(9092);
             if v >= 1 {
                 broker = broker.with_rack(Some(s("rack-a")));
             }
@@ -691,7 +595,8 @@ mod round_trip {
     fn fetch_round_trip_keeps_records_byte_identical() {
         let batches = batch_bytes();
         for v in negotiable::<FetchRequest>() {
-            let mut part = FetchPartition::default().with_partition(3).with_fetch_offset(40).with_partition_max_bytes(4 << 20);
+            let mut part =
+                FetchPartition::default().with_partition(3).with_fetch_offset(40).with_partition_max_bytes(4 << 20);
             if v >= 9 {
                 part = part.with_current_leader_epoch(7);
             }
@@ -722,7 +627,11 @@ mod round_trip {
             let mut resp = FetchResponse::default().with_throttle_time_ms(0).with_responses(vec![
                 FetchableTopicResponse::default().with_topic(name("orders")).with_partitions(vec![
                     pd,
-                    PartitionData::default().with_partition_index(4).with_error_code(1).with_high_watermark(-1).with_records(None),
+                    PartitionData::default()
+                        .with_partition_index(4)
+                        .with_error_code(1)
+                        .with_high_watermark(-1)
+                        .with_records(None),
                 ]),
             ]);
             if v >= 7 {
@@ -757,10 +666,12 @@ mod round_trip {
                 .with_transactional_id(None)
                 .with_acks(-1)
                 .with_timeout_ms(30_000)
-                .with_topic_data(vec![TopicProduceData::default().with_name(name("edge.orders")).with_partition_data(vec![
-                    PartitionProduceData::default().with_index(0).with_records(Some(batch.clone())),
-                    PartitionProduceData::default().with_index(1).with_records(Some(batch.clone())),
-                ])]);
+                .with_topic_data(vec![TopicProduceData::default().with_name(name("edge.orders")).with_partition_data(
+                    vec![
+                        PartitionProduceData::default().with_index(0).with_records(Some(batch.clone())),
+                        PartitionProduceData::default().with_index(1).with_records(Some(batch.clone())),
+                    ],
+                )]);
             let frame = request_round_trip(&req, v, 30 + i32::from(v));
             assert!(find(&frame, &batch), "v{v}");
 
@@ -776,7 +687,9 @@ mod round_trip {
                 err = err.with_error_message(Some(s("duplicate sequence")));
             }
             let resp = ProduceResponse::default()
-                .with_responses(vec![TopicProduceResponse::default().with_name(name("edge.orders")).with_partition_responses(vec![pr, err])])
+                .with_responses(vec![TopicProduceResponse::default()
+                    .with_name(name("edge.orders"))
+                    .with_partition_responses(vec![pr, err])])
                 .with_throttle_time_ms(0);
             response_round_trip::<ProduceRequest>(&resp, v, 30 + i32::from(v));
         }
@@ -789,18 +702,28 @@ mod round_trip {
             if v >= 4 {
                 p = p.with_current_leader_epoch(-1);
             }
-            let req = ListOffsetsRequest::default()
-                .with_replica_id(BrokerId(-1))
-                .with_isolation_level(0)
-                .with_topics(vec![ListOffsetsTopic::default().with_name(name("orders")).with_partitions(vec![p.clone(), p.with_partition_index(1).with_timestamp(-1)])]);
+            let req =
+                ListOffsetsRequest::default().with_replica_id(BrokerId(-1)).with_isolation_level(0).with_topics(vec![
+                    ListOffsetsTopic::default()
+                        .with_name(name("orders"))
+                        .with_partitions(vec![p.clone(), p.with_partition_index(1).with_timestamp(-1)]),
+                ]);
             request_round_trip(&req, v, 40);
-            let mut pr = ListOffsetsPartitionResponse::default().with_partition_index(0).with_timestamp(-1).with_offset(1234);
+            let mut pr =
+                ListOffsetsPartitionResponse::default().with_partition_index(0).with_timestamp(-1).with_offset(1234);
             if v >= 4 {
                 pr = pr.with_leader_epoch(3);
             }
             let mut resp = ListOffsetsResponse::default().with_topics(vec![ListOffsetsTopicResponse::default()
                 .with_name(name("orders"))
-                .with_partitions(vec![pr, ListOffsetsPartitionResponse::default().with_partition_index(1).with_error_code(6).with_offset(-1).with_timestamp(-1)])]);
+                .with_partitions(vec![
+                    pr,
+                    ListOffsetsPartitionResponse::default()
+                        .with_partition_index(1)
+                        .with_error_code(6)
+                        .with_offset(-1)
+                        .with_timestamp(-1),
+                ])]);
             if v >= 2 {
                 resp = resp.with_throttle_time_ms(0);
             }
@@ -812,7 +735,10 @@ mod round_trip {
     fn create_topics_round_trip() {
         for v in negotiable::<CreateTopicsRequest>() {
             let req = CreateTopicsRequest::default()
-                .with_topics(vec![CreatableTopic::default().with_name(name("edge.orders")).with_num_partitions(6).with_replication_factor(3)])
+                .with_topics(vec![CreatableTopic::default()
+                    .with_name(name("edge.orders"))
+                    .with_num_partitions(6)
+                    .with_replication_factor(3)])
                 .with_timeout_ms(30_000);
             request_round_trip(&req, v, 50);
             let mut ok = CreatableTopicResult::default().with_name(name("edge.orders"));
@@ -840,7 +766,10 @@ mod round_trip {
             request_round_trip(&req, v, 60);
             let resp = InitProducerIdResponse::default().with_producer_id(ProducerId(4242)).with_producer_epoch(0);
             response_round_trip::<InitProducerIdRequest>(&resp, v, 60);
-            let refused = InitProducerIdResponse::default().with_error_code(15).with_producer_id(ProducerId(-1)).with_producer_epoch(-1);
+            let refused = InitProducerIdResponse::default()
+                .with_error_code(15)
+                .with_producer_id(ProducerId(-1))
+                .with_producer_epoch(-1);
             response_round_trip::<InitProducerIdRequest>(&refused, v, 61);
         }
     }
@@ -853,7 +782,9 @@ mod round_trip {
                 .with_resource_name(s("edge.orders"))
                 .with_configuration_keys(None)]);
             request_round_trip(&req, v, 70);
-            let mut cfg = DescribeConfigsResourceResult::default().with_name(s("max.message.bytes")).with_value(Some(s("1048588")));
+            let mut cfg = DescribeConfigsResourceResult::default()
+                .with_name(s("max.message.bytes"))
+                .with_value(Some(s("1048588")));
             if v >= 1 {
                 cfg = cfg.with_config_source(1);
             }
@@ -861,10 +792,15 @@ mod round_trip {
                 cfg = cfg.with_config_type(3);
             }
             let resp = DescribeConfigsResponse::default().with_results(vec![
-                DescribeConfigsResult::default().with_resource_type(2).with_resource_name(s("edge.orders")).with_configs(vec![
-                    cfg,
-                    DescribeConfigsResourceResult::default().with_name(s("compression.type")).with_value(Some(s("producer"))),
-                ]),
+                DescribeConfigsResult::default()
+                    .with_resource_type(2)
+                    .with_resource_name(s("edge.orders"))
+                    .with_configs(vec![
+                        cfg,
+                        DescribeConfigsResourceResult::default()
+                            .with_name(s("compression.type"))
+                            .with_value(Some(s("producer"))),
+                    ]),
                 DescribeConfigsResult::default()
                     .with_resource_type(2)
                     .with_resource_name(s("gone"))
@@ -904,15 +840,10 @@ mod provenance {
     use bytes::Bytes;
     use kafka_protocol::protocol::StrBytes;
     use kafka_protocol::records::Record;
-    use mirrorproxy::batch::{
-        BatchError, ClusterId, Decision, Hop, Provenance, HEADER_LEN, PROVENANCE_HEADER,
-    };
+    use mirrorproxy::batch::{BatchError, ClusterId, Decision, Hop, Provenance, HEADER_LEN, PROVENANCE_HEADER};
 
     fn hop(source: &str, target: &str) -> Hop {
-        Hop::new(
-            ClusterId::new(source).unwrap(),
-            ClusterId::new(target).unwrap(),
-        )
+        Hop::new(ClusterId::new(source).unwrap(), ClusterId::new(target).unwrap())
     }
 
     fn input() -> Vec<Record> {
@@ -936,10 +867,8 @@ mod provenance {
             assert_eq!(g.producer_id, w.producer_id);
             let mut headers: Vec<(StrBytes, Option<Bytes>)> =
                 w.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-            headers.push((
-                StrBytes::from_static_str(PROVENANCE_HEADER),
-                Some(Bytes::copy_from_slice(value.as_bytes())),
-            ));
+            headers
+                .push((StrBytes::from_static_str(PROVENANCE_HEADER), Some(Bytes::copy_from_slice(value.as_bytes()))));
             let got_headers: Vec<(StrBytes, Option<Bytes>)> =
                 g.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
             assert_eq!(got_headers, headers);
@@ -983,19 +912,11 @@ mod provenance {
     #[test]
     fn mirrored_batch_is_skipped_on_the_way_back_for_every_codec() {
         for (kp, ours) in KP_CODECS {
-            let there = hop("east", "west")
-                .stamp(verified(encode(&input(), kp)))
-                .unwrap();
+            let there = hop("east", "west").stamp(verified(encode(&input(), kp))).unwrap();
             // As the west cluster would return it on a fetch.
             let fetched = verified(there.bytes().clone());
             let back = hop("west", "east").decide(&fetched).unwrap();
-            assert_eq!(
-                back,
-                Decision::Skip {
-                    provenance: Provenance::decode(b"v1:east,west").unwrap()
-                },
-                "{ours}"
-            );
+            assert_eq!(back, Decision::Skip { provenance: Provenance::decode(b"v1:east,west").unwrap() }, "{ours}");
             assert!(matches!(
                 hop("west", "east").stamp(fetched.clone()),
                 Err(BatchError::NotForwardable { base_offset: 200, .. })
@@ -1013,14 +934,8 @@ mod provenance {
     #[test]
     fn control_batches_are_refused_by_provenance() {
         let v = verified(super::control_batch(1));
-        assert!(matches!(
-            hop("a", "b").decide(&v),
-            Err(BatchError::NotForwardable { .. })
-        ));
-        assert!(matches!(
-            hop("a", "b").stamp(v),
-            Err(BatchError::NotForwardable { .. })
-        ));
+        assert!(matches!(hop("a", "b").decide(&v), Err(BatchError::NotForwardable { .. })));
+        assert!(matches!(hop("a", "b").stamp(v), Err(BatchError::NotForwardable { .. })));
     }
 
     #[test]
@@ -1029,10 +944,7 @@ mod provenance {
         // by kafka_protocol (as another mirrorproxy instance would write it).
         let mut recs = input();
         for r in &mut recs {
-            r.headers.insert(
-                StrBytes::from_static_str(PROVENANCE_HEADER),
-                Some(Bytes::from_static(b"v1:a,b")),
-            );
+            r.headers.insert(StrBytes::from_static_str(PROVENANCE_HEADER), Some(Bytes::from_static(b"v1:a,b")));
         }
         for (kp, ours) in KP_CODECS {
             let v = verified(encode(&recs, kp));

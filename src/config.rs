@@ -20,8 +20,8 @@ use std::time::Duration;
 use regex::Regex;
 use serde::Deserialize;
 
-use crate::net::sasl::{Mechanism, SaslCredentials, Secret};
 use crate::batch::provenance::{ClusterId, Hop};
+use crate::net::sasl::{Mechanism, SaslCredentials, Secret};
 use crate::net::tls::TlsFiles;
 use crate::topology::{resolve_provenance, Edge};
 
@@ -262,7 +262,8 @@ impl Flow {
     /// Whether a consumer group's offsets are synced by this flow.
     #[must_use]
     pub fn syncs_group(&self, group: &str) -> bool {
-        self.groups.as_ref().is_some_and(|g| g.is_match(group)) && !self.groups_exclude.as_ref().is_some_and(|e| e.is_match(group))
+        self.groups.as_ref().is_some_and(|g| g.is_match(group))
+            && !self.groups_exclude.as_ref().is_some_and(|e| e.is_match(group))
     }
 
     /// Whether a source topic belongs to this flow.
@@ -292,14 +293,17 @@ pub struct Config {
 impl Config {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let p = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read { path: p.clone(), reason: e.to_string() })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| ConfigError::Read { path: p.clone(), reason: e.to_string() })?;
         Self::parse(&text, &p)
     }
 
     /// Parses and validates; `path` is used in messages only.
     pub fn parse(text: &str, path: &str) -> Result<Self, ConfigError> {
-        let mut raw: RawConfig = toml::from_str(text)
-            .map_err(|e| ConfigError::Parse { path: path.to_owned(), reason: e.to_string().trim_end().replace('\n', " | ") })?;
+        let mut raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            reason: e.to_string().trim_end().replace('\n', " | "),
+        })?;
         let invalid = |at: String, reason: String| ConfigError::Invalid { path: path.to_owned(), at, reason };
         // Relative TLS and password files are relative to the config file's directory.
         let base = Path::new(path).parent().unwrap_or_else(|| Path::new(""));
@@ -311,13 +315,18 @@ impl Config {
         }
         for (alias, c) in &raw.clusters {
             if alias.is_empty() || !alias.chars().all(|ch| ch.is_ascii_alphanumeric() || "-_".contains(ch)) {
-                return Err(invalid(format!("clusters.{alias}"), "a cluster alias may hold only letters, digits, '-' and '_'".into()));
+                return Err(invalid(
+                    format!("clusters.{alias}"),
+                    "a cluster alias may hold only letters, digits, '-' and '_'".into(),
+                ));
             }
             if c.bootstrap_list().is_empty() {
                 return Err(invalid(format!("clusters.{alias}.bootstrap"), "is empty".into()));
             }
             for b in c.bootstrap_list() {
-                let ok = b.rsplit_once(':').is_some_and(|(h, port)| !h.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+                let ok = b
+                    .rsplit_once(':')
+                    .is_some_and(|(h, port)| !h.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
                 if !ok {
                     return Err(invalid(format!("clusters.{alias}.bootstrap"), format!("'{b}' is not host:port")));
                 }
@@ -332,7 +341,10 @@ impl Config {
             }
             if let Some(t) = &c.tls {
                 if t.cert.is_some() != t.key.is_some() {
-                    return Err(invalid(format!("clusters.{alias}.tls"), "cert and key go together (mutual TLS needs both)".into()));
+                    return Err(invalid(
+                        format!("clusters.{alias}.tls"),
+                        "cert and key go together (mutual TLS needs both)".into(),
+                    ));
                 }
                 if t.server_name.as_deref().is_some_and(str::is_empty) {
                     return Err(invalid(format!("clusters.{alias}.tls.server_name"), "is empty".into()));
@@ -344,7 +356,12 @@ impl Config {
                 }
                 match (&s.password_env, &s.password_file) {
                     (Some(_), None) | (None, Some(_)) => {}
-                    _ => return Err(invalid(format!("clusters.{alias}.sasl"), "give exactly one of password_env and password_file".into())),
+                    _ => {
+                        return Err(invalid(
+                            format!("clusters.{alias}.sasl"),
+                            "give exactly one of password_env and password_file".into(),
+                        ))
+                    }
                 }
             }
         }
@@ -356,15 +373,22 @@ impl Config {
         for (i, f) in raw.flows.iter().enumerate() {
             for (field, alias) in [("source", &f.source), ("target", &f.target)] {
                 if !raw.clusters.contains_key(alias) {
-                    return Err(invalid(format!("flows[{i}].{field}"), format!("unknown cluster '{alias}' (defined: {known})")));
+                    return Err(invalid(
+                        format!("flows[{i}].{field}"),
+                        format!("unknown cluster '{alias}' (defined: {known})"),
+                    ));
                 }
             }
             if f.source == f.target {
                 return Err(invalid(format!("flows[{i}]"), format!("source and target are both '{}'", f.source)));
             }
             let anchored = |field: &str, re: &str| {
-                Regex::new(&format!("^(?:{re})$"))
-                    .map_err(|e| invalid(format!("flows[{i}].{field}"), format!("invalid regex '{re}': {}", e.to_string().replace('\n', " "))))
+                Regex::new(&format!("^(?:{re})$")).map_err(|e| {
+                    invalid(
+                        format!("flows[{i}].{field}"),
+                        format!("invalid regex '{re}': {}", e.to_string().replace('\n', " ")),
+                    )
+                })
             };
             let topics = anchored("topics", &f.topics)?;
             let exclude = f.exclude.as_deref().map(|e| anchored("exclude", e)).transpose()?;
@@ -384,16 +408,25 @@ impl Config {
         for (i, a) in flows.iter().enumerate() {
             for b in &flows[i + 1..] {
                 if a.name == b.name {
-                    return Err(invalid(format!("flows[{i}]"), format!("two flows go {}: merge their topic patterns into one flow", a.name)));
+                    return Err(invalid(
+                        format!("flows[{i}]"),
+                        format!("two flows go {}: merge their topic patterns into one flow", a.name),
+                    ));
                 }
             }
         }
         let mut provenance_ids = BTreeMap::new();
         for (alias, c) in &raw.clusters {
             let id = c.provenance_id.as_deref().unwrap_or(alias);
-            let id = ClusterId::new(id).map_err(|e| invalid(format!("clusters.{alias}.provenance_id"), e.to_string()))?;
-            if let Some(other) = provenance_ids.values().find(|(_, v): &&(String, ClusterId)| *v == id).map(|(a, _)| a.clone()) {
-                return Err(invalid(format!("clusters.{alias}.provenance_id"), format!("'{id}' is also the provenance id of cluster '{other}'")));
+            let id =
+                ClusterId::new(id).map_err(|e| invalid(format!("clusters.{alias}.provenance_id"), e.to_string()))?;
+            if let Some(other) =
+                provenance_ids.values().find(|(_, v): &&(String, ClusterId)| *v == id).map(|(a, _)| a.clone())
+            {
+                return Err(invalid(
+                    format!("clusters.{alias}.provenance_id"),
+                    format!("'{id}' is also the provenance id of cluster '{other}'"),
+                ));
             }
             provenance_ids.insert(alias.clone(), (alias.clone(), id));
         }
@@ -405,15 +438,30 @@ impl Config {
         let on = resolve_provenance(&edges).map_err(|(i, why)| invalid(format!("flows[{i}].provenance"), why))?;
         for (flow, on) in flows.iter_mut().zip(on) {
             if on {
-                flow.provenance = Some(Hop::new(provenance_ids[&flow.source].1.clone(), provenance_ids[&flow.target].1.clone()));
+                flow.provenance =
+                    Some(Hop::new(provenance_ids[&flow.source].1.clone(), provenance_ids[&flow.target].1.clone()));
             }
         }
         let t = &raw.tuning;
-        let check = |ok: bool, key: &str, why: &str| if ok { Ok(()) } else { Err(invalid(format!("tuning.{key}"), why.into())) };
+        let check = |ok: bool, key: &str, why: &str| {
+            if ok {
+                Ok(())
+            } else {
+                Err(invalid(format!("tuning.{key}"), why.into()))
+            }
+        };
         check(t.buffer_bytes >= 1 << 20, "buffer_bytes", "must be at least 1 MiB")?;
         check(u64::from(t.fetch_max_bytes) <= t.buffer_bytes, "fetch_max_bytes", "must not exceed buffer_bytes")?;
-        check(t.fetch_partition_max_bytes > 0 && t.fetch_partition_max_bytes <= t.fetch_max_bytes, "fetch_partition_max_bytes", "must be between 1 and fetch_max_bytes")?;
-        check((1..=5).contains(&t.max_in_flight_per_partition), "max_in_flight_per_partition", "must be 1..=5 (Kafka's limit for idempotent producers)")?;
+        check(
+            t.fetch_partition_max_bytes > 0 && t.fetch_partition_max_bytes <= t.fetch_max_bytes,
+            "fetch_partition_max_bytes",
+            "must be between 1 and fetch_max_bytes",
+        )?;
+        check(
+            (1..=5).contains(&t.max_in_flight_per_partition),
+            "max_in_flight_per_partition",
+            "must be 1..=5 (Kafka's limit for idempotent producers)",
+        )?;
         check(t.acks == -1 || t.acks == 1, "acks", "must be -1 (all) or 1; 0 would lose data silently")?;
         check(t.produce_max_bytes >= 1 << 20, "produce_max_bytes", "must be at least 1 MiB")?;
         check(t.request_timeout_ms >= 1000, "request_timeout_ms", "must be at least 1000")?;
@@ -421,8 +469,17 @@ impl Config {
         check(t.metadata_refresh_ms >= 100, "metadata_refresh_ms", "must be at least 100")?;
         check(t.checkpoint_interval_ms >= 100, "checkpoint_interval_ms", "must be at least 100")?;
         check(t.group_sync_interval_ms >= 100, "group_sync_interval_ms", "must be at least 100")?;
-        check(!t.checkpoint_topic.is_empty() && t.checkpoint_topic.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)), "checkpoint_topic", "must be a valid topic name")?;
-        check(t.retry_backoff_ms > 0 && t.retry_backoff_ms <= t.retry_backoff_max_ms, "retry_backoff_ms", "must be > 0 and <= retry_backoff_max_ms")?;
+        check(
+            !t.checkpoint_topic.is_empty()
+                && t.checkpoint_topic.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)),
+            "checkpoint_topic",
+            "must be a valid topic name",
+        )?;
+        check(
+            t.retry_backoff_ms > 0 && t.retry_backoff_ms <= t.retry_backoff_max_ms,
+            "retry_backoff_ms",
+            "must be > 0 and <= retry_backoff_max_ms",
+        )?;
         Ok(Config { clusters: raw.clusters, flows, tuning: raw.tuning })
     }
 }
@@ -449,7 +506,12 @@ impl ClusterConfig {
     /// The TLS files for [`crate::net::tls::TlsConnector`], if TLS is configured.
     #[must_use]
     pub fn tls_files(&self) -> Option<TlsFiles> {
-        self.tls.as_ref().map(|t| TlsFiles { ca: t.ca.clone(), cert: t.cert.clone(), key: t.key.clone(), server_name: t.server_name.clone() })
+        self.tls.as_ref().map(|t| TlsFiles {
+            ca: t.ca.clone(),
+            cert: t.cert.clone(),
+            key: t.key.clone(),
+            server_name: t.server_name.clone(),
+        })
     }
 
     /// Reads the SASL password from its environment variable or file. Errors say where
@@ -460,13 +522,19 @@ impl ClusterConfig {
             (Some(var), _) => match std::env::var(var) {
                 Ok(v) if !v.is_empty() => v,
                 Ok(_) => return Err(format!("sasl.password_env: environment variable {var} is empty")),
-                Err(std::env::VarError::NotPresent) => return Err(format!("sasl.password_env: environment variable {var} is not set")),
-                Err(std::env::VarError::NotUnicode(_)) => return Err(format!("sasl.password_env: environment variable {var} is not UTF-8")),
+                Err(std::env::VarError::NotPresent) => {
+                    return Err(format!("sasl.password_env: environment variable {var} is not set"))
+                }
+                Err(std::env::VarError::NotUnicode(_)) => {
+                    return Err(format!("sasl.password_env: environment variable {var} is not UTF-8"))
+                }
             },
             (None, Some(file)) => {
                 let bytes = std::fs::read(file).map_err(|e| format!("sasl.password_file {}: {e}", file.display()))?;
-                let text = String::from_utf8(bytes).map_err(|_| format!("sasl.password_file {}: not UTF-8", file.display()))?;
-                let text = text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text).to_owned();
+                let text = String::from_utf8(bytes)
+                    .map_err(|_| format!("sasl.password_file {}: not UTF-8", file.display()))?;
+                let text =
+                    text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text).to_owned();
                 if text.is_empty() {
                     return Err(format!("sasl.password_file {}: is empty", file.display()));
                 }
@@ -474,7 +542,11 @@ impl ClusterConfig {
             }
             (None, None) => return Err("sasl: no password_env or password_file".into()),
         };
-        Ok(Some(SaslCredentials { mechanism: s.mechanism, username: s.username.clone(), password: Secret::new(password) }))
+        Ok(Some(SaslCredentials {
+            mechanism: s.mechanism,
+            username: s.username.clone(),
+            password: Secret::new(password),
+        }))
     }
 
     /// Why this cluster's traffic is readable on the network, when it is and the
@@ -606,7 +678,9 @@ topics = ".*"
 "#;
         let e = err(plain);
         assert!(e.contains("clusters.cloud") && e.contains("allow_plaintext"), "{e}");
-        let c = Config::parse(&plain.replace("link = \"remote\"", "link = \"remote\"\nallow_plaintext = true"), "m.toml").unwrap();
+        let c =
+            Config::parse(&plain.replace("link = \"remote\"", "link = \"remote\"\nallow_plaintext = true"), "m.toml")
+                .unwrap();
         assert!(c.clusters["cloud"].plaintext_warning().unwrap().contains("unencrypted"));
         assert!(c.clusters["edge"].plaintext_warning().is_none());
     }

@@ -39,19 +39,27 @@ pub async fn coordinator(cluster: &Cluster, group: &str) -> Result<Arc<Connectio
 /// Committed offsets of `group` for `topics` (name → partition count), without entries
 /// that have none. Topics are named explicitly: not every broker answers the
 /// "all topics" form (tansu 0.6.0 sends a null array the protocol does not allow).
-pub async fn committed(cluster: &Cluster, group: &str, topics: &BTreeMap<String, i32>) -> Result<BTreeMap<TopicPartition, i64>, ClusterError> {
+pub async fn committed(
+    cluster: &Cluster,
+    group: &str,
+    topics: &BTreeMap<String, i32>,
+) -> Result<BTreeMap<TopicPartition, i64>, ClusterError> {
     if topics.is_empty() {
         return Ok(BTreeMap::new());
     }
     let conn = coordinator(cluster, group).await?;
-    let req = OffsetFetchRequest::default().with_group_id(GroupId(StrBytes::from_string(group.to_owned()))).with_topics(Some(
-        topics
-            .iter()
-            .map(|(t, n)| {
-                OffsetFetchRequestTopic::default().with_name(TopicName(StrBytes::from_string(t.clone()))).with_partition_indexes((0..*n).collect())
-            })
-            .collect(),
-    ));
+    let req = OffsetFetchRequest::default()
+        .with_group_id(GroupId(StrBytes::from_string(group.to_owned())))
+        .with_topics(Some(
+            topics
+                .iter()
+                .map(|(t, n)| {
+                    OffsetFetchRequestTopic::default()
+                        .with_name(TopicName(StrBytes::from_string(t.clone())))
+                        .with_partition_indexes((0..*n).collect())
+                })
+                .collect(),
+        ));
     let resp = conn.call(&req).await.map_err(|e| ClusterError::Net { cluster: cluster.alias().into(), source: e })?;
     if let Some(e) = ResponseError::try_from_code(resp.error_code) {
         return Err(other(cluster, format!("reading the offsets of group '{group}' failed: {e}")));
@@ -72,7 +80,8 @@ pub async fn members(cluster: &Cluster, group: &str) -> Result<(usize, String), 
     let conn = coordinator(cluster, group).await?;
     let req = DescribeGroupsRequest::default().with_groups(vec![GroupId(StrBytes::from_string(group.to_owned()))]);
     let resp = conn.call(&req).await.map_err(|e| ClusterError::Net { cluster: cluster.alias().into(), source: e })?;
-    let g = resp.groups.into_iter().next().ok_or_else(|| other(cluster, format!("group '{group}' was not described")))?;
+    let g =
+        resp.groups.into_iter().next().ok_or_else(|| other(cluster, format!("group '{group}' was not described")))?;
     if let Some(e) = ResponseError::try_from_code(g.error_code) {
         return Err(other(cluster, format!("describing group '{group}' failed: {e}")));
     }
@@ -101,7 +110,11 @@ pub async fn list(cluster: &Cluster) -> Result<Vec<String>, ClusterError> {
 
 /// Commits `offsets` for `group` as a member-less commit. Fails if the group has live
 /// members (the broker refuses too, but the message here is clearer).
-pub async fn commit(cluster: &Cluster, group: &str, offsets: &BTreeMap<TopicPartition, i64>) -> Result<(), ClusterError> {
+pub async fn commit(
+    cluster: &Cluster,
+    group: &str,
+    offsets: &BTreeMap<TopicPartition, i64>,
+) -> Result<(), ClusterError> {
     let (n, state) = members(cluster, group).await?;
     if n > 0 {
         return Err(other(cluster, format!("group '{group}' has {n} active member(s) (state {state}): its offsets are not changed while it consumes")));
@@ -109,7 +122,10 @@ pub async fn commit(cluster: &Cluster, group: &str, offsets: &BTreeMap<TopicPart
     let mut topics: BTreeMap<&str, Vec<OffsetCommitRequestPartition>> = BTreeMap::new();
     for (tp, offset) in offsets {
         topics.entry(&tp.topic).or_default().push(
-            OffsetCommitRequestPartition::default().with_partition_index(tp.partition).with_committed_offset(*offset).with_committed_leader_epoch(-1),
+            OffsetCommitRequestPartition::default()
+                .with_partition_index(tp.partition)
+                .with_committed_offset(*offset)
+                .with_committed_leader_epoch(-1),
         );
     }
     let req = OffsetCommitRequest::default()
@@ -120,7 +136,11 @@ pub async fn commit(cluster: &Cluster, group: &str, offsets: &BTreeMap<TopicPart
         .with_topics(
             topics
                 .into_iter()
-                .map(|(t, ps)| OffsetCommitRequestTopic::default().with_name(TopicName(StrBytes::from_string(t.to_owned()))).with_partitions(ps))
+                .map(|(t, ps)| {
+                    OffsetCommitRequestTopic::default()
+                        .with_name(TopicName(StrBytes::from_string(t.to_owned())))
+                        .with_partitions(ps)
+                })
                 .collect(),
         );
     let conn = coordinator(cluster, group).await?;
@@ -128,7 +148,14 @@ pub async fn commit(cluster: &Cluster, group: &str, offsets: &BTreeMap<TopicPart
     for t in resp.topics {
         for p in t.partitions {
             if let Some(e) = ResponseError::try_from_code(p.error_code) {
-                return Err(other(cluster, format!("committing group '{group}' offset for {}-{} failed: {e}", t.name.0.as_str(), p.partition_index)));
+                return Err(other(
+                    cluster,
+                    format!(
+                        "committing group '{group}' offset for {}-{} failed: {e}",
+                        t.name.0.as_str(),
+                        p.partition_index
+                    ),
+                ));
             }
         }
     }

@@ -6,20 +6,27 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use kafka_protocol::messages::{ApiKey, FetchRequest, ProduceRequest, MetadataRequest, InitProducerIdRequest, CreateTopicsRequest, ListOffsetsRequest};
+use kafka_protocol::messages::{
+    ApiKey, CreateTopicsRequest, FetchRequest, InitProducerIdRequest, ListOffsetsRequest, MetadataRequest,
+    ProduceRequest,
+};
 use mirrorproxy::cluster::{Cluster, ConnectSettings};
 use mirrorproxy::config::{Config, Tuning};
 use mirrorproxy::engine::Engine;
-use tokio::sync::watch;
 use mirrorproxy::net::tls::TlsConnector;
 use mirrorproxy::net::Security;
+use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "mirrorproxy", version, about = "Mirrors Kafka topics between clusters, forwarding record batches as bytes")]
+#[command(
+    name = "mirrorproxy",
+    version,
+    about = "Mirrors Kafka topics between clusters, forwarding record batches as bytes"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -197,7 +204,11 @@ async fn run(path: &std::path::Path) -> Result<(), String> {
     // Fail fast on a cluster that is not there at start; outages later are ridden out.
     for (alias, cluster) in &clusters {
         let md = cluster.metadata(Some(&[])).await.map_err(|e| e.to_string())?;
-        info!("cluster '{alias}': {} broker(s), cluster id {}", md.brokers.len(), md.cluster_id.as_deref().unwrap_or("-"));
+        info!(
+            "cluster '{alias}': {} broker(s), cluster id {}",
+            md.brokers.len(),
+            md.cluster_id.as_deref().unwrap_or("-")
+        );
     }
     let (tx, rx) = watch::channel(false);
     tokio::spawn(async move {
@@ -279,7 +290,12 @@ async fn check(path: &std::path::Path) -> Result<(), String> {
             let target_state = match metadata.get(&flow.target).and_then(|m| m.topics.get(&target_name)) {
                 None => "will be created".to_string(),
                 Some(tt) if tt.partitions.len() < t.partitions.len() => {
-                    problems.push(format!("flow {}: target topic '{target_name}' has {} partitions, source '{name}' has {}", flow.name, tt.partitions.len(), t.partitions.len()));
+                    problems.push(format!(
+                        "flow {}: target topic '{target_name}' has {} partitions, source '{name}' has {}",
+                        flow.name,
+                        tt.partitions.len(),
+                        t.partitions.len()
+                    ));
                     format!("has only {} partitions (PROBLEM)", tt.partitions.len())
                 }
                 Some(tt) => format!("exists with {} partitions", tt.partitions.len()),
@@ -313,10 +329,16 @@ async fn status(path: &std::path::Path, json: bool) -> Result<(), String> {
     if json {
         return print_json(&rows);
     }
-    println!("{:<16} {:<32} {:>9} {:>12} {:>12} {:>10} {:>9}", "FLOW", "TOPIC", "PARTITION", "SOURCE END", "MIRRORED", "LAG", "LAG (s)");
+    println!(
+        "{:<16} {:<32} {:>9} {:>12} {:>12} {:>10} {:>9}",
+        "FLOW", "TOPIC", "PARTITION", "SOURCE END", "MIRRORED", "LAG", "LAG (s)"
+    );
     for r in rows {
         let mirrored = if r.mirrored < 0 { "-".to_owned() } else { r.mirrored.to_string() };
-        println!("{:<16} {:<32} {:>9} {:>12} {:>12} {:>10} {:>9.1}", r.flow, r.topic, r.partition, r.source_end, mirrored, r.lag_records, r.lag_seconds);
+        println!(
+            "{:<16} {:<32} {:>9} {:>12} {:>12} {:>10} {:>9.1}",
+            r.flow, r.topic, r.partition, r.source_end, mirrored, r.lag_records, r.lag_seconds
+        );
     }
     Ok(())
 }
@@ -332,7 +354,10 @@ async fn offsets(command: OffsetsCommand) -> Result<(), String> {
                 println!("{:<32} {:>9} {:>14} {:>14}  NOTE", "SOURCE TOPIC", "PARTITION", "COMMITTED", "TARGET OFFSET");
                 for r in &rows {
                     let t = r.target_offset.map_or("-".to_owned(), |t| t.to_string());
-                    println!("{:<32} {:>9} {:>14} {:>14}  {}", r.topic, r.partition, r.committed_source_offset, t, r.note);
+                    println!(
+                        "{:<32} {:>9} {:>14} {:>14}  {}",
+                        r.topic, r.partition, r.committed_source_offset, t, r.note
+                    );
                 }
             }
             if commit {
@@ -358,7 +383,10 @@ async fn offsets(command: OffsetsCommand) -> Result<(), String> {
                 }
             }
             if let Some(group) = reset_group {
-                let offsets = rows.iter().map(|r| (mirrorproxy::cluster::TopicPartition::new(&r.topic, r.partition), r.offset)).collect();
+                let offsets = rows
+                    .iter()
+                    .map(|r| (mirrorproxy::cluster::TopicPartition::new(&r.topic, r.partition), r.offset))
+                    .collect();
                 mirrorproxy::groups::commit(c, &group, &offsets).await.map_err(|e| e.to_string())?;
                 eprintln!("group '{group}' on cluster '{cluster}' now starts at these offsets");
             }

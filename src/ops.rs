@@ -63,10 +63,20 @@ pub async fn status(config: &Config, clusters: &HashMap<String, Arc<Cluster>>) -
         let target = &clusters[&flow.target];
         let log = checkpoint::read_log(target, &config.tuning.checkpoint_topic).await.map_err(|e| e.to_string())?;
         let md = source.metadata(None).await.map_err(|e| e.to_string())?;
-        let topics: Vec<String> = md.topics.iter().filter(|(n, t)| !t.is_internal && flow.matches(n)).map(|(n, _)| n.clone()).collect();
-        let ends = if topics.is_empty() { BTreeMap::new() } else { end_offsets(source, &topics).await.map_err(|e| e.to_string())? };
+        let topics: Vec<String> =
+            md.topics.iter().filter(|(n, t)| !t.is_internal && flow.matches(n)).map(|(n, _)| n.clone()).collect();
+        let ends = if topics.is_empty() {
+            BTreeMap::new()
+        } else {
+            end_offsets(source, &topics).await.map_err(|e| e.to_string())?
+        };
         for (tp, end) in ends {
-            let key = CheckpointKey { source: flow.source.clone(), target: flow.target.clone(), topic: tp.topic.to_string(), partition: tp.partition };
+            let key = CheckpointKey {
+                source: flow.source.clone(),
+                target: flow.target.clone(),
+                topic: tp.topic.to_string(),
+                partition: tp.partition,
+            };
             let (mirrored, last_ts) = match log.entries.get(&key) {
                 Some(Ok(cp)) => (cp.source_offset, cp.last_timestamp),
                 Some(Err(why)) => return Err(format!("{}: checkpoint of {tp} cannot be read: {why}", flow.name)),
@@ -74,7 +84,15 @@ pub async fn status(config: &Config, clusters: &HashMap<String, Arc<Cluster>>) -
             };
             let lag = if mirrored < 0 { end.max(0) } else { (end - mirrored).max(0) };
             let lag_seconds = if lag > 0 && last_ts > 0 { (now - last_ts).max(0) as f64 / 1000.0 } else { 0.0 };
-            rows.push(StatusRow { flow: flow.name.clone(), topic: tp.topic.to_string(), partition: tp.partition, source_end: end, mirrored, lag_records: lag, lag_seconds });
+            rows.push(StatusRow {
+                flow: flow.name.clone(),
+                topic: tp.topic.to_string(),
+                partition: tp.partition,
+                source_end: end,
+                mirrored,
+                lag_records: lag,
+                lag_seconds,
+            });
         }
     }
     Ok(rows)
@@ -100,7 +118,8 @@ pub async fn translate_group(
     group: &str,
 ) -> Result<Vec<TranslationRow>, String> {
     let flow = find_flow(config, flow_name)?;
-    translate_flow_group(flow, &clusters[&flow.source], &clusters[&flow.target], &config.tuning.checkpoint_topic, group).await
+    translate_flow_group(flow, &clusters[&flow.source], &clusters[&flow.target], &config.tuning.checkpoint_topic, group)
+        .await
 }
 
 /// [`translate_group`] for one flow whose clusters are at hand.
@@ -112,24 +131,38 @@ pub async fn translate_flow_group(
     group: &str,
 ) -> Result<Vec<TranslationRow>, String> {
     let md = source.metadata(None).await.map_err(|e| e.to_string())?;
-    let topics: BTreeMap<String, i32> =
-        md.topics.iter().filter(|(n, t)| !t.is_internal && flow.matches(n)).map(|(n, t)| (n.clone(), t.partitions.len() as i32)).collect();
-    let committed: Vec<(TopicPartition, i64)> = groups::committed(source, group, &topics).await.map_err(|e| e.to_string())?.into_iter().collect();
+    let topics: BTreeMap<String, i32> = md
+        .topics
+        .iter()
+        .filter(|(n, t)| !t.is_internal && flow.matches(n))
+        .map(|(n, t)| (n.clone(), t.partitions.len() as i32))
+        .collect();
+    let committed: Vec<(TopicPartition, i64)> =
+        groups::committed(source, group, &topics).await.map_err(|e| e.to_string())?.into_iter().collect();
     if committed.is_empty() {
-        return Err(format!("group '{group}' has no committed offsets on cluster '{}' for topics of flow {}", flow.source, flow.name));
+        return Err(format!(
+            "group '{group}' has no committed offsets on cluster '{}' for topics of flow {}",
+            flow.source, flow.name
+        ));
     }
     let log = checkpoint::read_log(target, checkpoint_topic).await.map_err(|e| e.to_string())?;
     let mut rows = Vec::new();
     for (tp, c) in committed {
-        let key = CheckpointKey { source: flow.source.clone(), target: flow.target.clone(), topic: tp.topic.to_string(), partition: tp.partition };
+        let key = CheckpointKey {
+            source: flow.source.clone(),
+            target: flow.target.clone(),
+            topic: tp.topic.to_string(),
+            partition: tp.partition,
+        };
         let (target_offset, note) = match log.entries.get(&key) {
             None => (None, "not mirrored yet (no checkpoint)".to_owned()),
             Some(Err(why)) => (None, format!("checkpoint unreadable: {why}")),
             Some(Ok(cp)) => match translate(flow, source, target, cp, &tp, c).await.map_err(|e| e.to_string())? {
                 Translated::Exact(t) => (Some(t), "exact".to_owned()),
-                Translated::AheadOfMirror { source, target } => {
-                    (None, format!("ahead of the mirror (mirrored up to source offset {source}, target offset {target})"))
-                }
+                Translated::AheadOfMirror { source, target } => (
+                    None,
+                    format!("ahead of the mirror (mirrored up to source offset {source}, target offset {target})"),
+                ),
                 Translated::Unknown(why) => (None, why),
             },
         };
@@ -208,7 +241,8 @@ pub async fn sync_group(
     group: &str,
 ) -> Result<BTreeMap<TopicPartition, i64>, String> {
     let flow = find_flow(config, flow_name)?;
-    sync_flow_group(flow, &clusters[&flow.source], &clusters[&flow.target], &config.tuning.checkpoint_topic, group).await
+    sync_flow_group(flow, &clusters[&flow.source], &clusters[&flow.target], &config.tuning.checkpoint_topic, group)
+        .await
 }
 
 /// [`sync_group`] for one flow whose clusters are at hand.
@@ -222,7 +256,10 @@ pub async fn sync_flow_group(
     let rows = translate_flow_group(flow, source, target, checkpoint_topic, group).await?;
     let (members, state) = groups::members(target, group).await.map_err(|e| e.to_string())?;
     if members > 0 {
-        return Err(format!("group '{group}' has {members} active member(s) on cluster '{}' (state {state}): not moved", flow.target));
+        return Err(format!(
+            "group '{group}' has {members} active member(s) on cluster '{}' (state {state}): not moved",
+            flow.target
+        ));
     }
     let mut target_topics: BTreeMap<String, i32> = BTreeMap::new();
     for r in &rows {

@@ -71,7 +71,9 @@ pub async fn translate(
     }
     let Some((s, t)) = cp.point_at_or_below(committed) else {
         let oldest = cp.points.first().map_or(cp.source_offset, |p| p.0);
-        return Ok(Translated::Unknown(format!("offset {committed} is older than the mirror's history (oldest mapping point: source offset {oldest})")));
+        return Ok(Translated::Unknown(format!(
+            "offset {committed} is older than the mirror's history (oldest mapping point: source offset {oldest})"
+        )));
     };
     // Replay the mirror's decisions from s until the batch holding `committed`.
     let hop = flow.provenance.clone();
@@ -88,8 +90,12 @@ pub async fn translate(
         }
         if h.is_control() {
             match batch.control_type() {
-                Ok(Some(crate::batch::ControlType::Commit)) => stage.marker(h.producer_id, h.base_offset, Outcome::Commit),
-                Ok(Some(crate::batch::ControlType::Abort)) => stage.marker(h.producer_id, h.base_offset, Outcome::Abort),
+                Ok(Some(crate::batch::ControlType::Commit)) => {
+                    stage.marker(h.producer_id, h.base_offset, Outcome::Commit)
+                }
+                Ok(Some(crate::batch::ControlType::Abort)) => {
+                    stage.marker(h.producer_id, h.base_offset, Outcome::Abort)
+                }
                 Ok(_) => {}
                 Err(e) => {
                     problem = Some(e.to_string());
@@ -138,7 +144,10 @@ pub async fn translate(
     }
     if first_seen.is_some_and(|f| f > s) {
         // Retention removed part of the range: the replay would be wrong.
-        return Ok(Translated::Unknown(format!("the source no longer holds offset {s} (it starts at {})", first_seen.unwrap_or(s))));
+        return Ok(Translated::Unknown(format!(
+            "the source no longer holds offset {s} (it starts at {})",
+            first_seen.unwrap_or(s)
+        )));
     }
     let Some(k) = out.iter().position(|f| f.offsets.last().is_some_and(|o| *o >= committed)) else {
         // Everything from `committed` up to the mirror's position was not copied.
@@ -156,7 +165,12 @@ pub async fn translate(
     for want in &wanted {
         match tail.by_ref().find(|b| Fingerprint::of(&b.header).matches(want)) {
             Some(b) => base = Some(b.base_offset),
-            None => return Ok(Translated::Unknown(format!("the target partition {target_topic}-{} does not hold the mirrored batches after offset {t}", tp.partition))),
+            None => {
+                return Ok(Translated::Unknown(format!(
+                    "the target partition {target_topic}-{} does not hold the mirrored batches after offset {t}",
+                    tp.partition
+                )))
+            }
         }
     }
     Ok(Translated::Exact(base.expect("at least one batch was paired") + within))

@@ -245,7 +245,8 @@ fn unreachable_bootstrap_fails_run_promptly() {
     let o = run_cli("run", &path);
     let line = assert_one_error(&o, &["cannot connect to", "no bootstrap broker answered"]);
     assert!(
-        (line.contains("cluster 'src'") && line.contains(&src)) || (line.contains("cluster 'dst'") && line.contains(&dst)),
+        (line.contains("cluster 'src'") && line.contains(&src))
+            || (line.contains("cluster 'dst'") && line.contains(&dst)),
         "names the cluster and its address: {line}"
     );
     assert!(o.elapsed < Duration::from_secs(10), "took {:?}", o.elapsed);
@@ -412,7 +413,9 @@ impl SynthBroker {
                 ];
                 let keys = ranges
                     .iter()
-                    .map(|(k, min, max)| ApiVersion::default().with_api_key(*k as i16).with_min_version(*min).with_max_version(*max))
+                    .map(|(k, min, max)| {
+                        ApiVersion::default().with_api_key(*k as i16).with_min_version(*min).with_max_version(*max)
+                    })
                     .collect();
                 if v > 3 {
                     // KIP-511: unknown version -> v0 answer with UNSUPPORTED_VERSION.
@@ -526,7 +529,10 @@ impl SynthBroker {
                     .iter()
                     .map(|t| {
                         TopicProduceResponse::default().with_name(t.name.clone()).with_partition_responses(
-                            t.partition_data.iter().map(|p| PartitionProduceResponse::default().with_index(p.index).with_base_offset(0)).collect(),
+                            t.partition_data
+                                .iter()
+                                .map(|p| PartitionProduceResponse::default().with_index(p.index).with_base_offset(0))
+                                .collect(),
                         )
                     })
                     .collect();

@@ -31,8 +31,13 @@ checkpoint_interval_ms = 200
 }
 
 fn cli(config_path: &std::path::Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(MirrorProxy::bin()).args(args).arg("--config").arg(config_path).output().expect("run mirrorproxy");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out =
+        Command::new(MirrorProxy::bin()).args(args).arg("--config").arg(config_path).output().expect("run mirrorproxy");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// Source layout per partition: 10 plain records (one batch), a committed transaction
@@ -80,13 +85,20 @@ fn translation_is_exact_mid_batch_and_across_transaction_markers_and_sync_commit
     for committed in positions {
         let group = format!("g{committed}");
         commit_offset(&source.bootstrap, &group, "orders", 0, committed);
-        let (ok, stdout, stderr) = cli(cfg.path(), &["offsets", "translate", "--flow", "edge->cloud", "--group", &group, "--json", "--commit"]);
+        let (ok, stdout, stderr) = cli(
+            cfg.path(),
+            &["offsets", "translate", "--flow", "edge->cloud", "--group", &group, "--json", "--commit"],
+        );
         assert!(ok, "translate {committed}: {stderr}");
         let rows: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-        let got = rows[0]["target_offset"].as_i64().unwrap_or_else(|| panic!("no target offset for {committed}: {stdout}"));
+        let got =
+            rows[0]["target_offset"].as_i64().unwrap_or_else(|| panic!("no target offset for {committed}: {stdout}"));
         // Independent expectation: the first source record at or after `committed`
         // that was not aborted, found on the target by its key.
-        let next = on_source.iter().filter(|r| r.offset >= committed && r.value.as_deref() != Some(b"aborted".as_slice())).min_by_key(|r| r.offset);
+        let next = on_source
+            .iter()
+            .filter(|r| r.offset >= committed && r.value.as_deref() != Some(b"aborted".as_slice()))
+            .min_by_key(|r| r.offset);
         let want = match next {
             Some(r) => on_target.iter().find(|t| t.key == r.key).expect("record on the target").offset,
             None => on_target.iter().map(|r| r.offset).max().unwrap() + 1,
@@ -95,7 +107,8 @@ fn translation_is_exact_mid_batch_and_across_transaction_markers_and_sync_commit
         // A consumer of the same group on the target resumes at exactly that record.
         assert_eq!(committed_offset(&target.bootstrap, &group, "orders", 0), Some(want), "sync of {group}");
         if let Some(r) = next {
-            let first = first_record_for_group(&target.bootstrap, &group, "orders", 0, Duration::from_secs(5)).expect("a record");
+            let first = first_record_for_group(&target.bootstrap, &group, "orders", 0, Duration::from_secs(5))
+                .expect("a record");
             assert_eq!(first.key, r.key, "group {group} resumes at the wrong record");
         }
     }
@@ -115,11 +128,13 @@ fn sync_never_moves_a_group_backwards() {
     commit_offset(&target.bootstrap, "app", "orders", 0, 30); // already further on the target
     let cfg = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(cfg.path(), config(&source.bootstrap, &target.bootstrap)).unwrap();
-    let (ok, _, stderr) = cli(cfg.path(), &["offsets", "translate", "--flow", "edge->cloud", "--group", "app", "--commit"]);
+    let (ok, _, stderr) =
+        cli(cfg.path(), &["offsets", "translate", "--flow", "edge->cloud", "--group", "app", "--commit"]);
     assert!(ok, "{stderr}");
     assert_eq!(committed_offset(&target.bootstrap, "app", "orders", 0), Some(30), "moved backwards");
     commit_offset(&source.bootstrap, "app", "orders", 0, 35);
-    let (ok, _, stderr) = cli(cfg.path(), &["offsets", "translate", "--flow", "edge->cloud", "--group", "app", "--commit"]);
+    let (ok, _, stderr) =
+        cli(cfg.path(), &["offsets", "translate", "--flow", "edge->cloud", "--group", "app", "--commit"]);
     assert!(ok, "{stderr}");
     assert_eq!(committed_offset(&target.bootstrap, "app", "orders", 0), Some(35), "not moved forwards");
 }
@@ -129,9 +144,19 @@ fn status_and_offsets_at_report_positions() {
     let source = Broker::start();
     let target = Broker::start();
     create_topic(&source.bootstrap, "orders", 2);
-    let before: Vec<TestRecord> = (0..20).map(|i| TestRecord { timestamp: Some(1_600_000_000_000 + i), ..TestRecord::kv((i % 2) as i32, &format!("old{i}"), "v") }).collect();
+    let before: Vec<TestRecord> = (0..20)
+        .map(|i| TestRecord {
+            timestamp: Some(1_600_000_000_000 + i),
+            ..TestRecord::kv((i % 2) as i32, &format!("old{i}"), "v")
+        })
+        .collect();
     produce(&source.bootstrap, "orders", &before, "none", false);
-    let after: Vec<TestRecord> = (0..20).map(|i| TestRecord { timestamp: Some(1_700_000_000_000 + i), ..TestRecord::kv((i % 2) as i32, &format!("new{i}"), "v") }).collect();
+    let after: Vec<TestRecord> = (0..20)
+        .map(|i| TestRecord {
+            timestamp: Some(1_700_000_000_000 + i),
+            ..TestRecord::kv((i % 2) as i32, &format!("new{i}"), "v")
+        })
+        .collect();
     produce(&source.bootstrap, "orders", &after, "none", false);
     let cfg = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(cfg.path(), config(&source.bootstrap, &target.bootstrap)).unwrap();
@@ -140,7 +165,10 @@ fn status_and_offsets_at_report_positions() {
     assert!(ok, "{stderr}");
     let rows: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(rows.as_array().unwrap().len(), 2);
-    assert!(rows.as_array().unwrap().iter().all(|r| r["mirrored"] == -1 && r["lag_records"].as_i64().unwrap() > 0), "{stdout}");
+    assert!(
+        rows.as_array().unwrap().iter().all(|r| r["mirrored"] == -1 && r["lag_records"].as_i64().unwrap() > 0),
+        "{stdout}"
+    );
     let mut proxy = MirrorProxy::start(&config(&source.bootstrap, &target.bootstrap));
     assert_eq!(consume_all(&target.bootstrap, "orders", 40, WAIT).len(), 40);
     std::thread::sleep(Duration::from_millis(600)); // a checkpoint interval
@@ -155,13 +183,29 @@ fn status_and_offsets_at_report_positions() {
     assert!(ok && table.contains("edge->cloud") && table.contains("LAG"), "{table}");
     assert!(proxy.stop().success());
     // offsets at a time between the two halves: the first "new" record per partition
-    let (ok, stdout, stderr) = cli(cfg.path(), &["offsets", "at", "--cluster", "cloud", "--topic", "orders", "--time", "2022-01-01T00:00:00Z", "--json", "--reset-group", "dr"]);
+    let (ok, stdout, stderr) = cli(
+        cfg.path(),
+        &[
+            "offsets",
+            "at",
+            "--cluster",
+            "cloud",
+            "--topic",
+            "orders",
+            "--time",
+            "2022-01-01T00:00:00Z",
+            "--json",
+            "--reset-group",
+            "dr",
+        ],
+    );
     assert!(ok, "{stderr}");
     let rows: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     for r in rows.as_array().unwrap() {
         assert_eq!(r["offset"], 10, "{stdout}");
         let p = r["partition"].as_i64().unwrap() as i32;
-        let first = first_record_for_group(&target.bootstrap, "dr", "orders", p, Duration::from_secs(5)).expect("record");
+        let first =
+            first_record_for_group(&target.bootstrap, "dr", "orders", p, Duration::from_secs(5)).expect("record");
         assert!(String::from_utf8_lossy(first.key.as_deref().unwrap()).starts_with("new"), "{first:?}");
     }
 }
@@ -176,10 +220,22 @@ fn bad_input_to_the_offset_tools_is_named() {
     for (args, needle) in [
         (vec!["offsets", "translate", "--flow", "edge->nowhere", "--group", "g"], "no flow 'edge->nowhere'"),
         (vec!["offsets", "translate", "--flow", "edge->cloud", "--group", "nobody"], "no committed offsets"),
-        (vec!["offsets", "at", "--cluster", "edge", "--topic", "orders", "--time", "2999-01-01T00:00:00Z"], "in the future"),
-        (vec!["offsets", "at", "--cluster", "edge", "--topic", "orders", "--time", "last tuesday"], "not an RFC 3339 time"),
-        (vec!["offsets", "at", "--cluster", "moon", "--topic", "orders", "--time", "2020-01-01T00:00:00Z"], "no cluster 'moon'"),
-        (vec!["offsets", "at", "--cluster", "edge", "--topic", "nope", "--time", "2020-01-01T00:00:00Z"], "topic 'nope' does not exist"),
+        (
+            vec!["offsets", "at", "--cluster", "edge", "--topic", "orders", "--time", "2999-01-01T00:00:00Z"],
+            "in the future",
+        ),
+        (
+            vec!["offsets", "at", "--cluster", "edge", "--topic", "orders", "--time", "last tuesday"],
+            "not an RFC 3339 time",
+        ),
+        (
+            vec!["offsets", "at", "--cluster", "moon", "--topic", "orders", "--time", "2020-01-01T00:00:00Z"],
+            "no cluster 'moon'",
+        ),
+        (
+            vec!["offsets", "at", "--cluster", "edge", "--topic", "nope", "--time", "2020-01-01T00:00:00Z"],
+            "topic 'nope' does not exist",
+        ),
     ] {
         let (ok, _, stderr) = cli(cfg.path(), &args);
         assert!(!ok, "{args:?} succeeded");
@@ -197,8 +253,20 @@ fn foreign_and_corrupt_checkpoint_records_are_reported_and_left_alone() {
     let recs: Vec<TestRecord> = (0..20).map(|i| TestRecord::kv(i % 2, &format!("k{i}"), "v")).collect();
     produce(&source.bootstrap, "orders", &recs, "none", false);
     create_topic(&target.bootstrap, "mirrorproxy.checkpoints", 1);
-    let foreign = TestRecord { partition: 0, key: Some(b"someone-else".to_vec()), value: Some(b"hello".to_vec()), headers: vec![], timestamp: None };
-    let corrupt = TestRecord { partition: 0, key: Some(b"mirrorproxy/v1/edge/cloud/orders/1".to_vec()), value: Some(b"{not json".to_vec()), headers: vec![], timestamp: None };
+    let foreign = TestRecord {
+        partition: 0,
+        key: Some(b"someone-else".to_vec()),
+        value: Some(b"hello".to_vec()),
+        headers: vec![],
+        timestamp: None,
+    };
+    let corrupt = TestRecord {
+        partition: 0,
+        key: Some(b"mirrorproxy/v1/edge/cloud/orders/1".to_vec()),
+        value: Some(b"{not json".to_vec()),
+        headers: vec![],
+        timestamp: None,
+    };
     produce(&target.bootstrap, "mirrorproxy.checkpoints", &[foreign, corrupt], "none", false);
     let mut proxy = MirrorProxy::start(&config(&source.bootstrap, &target.bootstrap));
     // partition 0 is mirrored; partition 1 is held back with a clear error
@@ -212,7 +280,11 @@ fn foreign_and_corrupt_checkpoint_records_are_reported_and_left_alone() {
     assert!(!proxy.log().contains("panicked"));
     // nothing overwritten: the corrupt record is still the latest for its key
     let cps = consume_all(&target.bootstrap, "mirrorproxy.checkpoints", 3, Duration::from_secs(5));
-    let latest_p1 = cps.iter().filter(|r| r.key.as_deref() == Some(b"mirrorproxy/v1/edge/cloud/orders/1".as_slice())).last().unwrap();
+    let latest_p1 = cps
+        .iter()
+        .filter(|r| r.key.as_deref() == Some(b"mirrorproxy/v1/edge/cloud/orders/1".as_slice()))
+        .last()
+        .unwrap();
     assert_eq!(latest_p1.value.as_deref(), Some(b"{not json".as_slice()));
     assert!(cps.iter().any(|r| r.key.as_deref() == Some(b"someone-else".as_slice())));
 }
@@ -223,10 +295,9 @@ fn the_running_mirror_syncs_matching_groups() {
     let target = Broker::start();
     create_topic(&source.bootstrap, "orders", 1);
     let kept = produce_layout(&source.bootstrap);
-    let cfg = config(&source.bootstrap, &target.bootstrap).replace(
-        "topics = \"orders\"",
-        "topics = \"orders\"\ngroups = \"app-.*\"\ngroups_exclude = \"app-private\"",
-    ) + "group_sync_interval_ms = 300\n";
+    let cfg = config(&source.bootstrap, &target.bootstrap)
+        .replace("topics = \"orders\"", "topics = \"orders\"\ngroups = \"app-.*\"\ngroups_exclude = \"app-private\"")
+        + "group_sync_interval_ms = 300\n";
     commit_offset(&source.bootstrap, "app-billing", "orders", 0, 17); // inside the aborted transaction
     commit_offset(&source.bootstrap, "app-private", "orders", 0, 3);
     commit_offset(&source.bootstrap, "other", "orders", 0, 3);
@@ -237,7 +308,12 @@ fn the_running_mirror_syncs_matching_groups() {
     // is the first of the second plain batch, the 16th record on the target.
     let deadline = std::time::Instant::now() + WAIT;
     while committed_offset(&target.bootstrap, "app-billing", "orders", 0) != Some(15) {
-        assert!(std::time::Instant::now() < deadline, "app-billing not synced: {:?}\n{}", committed_offset(&target.bootstrap, "app-billing", "orders", 0), tail(&proxy.log(), 20));
+        assert!(
+            std::time::Instant::now() < deadline,
+            "app-billing not synced: {:?}\n{}",
+            committed_offset(&target.bootstrap, "app-billing", "orders", 0),
+            tail(&proxy.log(), 20)
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     // the group moves on at the source: the target follows
@@ -318,7 +394,8 @@ shutdown_timeout_ms = 2000
     // consumers move: the group resumes on the standby exactly after what it consumed
     for (p, consumed) in [(0, 37usize), (1, 64)] {
         let next = written.iter().filter(|r| r.partition == p).nth(consumed).unwrap();
-        let first = first_record_for_group(&standby.bootstrap, "app", "orders", p, Duration::from_secs(5)).expect("record");
+        let first =
+            first_record_for_group(&standby.bootstrap, "app", "orders", p, Duration::from_secs(5)).expect("record");
         assert_eq!(first.key, next.key, "partition {p}");
     }
     // producers move to the standby
@@ -326,7 +403,8 @@ shutdown_timeout_ms = 2000
     produce(&standby.bootstrap, "orders", &during, "snappy", true);
     // the primary returns; the reverse flow copies only what was written on the standby
     primary.resume();
-    let reverse = forward.replace("source = \"primary\"\ntarget = \"standby\"", "source = \"standby\"\ntarget = \"primary\"");
+    let reverse =
+        forward.replace("source = \"primary\"\ntarget = \"standby\"", "source = \"standby\"\ntarget = \"primary\"");
     let mut failback = MirrorProxy::start(&reverse);
     let expected: Vec<TestRecord> = written.iter().chain(&during).cloned().collect();
     let on_primary = consume_all(&primary.bootstrap, "orders", expected.len(), WAIT);

@@ -4,7 +4,6 @@
 
 mod support;
 
-
 use std::time::{Duration, Instant};
 
 use bytes::Buf;
@@ -43,7 +42,9 @@ fetch_max_wait_ms = 100
 fn target_codecs(bootstrap: &str, topic: &str, partition: i32) -> Vec<i16> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
-        let conn = Connection::connect(bootstrap, "test", Duration::from_secs(5), Duration::from_secs(10)).await.expect("connect");
+        let conn = Connection::connect(bootstrap, "test", Duration::from_secs(5), Duration::from_secs(10))
+            .await
+            .expect("connect");
         let mut offset = 0i64;
         let mut codecs = Vec::new();
         for _ in 0..1000 {
@@ -52,9 +53,13 @@ fn target_codecs(bootstrap: &str, topic: &str, partition: i32) -> Vec<i16> {
                 .with_max_wait_ms(100)
                 .with_max_bytes(8 << 20)
                 .with_session_epoch(-1)
-                .with_topics(vec![FetchTopic::default().with_topic(TopicName(StrBytes::from_string(topic.into()))).with_partitions(vec![
-                    FetchPartition::default().with_partition(partition).with_fetch_offset(offset).with_partition_max_bytes(8 << 20).with_log_start_offset(-1),
-                ])]);
+                .with_topics(vec![FetchTopic::default()
+                    .with_topic(TopicName(StrBytes::from_string(topic.into())))
+                    .with_partitions(vec![FetchPartition::default()
+                        .with_partition(partition)
+                        .with_fetch_offset(offset)
+                        .with_partition_max_bytes(8 << 20)
+                        .with_log_start_offset(-1)])]);
             let resp = conn.call(&req).await.expect("fetch");
             let records = resp.responses[0].partitions[0].records.clone().unwrap_or_default();
             let mut buf = records.clone();
@@ -102,7 +107,13 @@ fn mixed_topics_arrive_identical_in_order_exactly_once() {
     // 500 KB values
     create_topic(&source.bootstrap, "mix.large", 1);
     let large: Vec<TestRecord> = (0..4)
-        .map(|i| TestRecord { partition: 0, key: Some(format!("big{i}").into_bytes()), value: Some(vec![b'a' + i as u8; 500 * 1024]), headers: vec![], timestamp: Some(1_700_000_000_000 + i) })
+        .map(|i| TestRecord {
+            partition: 0,
+            key: Some(format!("big{i}").into_bytes()),
+            value: Some(vec![b'a' + i as u8; 500 * 1024]),
+            headers: vec![],
+            timestamp: Some(1_700_000_000_000 + i),
+        })
         .collect();
     produce(&source.bootstrap, "mix.large", &large, "none", false);
     expected.push(("mix.large".into(), large, "none"));
@@ -128,11 +139,21 @@ fn mixed_topics_arrive_identical_in_order_exactly_once() {
     }
     let got = consume_all(&target.bootstrap, "mix.txn", txn_expected.len(), WAIT);
     assert_same("mix.txn", &txn_expected, &got);
-    assert!(got.iter().all(|r| r.value.as_deref() != Some(b"aborted".as_slice())), "aborted records reached the target");
+    assert!(
+        got.iter().all(|r| r.value.as_deref() != Some(b"aborted".as_slice())),
+        "aborted records reached the target"
+    );
 
     // every target batch keeps the source codec
     for (topic, recs, codec) in &expected {
-        let id = match *codec { "none" => 0, "gzip" => 1, "snappy" => 2, "lz4" => 3, "zstd" => 4, _ => unreachable!() };
+        let id = match *codec {
+            "none" => 0,
+            "gzip" => 1,
+            "snappy" => 2,
+            "lz4" => 3,
+            "zstd" => 4,
+            _ => unreachable!(),
+        };
         let partitions = recs.iter().map(|r| r.partition).max().unwrap() + 1;
         for p in 0..partitions {
             let codecs = target_codecs(&target.bootstrap, topic, p);
@@ -148,7 +169,11 @@ fn mixed_topics_arrive_identical_in_order_exactly_once() {
     let got = consume_all(&target.bootstrap, "mix.late", late.len(), WAIT);
     assert_same("mix.late", &late, &got);
 
-    assert_eq!(topic_partitions(&target.bootstrap, "other.topic"), None, "a topic outside the regex was created on the target");
+    assert_eq!(
+        topic_partitions(&target.bootstrap, "other.topic"),
+        None,
+        "a topic outside the regex was created on the target"
+    );
     // nothing more arrives later: counts are stable (no duplicates from retries)
     std::thread::sleep(Duration::from_secs(2));
     let got = consume_all(&target.bootstrap, "mix.none", 10_000, Duration::from_secs(5));
@@ -171,7 +196,11 @@ fn prefix_rename_writes_to_alias_prefixed_topics() {
     let mut proxy = MirrorProxy::start(&config(&source.bootstrap, &target.bootstrap, "orders", "rename = \"prefix\""));
     let got = consume_all(&target.bootstrap, "edge.orders", recs.len(), WAIT);
     assert_same("edge.orders", &recs, &got);
-    assert_eq!(topic_partitions(&target.bootstrap, "orders"), None, "identity-named topic created despite rename = prefix");
+    assert_eq!(
+        topic_partitions(&target.bootstrap, "orders"),
+        None,
+        "identity-named topic created despite rename = prefix"
+    );
     assert!(proxy.stop().success());
 }
 
@@ -210,7 +239,11 @@ fn target_outage_is_reported_and_mirroring_resumes() {
     target.stop(); // waits for the process to exit: its memory storage is gone
     let during = varied_records(100, 2, "during");
     produce(&source.bootstrap, "orders", &during, "lz4", false);
-    assert!(proxy.wait_for_log("target cluster 'cloud' is failing", WAIT), "outage not reported:\n{}", tail(&proxy.log(), 30));
+    assert!(
+        proxy.wait_for_log("target cluster 'cloud' is failing", WAIT),
+        "outage not reported:\n{}",
+        tail(&proxy.log(), 30)
+    );
     std::thread::sleep(Duration::from_secs(2));
     assert!(proxy.is_running(), "mirrorproxy exited during the outage:\n{}", tail(&proxy.log(), 30));
 
@@ -241,7 +274,13 @@ fn target_topic_problems_stop_only_what_they_concern() {
     create_topic_with_config(&target.bootstrap, "t.big", 2, &[("max.message.bytes", "100000")]);
     let small = vec![TestRecord::kv(0, "small", "fits")];
     produce(&source.bootstrap, "t.big", &small, "none", false);
-    let big = vec![TestRecord { partition: 1, key: Some(b"big".to_vec()), value: Some(vec![7u8; 300 * 1024]), headers: vec![], timestamp: None }];
+    let big = vec![TestRecord {
+        partition: 1,
+        key: Some(b"big".to_vec()),
+        value: Some(vec![7u8; 300 * 1024]),
+        headers: vec![],
+        timestamp: None,
+    }];
     produce(&source.bootstrap, "t.big", &big, "none", false);
     // target topic that recompresses: works, with a warning
     create_topic(&source.bootstrap, "t.recompress", 1);
@@ -260,12 +299,24 @@ fn target_topic_problems_stop_only_what_they_concern() {
         "narrow target not reported:\n{}",
         tail(&proxy.log(), 30)
     );
-    assert!(proxy.wait_for_log("larger than max.message.bytes=100000 of target topic 't.big'", WAIT), "{}", tail(&proxy.log(), 30));
-    assert!(proxy.log().contains("partition=t.big-1"), "the stopped partition is not named:\n{}", tail(&proxy.log(), 30));
+    assert!(
+        proxy.wait_for_log("larger than max.message.bytes=100000 of target topic 't.big'", WAIT),
+        "{}",
+        tail(&proxy.log(), 30)
+    );
+    assert!(
+        proxy.log().contains("partition=t.big-1"),
+        "the stopped partition is not named:\n{}",
+        tail(&proxy.log(), 30)
+    );
     // partition 0 of the same topic was not held back by partition 1
     let got = consume_all(&target.bootstrap, "t.big", 1, WAIT);
     assert_same("t.big", &small, &got);
-    assert!(proxy.log().contains("target topic 't.recompress' has compression.type=gzip"), "{}", tail(&proxy.log(), 30));
+    assert!(
+        proxy.log().contains("target topic 't.recompress' has compression.type=gzip"),
+        "{}",
+        tail(&proxy.log(), 30)
+    );
     assert_same("t.recompress", &plain, &consume_all(&target.bootstrap, "t.recompress", plain.len(), WAIT));
     // the narrow topic received nothing
     assert!(consume_all(&target.bootstrap, "t.narrow", 30, Duration::from_secs(3)).is_empty());
@@ -293,7 +344,13 @@ fn memory_stays_within_the_budget_while_mirroring_more_than_it() {
     // 4 x 20 MiB of incompressible-ish data, far more than the 8 MiB buffer budget
     let value: Vec<u8> = (0..8192u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
     let recs: Vec<TestRecord> = (0..10_240)
-        .map(|i| TestRecord { partition: i % 4, key: Some(format!("b{i}").into_bytes()), value: Some(value.clone()), headers: vec![], timestamp: None })
+        .map(|i| TestRecord {
+            partition: i % 4,
+            key: Some(format!("b{i}").into_bytes()),
+            value: Some(value.clone()),
+            headers: vec![],
+            timestamp: None,
+        })
         .collect();
     produce(&source.bootstrap, "bulk", &recs, "none", false);
     let cfg = config(&source.bootstrap, &target.bootstrap, "bulk", "")

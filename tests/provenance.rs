@@ -64,7 +64,9 @@ fn assert_cluster_has(
     let mut by_origin: HashMap<String, BTreeMap<i32, Vec<ReceivedRecord>>> = HashMap::new();
     for r in &got {
         let (plain, path) = strip(r);
-        let origin = path.as_deref().map_or(cluster.to_owned(), |p| p.trim_start_matches("v1:").split(',').next().unwrap().to_owned());
+        let origin = path
+            .as_deref()
+            .map_or(cluster.to_owned(), |p| p.trim_start_matches("v1:").split(',').next().unwrap().to_owned());
         let expected_path = path_of(&origin);
         assert_eq!(path, expected_path, "{cluster}/{topic}: record {plain:?} has path {path:?}");
         by_origin.entry(origin).or_default().entry(plain.partition).or_default().push(plain);
@@ -148,7 +150,10 @@ fn ring_of_three_reaches_everyone_once() {
     for c in &cs {
         create_topic(&c.broker.bootstrap, "events", 1);
     }
-    let mut proxy = MirrorProxy::start(&config(&cs, &[("a", "b", "events", ""), ("b", "c", "events", ""), ("c", "a", "events", "")]));
+    let mut proxy = MirrorProxy::start(&config(
+        &cs,
+        &[("a", "b", "events", ""), ("b", "c", "events", ""), ("c", "a", "events", "")],
+    ));
     let recs: Vec<Vec<TestRecord>> = ["a", "b", "c"].iter().map(|o| varied_records(50, 1, o)).collect();
     produce_concurrently(
         cs.iter().zip(&recs).map(|(c, r)| (c.broker.bootstrap.clone(), "events", vec![(r.clone(), "lz4")])).collect(),
@@ -177,7 +182,11 @@ fn ring_of_three_reaches_everyone_once() {
     }
     std::thread::sleep(Duration::from_secs(3));
     for here in ring {
-        assert_eq!(consume_all(bootstrap(&cs, here), "events", 151, Duration::from_secs(5)).len(), 150, "{here} grew: a loop");
+        assert_eq!(
+            consume_all(bootstrap(&cs, here), "events", 151, Duration::from_secs(5)).len(),
+            150,
+            "{here} grew: a loop"
+        );
     }
     assert!(proxy.stop().success());
 }
@@ -200,7 +209,8 @@ fn hub_and_spoke_aggregates_and_shares_without_loops() {
     let mut proxy = MirrorProxy::start(&config(&cs, &flows));
     let agg1 = varied_records(40, 1, "agg-s1");
     let agg2 = varied_records(30, 1, "agg-s2");
-    let sh: HashMap<&str, Vec<TestRecord>> = ["hub", "s1", "s2"].into_iter().map(|c| (c, varied_records(25, 1, &format!("shared-{c}")))).collect();
+    let sh: HashMap<&str, Vec<TestRecord>> =
+        ["hub", "s1", "s2"].into_iter().map(|c| (c, varied_records(25, 1, &format!("shared-{c}")))).collect();
     let mut jobs = vec![
         (bootstrap(&cs, "s1").to_owned(), "agg", vec![(agg1.clone(), "zstd")]),
         (bootstrap(&cs, "s2").to_owned(), "agg", vec![(agg2.clone(), "snappy")]),

@@ -73,7 +73,11 @@ fn clean_restart_resumes_where_it_stopped() {
     let second: Vec<TestRecord> = (300..600).map(|i| record(i, 2)).collect();
     produce(&source.bootstrap, "orders", &second, "zstd", true);
     let mut proxy = MirrorProxy::start(&cfg);
-    assert!(proxy.wait_for_log("resuming partition from its checkpoint", Duration::from_secs(30)), "{}", tail(&proxy.log(), 20));
+    assert!(
+        proxy.wait_for_log("resuming partition from its checkpoint", Duration::from_secs(30)),
+        "{}",
+        tail(&proxy.log(), 20)
+    );
     let all: Vec<TestRecord> = first.iter().chain(&second).cloned().collect();
     let got = consume_all(&target.bootstrap, "orders", all.len(), Duration::from_secs(60));
     assert_exactly(&all, &got);

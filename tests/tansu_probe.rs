@@ -29,13 +29,7 @@ fn by_partition(rs: &[ReceivedRecord]) -> BTreeMap<i32, Vec<&ReceivedRecord>> {
 
 /// Assert that `got` holds exactly `sent` (per partition, same order, nothing extra).
 fn assert_same(sent: &[TestRecord], got: &[ReceivedRecord], what: &str) {
-    assert_eq!(
-        got.len(),
-        sent.len(),
-        "{what}: consumed {} records, produced {}: {got:#?}",
-        got.len(),
-        sent.len()
-    );
+    assert_eq!(got.len(), sent.len(), "{what}: consumed {} records, produced {}: {got:#?}", got.len(), sent.len());
     let got_by = by_partition(got);
     let mut sent_by: BTreeMap<i32, Vec<&TestRecord>> = BTreeMap::new();
     for r in sent {
@@ -45,16 +39,10 @@ fn assert_same(sent: &[TestRecord], got: &[ReceivedRecord], what: &str) {
         let g = got_by.get(p).cloned().unwrap_or_default();
         assert_eq!(g.len(), s.len(), "{what}: partition {p} count");
         for (i, (g, s)) in g.iter().zip(s).enumerate() {
-            assert!(
-                g.matches(s),
-                "{what}: partition {p} record #{i} differs:\n got  {g:?}\n sent {s:?}"
-            );
+            assert!(g.matches(s), "{what}: partition {p} record #{i} differs:\n got  {g:?}\n sent {s:?}");
         }
         let offs: Vec<i64> = g.iter().map(|r| r.offset).collect();
-        assert!(
-            offs.windows(2).all(|w| w[0] < w[1]),
-            "{what}: partition {p} offsets not increasing: {offs:?}"
-        );
+        assert!(offs.windows(2).all(|w| w[0] < w[1]), "{what}: partition {p} offsets not increasing: {offs:?}");
     }
 }
 
@@ -74,11 +62,7 @@ fn sample_records(partitions: i32, n: usize, tag: &str) -> Vec<TestRecord> {
 #[test]
 fn broker_starts_and_topic_has_partitions() {
     let b = Broker::start();
-    assert_eq!(
-        topic_partitions(&b.bootstrap, "absent-topic"),
-        None,
-        "absent topic"
-    );
+    assert_eq!(topic_partitions(&b.bootstrap, "absent-topic"), None, "absent topic");
     create_topic(&b.bootstrap, "three", 3);
     assert_eq!(topic_partitions(&b.bootstrap, "three"), Some(3));
     create_topic(&b.bootstrap, "one", 1);
@@ -98,10 +82,7 @@ fn topic_configs() {
         &b.bootstrap,
         "compacted",
         2,
-        &[
-            ("cleanup.policy", "compact"),
-            ("max.message.bytes", "2000000"),
-        ],
+        &[("cleanup.policy", "compact"), ("max.message.bytes", "2000000")],
     );
     println!("PROBE: create topic with configs (cleanup.policy=compact, max.message.bytes=2000000) -> {r:?}");
     assert!(r.is_ok(), "create with configs: {r:?}");
@@ -117,15 +98,9 @@ fn topic_configs() {
             for r in v {
                 match r {
                     Ok(cr) => {
-                        println!(
-                            "PROBE: DescribeConfigs(topic compacted): {} entries",
-                            cr.entries.len()
-                        );
+                        println!("PROBE: DescribeConfigs(topic compacted): {} entries", cr.entries.len());
                         for e in &cr.entries {
-                            println!(
-                                "PROBE:   {} = {:?} (default={})",
-                                e.name, e.value, e.is_default
-                            );
+                            println!("PROBE:   {} = {:?} (default={})", e.name, e.value, e.is_default);
                         }
                     }
                     Err(e) => {
@@ -138,36 +113,21 @@ fn topic_configs() {
     }
 
     // is the topic's max.message.bytes (2 MB) enforced? (informational)
-    let rec = TestRecord {
-        partition: 0,
-        value: Some(vec![1u8; 3_000_000]),
-        ..Default::default()
-    };
+    let rec = TestRecord { partition: 0, value: Some(vec![1u8; 3_000_000]), ..Default::default() };
     let r = try_produce_with(
         &b.bootstrap,
         "compacted",
         std::slice::from_ref(&rec),
-        &ProduceOpts {
-            codec: "none",
-            idempotent: false,
-            extra: &[("message.timeout.ms", "10000")],
-        },
+        &ProduceOpts { codec: "none", idempotent: false, extra: &[("message.timeout.ms", "10000")] },
     );
-    println!(
-        "PROBE: 3 MB record to a topic with max.message.bytes=2000000 -> {:?}",
-        r.map(|d| d.len())
-    );
+    println!("PROBE: 3 MB record to a topic with max.message.bytes=2000000 -> {:?}", r.map(|d| d.len()));
 
     // does producing to a missing topic auto-create it? (informational)
     let r = try_produce_with(
         &b.bootstrap,
         "never-created",
         &[TestRecord::kv(0, "k", "v")],
-        &ProduceOpts {
-            codec: "none",
-            idempotent: false,
-            extra: &[("message.timeout.ms", "5000")],
-        },
+        &ProduceOpts { codec: "none", idempotent: false, extra: &[("message.timeout.ms", "5000")] },
     );
     println!(
         "PROBE: produce to a topic never created -> {:?}; metadata then shows {:?} partitions",
@@ -187,17 +147,8 @@ fn every_codec_round_trips() {
         assert_eq!(d.len(), recs.len());
         let got = consume_all(&b.bootstrap, &topic, recs.len(), T);
         assert_same(&recs, &got, &format!("codec {codec}"));
-        let wm: Vec<_> = (0..2)
-            .map(|p| watermarks(&b.bootstrap, &topic, p))
-            .collect();
-        let max_off: Vec<_> = (0..2)
-            .map(|p| {
-                got.iter()
-                    .filter(|r| r.partition == p)
-                    .map(|r| r.offset)
-                    .max()
-            })
-            .collect();
+        let wm: Vec<_> = (0..2).map(|p| watermarks(&b.bootstrap, &topic, p)).collect();
+        let max_off: Vec<_> = (0..2).map(|p| got.iter().filter(|r| r.partition == p).map(|r| r.offset).max()).collect();
         println!("PROBE: codec {codec}: {} records ok; watermarks {wm:?}; max consumed offsets {max_off:?}", got.len());
     }
 }
@@ -211,11 +162,7 @@ fn idempotent_producer() {
     assert_eq!(d.len(), recs.len());
     // offsets per partition are 0..n without gaps or duplicates
     for p in 0..3 {
-        let mut offs: Vec<i64> = d
-            .iter()
-            .filter(|x| x.partition == p)
-            .map(|x| x.offset)
-            .collect();
+        let mut offs: Vec<i64> = d.iter().filter(|x| x.partition == p).map(|x| x.offset).collect();
         offs.sort_unstable();
         let want: Vec<i64> = (0..offs.len() as i64).collect();
         assert_eq!(offs, want, "partition {p} delivery offsets");
@@ -254,10 +201,7 @@ fn transactions_markers_and_read_committed() {
     let r3 = try_produce_transaction(&b.bootstrap, "tx", &c2, true, "txid-probe");
     println!("PROBE: committed transaction #2 -> {r3:?}");
     for p in 0..2 {
-        println!(
-            "PROBE: tx partition {p} watermarks {:?}",
-            watermarks(&b.bootstrap, "tx", p)
-        );
+        println!("PROBE: tx partition {p} watermarks {:?}", watermarks(&b.bootstrap, "tx", p));
     }
 
     let unc = consume_all_isolation(&b.bootstrap, "tx", 10, Duration::from_secs(15), false);
@@ -285,32 +229,11 @@ fn transactions_markers_and_read_committed() {
     // Every transaction ends with a control marker that takes one offset per
     // partition: data 0,1 | commit marker 2 | data 3,4 | abort marker 5 | data 6 | marker 7.
     for p in 0..2 {
-        let offs = |d: &[Delivered]| -> Vec<i64> {
-            d.iter()
-                .filter(|x| x.partition == p)
-                .map(|x| x.offset)
-                .collect()
-        };
-        assert_eq!(
-            offs(&r1),
-            vec![0, 1],
-            "partition {p}: committed txn #1 offsets"
-        );
-        assert_eq!(
-            offs(&r2),
-            vec![3, 4],
-            "partition {p}: aborted txn offsets (marker at 2)"
-        );
-        assert_eq!(
-            offs(&r3),
-            vec![6],
-            "partition {p}: committed txn #2 offsets (marker at 5)"
-        );
-        assert_eq!(
-            watermarks(&b.bootstrap, "tx", p),
-            (0, 8),
-            "partition {p}: watermarks (marker at 7)"
-        );
+        let offs = |d: &[Delivered]| -> Vec<i64> { d.iter().filter(|x| x.partition == p).map(|x| x.offset).collect() };
+        assert_eq!(offs(&r1), vec![0, 1], "partition {p}: committed txn #1 offsets");
+        assert_eq!(offs(&r2), vec![3, 4], "partition {p}: aborted txn offsets (marker at 2)");
+        assert_eq!(offs(&r3), vec![6], "partition {p}: committed txn #2 offsets (marker at 5)");
+        assert_eq!(watermarks(&b.bootstrap, "tx", p), (0, 8), "partition {p}: watermarks (marker at 7)");
     }
 
     let mut all = c1.clone();
@@ -327,11 +250,7 @@ fn transactions_markers_and_read_committed() {
         // read_committed cannot drop them: it sees the aborted records too.
         // Should this start failing with 6 records, tansu got fixed: set
         // TANSU_FILTERS_ABORTED = true (and revisit mirror tests that work around it).
-        assert_same(
-            &all,
-            &com,
-            "read_committed on tansu 0.6.0 (known: aborted records are NOT filtered)",
-        );
+        assert_same(&all, &com, "read_committed on tansu 0.6.0 (known: aborted records are NOT filtered)");
     }
 }
 
@@ -359,38 +278,17 @@ fn headers_duplicates_nulls_and_null_key_value() {
             timestamp: None,
         },
         // tombstone with null key... and null value
-        TestRecord {
-            partition: 0,
-            key: None,
-            value: None,
-            headers: vec![],
-            timestamp: None,
-        },
+        TestRecord { partition: 0, key: None, value: None, headers: vec![], timestamp: None },
         // null key, empty value, empty key
-        TestRecord {
-            partition: 0,
-            key: None,
-            value: Some(vec![]),
-            headers: vec![],
-            timestamp: None,
-        },
-        TestRecord {
-            partition: 0,
-            key: Some(vec![]),
-            value: bytes("x"),
-            headers: vec![],
-            timestamp: None,
-        },
+        TestRecord { partition: 0, key: None, value: Some(vec![]), headers: vec![], timestamp: None },
+        TestRecord { partition: 0, key: Some(vec![]), value: bytes("x"), headers: vec![], timestamp: None },
     ];
     for codec in ["none", "zstd"] {
         let topic = format!("hdr-{codec}");
         create_topic(&b.bootstrap, &topic, 1);
         produce(&b.bootstrap, &topic, &recs, codec, false);
         let got = consume_all(&b.bootstrap, &topic, recs.len(), T);
-        println!(
-            "PROBE: headers ({codec}): {:?}",
-            got.first().map(|r| &r.headers)
-        );
+        println!("PROBE: headers ({codec}): {:?}", got.first().map(|r| &r.headers));
         assert_same(&recs, &got, &format!("headers/nulls {codec}"));
     }
 }
@@ -408,24 +306,9 @@ fn large_values() {
         })
         .collect();
     let recs = vec![
-        TestRecord {
-            partition: 0,
-            key: bytes("big1"),
-            value: Some(big.clone()),
-            ..Default::default()
-        },
-        TestRecord {
-            partition: 0,
-            key: bytes("small"),
-            value: bytes("s"),
-            ..Default::default()
-        },
-        TestRecord {
-            partition: 0,
-            key: bytes("big2"),
-            value: Some(big.clone()),
-            ..Default::default()
-        },
+        TestRecord { partition: 0, key: bytes("big1"), value: Some(big.clone()), ..Default::default() },
+        TestRecord { partition: 0, key: bytes("small"), value: bytes("s"), ..Default::default() },
+        TestRecord { partition: 0, key: bytes("big2"), value: Some(big.clone()), ..Default::default() },
     ];
     for codec in ["none", "zstd"] {
         let topic = format!("big-{codec}");
@@ -440,34 +323,20 @@ fn large_values() {
     for size in [1_500_000usize, 5_000_000] {
         let topic = format!("huge-{size}");
         create_topic(&b.bootstrap, &topic, 1);
-        let rec = TestRecord {
-            partition: 0,
-            value: Some(vec![7u8; size]),
-            ..Default::default()
-        };
+        let rec = TestRecord { partition: 0, value: Some(vec![7u8; size]), ..Default::default() };
         let r = try_produce_with(
             &b.bootstrap,
             &topic,
             std::slice::from_ref(&rec),
-            &ProduceOpts {
-                codec: "none",
-                idempotent: false,
-                extra: &[],
-            },
+            &ProduceOpts { codec: "none", idempotent: false, extra: &[] },
         );
-        let got = if r.is_ok() {
-            consume_all(&b.bootstrap, &topic, 1, Duration::from_secs(15))
-        } else {
-            vec![]
-        };
+        let got = if r.is_ok() { consume_all(&b.bootstrap, &topic, 1, Duration::from_secs(15)) } else { vec![] };
         println!(
             "PROBE: single {size}-byte record: produce {:?}; consumed {} record(s){}",
             r.as_ref().map(|_| "ok"),
             got.len(),
-            got.first().map_or(String::new(), |g| format!(
-                ", value intact: {}",
-                g.value.as_deref() == rec.value.as_deref()
-            ))
+            got.first()
+                .map_or(String::new(), |g| format!(", value intact: {}", g.value.as_deref() == rec.value.as_deref()))
         );
     }
 }
@@ -476,12 +345,7 @@ fn large_values() {
 fn explicit_timestamps_survive() {
     let b = Broker::start();
     create_topic(&b.bootstrap, "ts", 2);
-    let stamps = [
-        1_000_000_000_000i64,
-        1_600_000_000_123,
-        1_234_567_890_001,
-        4_102_444_800_000,
-    ];
+    let stamps = [1_000_000_000_000i64, 1_600_000_000_123, 1_234_567_890_001, 4_102_444_800_000];
     let recs: Vec<TestRecord> = stamps
         .iter()
         .enumerate()
@@ -500,16 +364,9 @@ fn explicit_timestamps_survive() {
         let got = consume_all(&b.bootstrap, &topic, recs.len(), T);
         assert_same(&recs, &got, &format!("timestamps {codec}"));
         for r in &got {
-            assert_eq!(
-                r.timestamp_type,
-                TsType::CreateTime,
-                "timestamp type of {r:?}"
-            );
+            assert_eq!(r.timestamp_type, TsType::CreateTime, "timestamp type of {r:?}");
         }
-        println!(
-            "PROBE: explicit timestamps ({codec}): {:?}",
-            got.iter().map(|r| r.timestamp).collect::<Vec<_>>()
-        );
+        println!("PROBE: explicit timestamps ({codec}): {:?}", got.iter().map(|r| r.timestamp).collect::<Vec<_>>());
     }
 }
 
@@ -518,13 +375,7 @@ fn restart_on_same_port() {
     let mut b = Broker::start();
     let port = b.port;
     create_topic(&b.bootstrap, "before", 1);
-    produce(
-        &b.bootstrap,
-        "before",
-        &[TestRecord::kv(0, "a", "1")],
-        "none",
-        false,
-    );
+    produce(&b.bootstrap, "before", &[TestRecord::kv(0, "a", "1")], "none", false);
     b.stop();
     assert!(!b.is_running());
     b.restart_same_port();
@@ -533,18 +384,11 @@ fn restart_on_same_port() {
     // memory storage: the old topic is gone
     let before = topic_partitions(&b.bootstrap, "before");
     println!("PROBE: after restart, topic 'before' -> {before:?}");
-    assert_eq!(
-        before, None,
-        "memory storage kept the topic across a restart?"
-    );
+    assert_eq!(before, None, "memory storage kept the topic across a restart?");
     create_topic(&b.bootstrap, "after", 2);
     let recs = vec![TestRecord::kv(0, "b", "2"), TestRecord::kv(1, "c", "3")];
     produce(&b.bootstrap, "after", &recs, "gzip", true);
-    assert_same(
-        &recs,
-        &consume_all(&b.bootstrap, "after", 2, T),
-        "after restart",
-    );
+    assert_same(&recs, &consume_all(&b.bootstrap, "after", 2, T), "after restart");
 }
 
 #[test]
@@ -553,44 +397,22 @@ fn watermark_quirk() {
     // that means for a consumer when one batch holds many records.
     let b = Broker::start();
     create_topic(&b.bootstrap, "wm", 1);
-    let recs: Vec<TestRecord> = (0..10)
-        .map(|i| TestRecord::kv(0, &format!("k{i}"), "v"))
-        .collect();
+    let recs: Vec<TestRecord> = (0..10).map(|i| TestRecord::kv(0, &format!("k{i}"), "v")).collect();
     let d = produce_with(
         &b.bootstrap,
         "wm",
         &recs,
-        &ProduceOpts {
-            codec: "none",
-            idempotent: false,
-            extra: &[("linger.ms", "200")],
-        },
+        &ProduceOpts { codec: "none", idempotent: false, extra: &[("linger.ms", "200")] },
     );
     println!(
         "PROBE: 10 records in (probably) one batch: delivery offsets {:?}",
         d.iter().map(|x| x.offset).collect::<Vec<_>>()
     );
-    println!(
-        "PROBE: watermarks after one 10-record batch: {:?}",
-        watermarks(&b.bootstrap, "wm", 0)
-    );
+    println!("PROBE: watermarks after one 10-record batch: {:?}", watermarks(&b.bootstrap, "wm", 0));
     let got_c = consume_all(&b.bootstrap, "wm", 10, Duration::from_secs(10));
     let got_u = consume_all_isolation(&b.bootstrap, "wm", 10, Duration::from_secs(10), false);
-    println!(
-        "PROBE: read_committed consumer got {} records, read_uncommitted got {}",
-        got_c.len(),
-        got_u.len()
-    );
-    produce(
-        &b.bootstrap,
-        "wm",
-        &[TestRecord::kv(0, "x", "y")],
-        "none",
-        false,
-    );
-    println!(
-        "PROBE: watermarks after one more 1-record batch: {:?}",
-        watermarks(&b.bootstrap, "wm", 0)
-    );
+    println!("PROBE: read_committed consumer got {} records, read_uncommitted got {}", got_c.len(), got_u.len());
+    produce(&b.bootstrap, "wm", &[TestRecord::kv(0, "x", "y")], "none", false);
+    println!("PROBE: watermarks after one more 1-record batch: {:?}", watermarks(&b.bootstrap, "wm", 0));
     assert_same(&recs, &got_u, "read_uncommitted after a 10-record batch");
 }

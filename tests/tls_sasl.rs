@@ -39,7 +39,8 @@ const WAIT: Duration = Duration::from_secs(60);
 fn make_certs() -> tempfile::TempDir {
     let dir = tempfile::Builder::new().prefix("mirrorproxy-certs-").tempdir().unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tls/make-certs.sh");
-    let out = Command::new("bash").arg(&script).arg(dir.path()).arg("localhost").output().expect("run tls/make-certs.sh");
+    let out =
+        Command::new("bash").arg(&script).arg(dir.path()).arg("localhost").output().expect("run tls/make-certs.sh");
     assert!(out.status.success(), "make-certs.sh failed:\n{}", String::from_utf8_lossy(&out.stderr));
     dir
 }
@@ -72,7 +73,11 @@ impl Drop for Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
         if thread::panicking() {
-            eprintln!("log {}:\n{}", self.log.display(), tail(&std::fs::read_to_string(&self.log).unwrap_or_default(), 30));
+            eprintln!(
+                "log {}:\n{}",
+                self.log.display(),
+                tail(&std::fs::read_to_string(&self.log).unwrap_or_default(), 30)
+            );
         }
     }
 }
@@ -254,7 +259,8 @@ request_timeout_ms = 5000
 }
 
 fn tls_table(certs: &Path, ca: &str, client: Option<&str>, extra: &str) -> String {
-    let mut t = format!("link = \"remote\"\n[clusters.cloud.tls]\nca = \"{}\"\n", certs.join(format!("{ca}.pem")).display());
+    let mut t =
+        format!("link = \"remote\"\n[clusters.cloud.tls]\nca = \"{}\"\n", certs.join(format!("{ca}.pem")).display());
     if let Some(c) = client {
         t.push_str(&format!("cert = \"{0}.pem\"\nkey = \"{0}.key\"\n", certs.join(c).display()));
     }
@@ -272,7 +278,8 @@ fn mirrors_over_mutual_tls_next_to_a_local_plaintext_cluster() {
     let source = Broker::start();
     let target = tls_broker(certs.path(), Some("ca"));
     create_topic(&source.bootstrap, "tls.orders", 2);
-    let recs: Vec<TestRecord> = (0..200).map(|i| TestRecord::kv(i % 2, &format!("k{i}"), &format!("value {i}"))).collect();
+    let recs: Vec<TestRecord> =
+        (0..200).map(|i| TestRecord::kv(i % 2, &format!("k{i}"), &format!("value {i}"))).collect();
     produce(&source.bootstrap, "tls.orders", &recs, "lz4", false);
 
     let config = two_clusters(&source.bootstrap, &target.bootstrap, &tls_table(certs.path(), "ca", Some("client"), ""));
@@ -282,7 +289,12 @@ fn mirrors_over_mutual_tls_next_to_a_local_plaintext_cluster() {
 
     let mut proxy = MirrorProxy::start(&config);
     let got = consume_all(&target.bootstrap, "tls.orders", recs.len(), WAIT);
-    assert_eq!(got.len(), recs.len(), "records mirrored over TLS; log:\n{}", proxy.log().lines().take(30).collect::<Vec<_>>().join("\n"));
+    assert_eq!(
+        got.len(),
+        recs.len(),
+        "records mirrored over TLS; log:\n{}",
+        proxy.log().lines().take(30).collect::<Vec<_>>().join("\n")
+    );
     for p in 0..2 {
         let want: Vec<&TestRecord> = recs.iter().filter(|r| r.partition == p).collect();
         let have: Vec<&ReceivedRecord> = got.iter().filter(|r| r.partition == p).collect();
@@ -310,7 +322,15 @@ fn tls_failures_are_named_by_check() {
         ("wrong host name", "wronghost", None, "ca", None, "", "not valid for the name '127.0.0.1'"),
         ("expired certificate", "expired", None, "ca", None, "", "has expired"),
         ("missing client certificate", "broker", Some("ca"), "ca", None, "", "requires a client certificate"),
-        ("client certificate from another CA", "broker", Some("ca"), "ca", Some("other-client"), "", "rejected our client certificate"),
+        (
+            "client certificate from another CA",
+            "broker",
+            Some("ca"),
+            "ca",
+            Some("other-client"),
+            "",
+            "rejected our client certificate",
+        ),
     ];
     for (name, cert, client_ca, ca, client, extra, reason) in cases {
         let s = port(());
@@ -318,7 +338,8 @@ fn tls_failures_are_named_by_check() {
         let addr = format!("127.0.0.1:{s}");
         let (ok, out, err) = check(&two_clusters(&edge.bootstrap, &addr, &tls_table(c, ca, client, extra)), &[]);
         assert!(!ok, "{name}: check passed:\n{out}");
-        let line = err.lines().find(|l| l.starts_with("error:")).unwrap_or_else(|| panic!("{name}: no error line:\n{err}"));
+        let line =
+            err.lines().find(|l| l.starts_with("error:")).unwrap_or_else(|| panic!("{name}: no error line:\n{err}"));
         assert!(line.contains("cluster 'cloud'") && line.contains(&addr) && line.contains(reason), "{name}: {line}");
         assert!(out.contains("cluster 'cloud': FAILED"), "{name}: {out}");
     }
@@ -326,8 +347,14 @@ fn tls_failures_are_named_by_check() {
     // The wrong-host certificate is fine when server_name names it.
     let s = port(());
     let _st = stunnel(s, plain, c, "wronghost", None);
-    let (ok, out, err) =
-        check(&two_clusters(&edge.bootstrap, &format!("127.0.0.1:{s}"), &tls_table(c, "ca", None, "server_name = \"wrong.example\"\n")), &[]);
+    let (ok, out, err) = check(
+        &two_clusters(
+            &edge.bootstrap,
+            &format!("127.0.0.1:{s}"),
+            &tls_table(c, "ca", None, "server_name = \"wrong.example\"\n"),
+        ),
+        &[],
+    );
     assert!(ok, "server_name override:\n{out}\n{err}");
 }
 
@@ -340,7 +367,11 @@ fn run_exits_at_start_on_a_bad_certificate() {
     let _tansu = tansu(plain, plain, false);
     let s = free_port();
     let _st = stunnel(s, plain, certs.path(), "expired", None);
-    let mut proxy = MirrorProxy::start(&two_clusters(&edge.bootstrap, &format!("127.0.0.1:{s}"), &tls_table(certs.path(), "ca", None, "")));
+    let mut proxy = MirrorProxy::start(&two_clusters(
+        &edge.bootstrap,
+        &format!("127.0.0.1:{s}"),
+        &tls_table(certs.path(), "ca", None, ""),
+    ));
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {
         if let Some(st) = proxy.try_status() {
@@ -362,7 +393,8 @@ fn remote_plaintext_is_refused_unless_allowed_then_warned() {
     let (ok, out, err) = check(&two_clusters(&b.bootstrap, &b.bootstrap, "link = \"remote\"\n"), &[]);
     assert!(!ok, "{out}");
     assert!(err.contains("clusters.cloud") && err.contains("allow_plaintext"), "{err}");
-    let (ok, out, err) = check(&two_clusters(&b.bootstrap, &b.bootstrap, "link = \"remote\"\nallow_plaintext = true\n"), &[]);
+    let (ok, out, err) =
+        check(&two_clusters(&b.bootstrap, &b.bootstrap, "link = \"remote\"\nallow_plaintext = true\n"), &[]);
     assert!(ok, "{out}\n{err}");
     assert!(err.contains("WARN") && err.contains("cluster 'cloud'") && err.contains("unencrypted"), "{err}");
     assert!(!err.contains("cluster 'edge': remote"), "the local cluster is not warned about: {err}");
@@ -388,13 +420,22 @@ fn scram_refusals_against_tansu_and_secrets_stay_secret() {
     let cloud = format!("127.0.0.1:{port}");
     for mech in ["SCRAM-SHA-256", "SCRAM-SHA-512"] {
         let wrong = format!("{mech}-wrong-password-Zq9x");
-        let (ok, out, err) = check(&two_clusters(&edge.bootstrap, &cloud, &sasl_table(mech, "mirror", "CLOUD_PW")), &[("CLOUD_PW", &wrong)]);
+        let (ok, out, err) = check(
+            &two_clusters(&edge.bootstrap, &cloud, &sasl_table(mech, "mirror", "CLOUD_PW")),
+            &[("CLOUD_PW", &wrong)],
+        );
         assert!(!ok, "{mech} with a wrong password passed:\n{out}");
         let line = err.lines().find(|l| l.starts_with("error:")).unwrap_or_else(|| panic!("no error line:\n{err}"));
-        assert!(line.contains("cluster 'cloud'") && line.contains(&cloud) && line.contains("SASL authentication"), "{line}");
+        assert!(
+            line.contains("cluster 'cloud'") && line.contains(&cloud) && line.contains("SASL authentication"),
+            "{line}"
+        );
         assert!(line.contains("'mirror'") && line.contains(mech), "{line}");
         assert!(!out.contains(&wrong) && !err.contains(&wrong), "{mech}: the password leaked:\n{out}\n{err}");
-        assert!(!out.contains("wrong-password") && !err.contains("wrong-password"), "{mech}: part of the password leaked");
+        assert!(
+            !out.contains("wrong-password") && !err.contains("wrong-password"),
+            "{mech}: part of the password leaked"
+        );
     }
 }
 
@@ -407,10 +448,16 @@ fn plain_refused_by_tansu_is_clear() {
     let port = free_port();
     let _tansu = tansu(port, port, true);
     let cloud = format!("127.0.0.1:{port}");
-    let (ok, out, err) = check(&two_clusters(&edge.bootstrap, &cloud, &sasl_table("PLAIN", "someone", "CLOUD_PW")), &[("CLOUD_PW", "plain-pw-123")]);
+    let (ok, out, err) = check(
+        &two_clusters(&edge.bootstrap, &cloud, &sasl_table("PLAIN", "someone", "CLOUD_PW")),
+        &[("CLOUD_PW", "plain-pw-123")],
+    );
     assert!(!ok, "{out}");
     assert!(err.contains("SASL PLAIN without TLS"), "PLAIN without TLS is warned about: {err}");
     let line = err.lines().find(|l| l.starts_with("error:")).unwrap_or_else(|| panic!("no error line:\n{err}"));
-    assert!(line.contains("cluster 'cloud'") && line.contains("SASL authentication") && line.contains("PLAIN"), "{line}");
+    assert!(
+        line.contains("cluster 'cloud'") && line.contains("SASL authentication") && line.contains("PLAIN"),
+        "{line}"
+    );
     assert!(!out.contains("plain-pw-123") && !err.contains("plain-pw-123"));
 }

@@ -58,13 +58,8 @@ pub enum Compression {
 
 impl Compression {
     /// All codecs, in id order.
-    pub const ALL: [Compression; 5] = [
-        Compression::None,
-        Compression::Gzip,
-        Compression::Snappy,
-        Compression::Lz4,
-        Compression::Zstd,
-    ];
+    pub const ALL: [Compression; 5] =
+        [Compression::None, Compression::Gzip, Compression::Snappy, Compression::Lz4, Compression::Zstd];
 
     /// The codec for attribute bits 0-2, `None` for the undefined ids 5-7.
     #[must_use]
@@ -137,16 +132,8 @@ pub fn decompress(compression: Compression, data: &[u8]) -> Result<Vec<u8>, Batc
 }
 
 /// [`decompress`] with an explicit output cap in bytes.
-pub fn decompress_with_limit(
-    compression: Compression,
-    data: &[u8],
-    limit: usize,
-) -> Result<Vec<u8>, BatchError> {
-    let too_large = || BatchError::DecompressedTooLarge {
-        base_offset: None,
-        codec: compression,
-        limit,
-    };
+pub fn decompress_with_limit(compression: Compression, data: &[u8], limit: usize) -> Result<Vec<u8>, BatchError> {
+    let too_large = || BatchError::DecompressedTooLarge { base_offset: None, codec: compression, limit };
     match compression {
         Compression::None => {
             if data.len() > limit {
@@ -154,21 +141,11 @@ pub fn decompress_with_limit(
             }
             Ok(data.to_vec())
         }
-        Compression::Gzip => read_bounded(
-            compression,
-            flate2::read::MultiGzDecoder::new(data),
-            data.len(),
-            limit,
-        ),
-        Compression::Lz4 => read_bounded(
-            compression,
-            lz4_flex::frame::FrameDecoder::new(data),
-            data.len(),
-            limit,
-        ),
+        Compression::Gzip => read_bounded(compression, flate2::read::MultiGzDecoder::new(data), data.len(), limit),
+        Compression::Lz4 => read_bounded(compression, lz4_flex::frame::FrameDecoder::new(data), data.len(), limit),
         Compression::Zstd => {
-            let decoder = zstd::stream::read::Decoder::with_buffer(data)
-                .map_err(|e| decompress_error(compression, &e))?;
+            let decoder =
+                zstd::stream::read::Decoder::with_buffer(data).map_err(|e| decompress_error(compression, &e))?;
             read_bounded(compression, decoder, data.len(), limit)
         }
         Compression::Snappy => match snappy_framing(data) {
@@ -185,18 +162,13 @@ pub fn decompress_with_limit(
 /// Compresses a records blob with `compression`; snappy gets the xerial
 /// framing the Java client writes.
 pub fn compress(compression: Compression, data: &[u8]) -> Result<Vec<u8>, BatchError> {
-    let fail = |e: &dyn fmt::Display| BatchError::Compress {
-        base_offset: None,
-        codec: compression,
-        reason: e.to_string(),
-    };
+    let fail =
+        |e: &dyn fmt::Display| BatchError::Compress { base_offset: None, codec: compression, reason: e.to_string() };
     match compression {
         Compression::None => Ok(data.to_vec()),
         Compression::Gzip => {
-            let mut enc = flate2::write::GzEncoder::new(
-                Vec::with_capacity(data.len() / 2 + 64),
-                flate2::Compression::default(),
-            );
+            let mut enc =
+                flate2::write::GzEncoder::new(Vec::with_capacity(data.len() / 2 + 64), flate2::Compression::default());
             enc.write_all(data).map_err(|e| fail(&e))?;
             enc.finish().map_err(|e| fail(&e))
         }
@@ -205,10 +177,7 @@ pub fn compress(compression: Compression, data: &[u8]) -> Result<Vec<u8>, BatchE
             let info = lz4_flex::frame::FrameInfo::new()
                 .block_size(lz4_flex::frame::BlockSize::Max64KB)
                 .block_mode(lz4_flex::frame::BlockMode::Independent);
-            let mut enc = lz4_flex::frame::FrameEncoder::with_frame_info(
-                info,
-                Vec::with_capacity(data.len() / 2 + 64),
-            );
+            let mut enc = lz4_flex::frame::FrameEncoder::with_frame_info(info, Vec::with_capacity(data.len() / 2 + 64));
             enc.write_all(data).map_err(|e| fail(&e))?;
             enc.finish().map_err(|e| fail(&e))
         }
@@ -218,11 +187,8 @@ pub fn compress(compression: Compression, data: &[u8]) -> Result<Vec<u8>, BatchE
 
 /// Snappy-compresses `data` with the given framing.
 pub fn compress_snappy(data: &[u8], framing: SnappyFraming) -> Result<Vec<u8>, BatchError> {
-    let fail = |e: snap::Error| BatchError::Compress {
-        base_offset: None,
-        codec: Compression::Snappy,
-        reason: e.to_string(),
-    };
+    let fail =
+        |e: snap::Error| BatchError::Compress { base_offset: None, codec: Compression::Snappy, reason: e.to_string() };
     let mut encoder = snap::raw::Encoder::new();
     match framing {
         SnappyFraming::Raw => encoder.compress_vec(data).map_err(fail),
@@ -247,33 +213,17 @@ pub fn compress_snappy(data: &[u8], framing: SnappyFraming) -> Result<Vec<u8>, B
 }
 
 fn decompress_error(codec: Compression, e: &dyn fmt::Display) -> BatchError {
-    BatchError::Decompress {
-        base_offset: None,
-        codec,
-        reason: e.to_string(),
-    }
+    BatchError::Decompress { base_offset: None, codec, reason: e.to_string() }
 }
 
 /// Reads `reader` to the end, failing once more than `limit` bytes come out.
-fn read_bounded(
-    codec: Compression,
-    reader: impl Read,
-    input_len: usize,
-    limit: usize,
-) -> Result<Vec<u8>, BatchError> {
+fn read_bounded(codec: Compression, reader: impl Read, input_len: usize, limit: usize) -> Result<Vec<u8>, BatchError> {
     // A guess only; the cap protects against a lying input.
     let mut out = Vec::with_capacity(input_len.saturating_mul(4).min(limit).min(1 << 20));
     let cap = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
-    reader
-        .take(cap)
-        .read_to_end(&mut out)
-        .map_err(|e| decompress_error(codec, &e))?;
+    reader.take(cap).read_to_end(&mut out).map_err(|e| decompress_error(codec, &e))?;
     if out.len() > limit {
-        return Err(BatchError::DecompressedTooLarge {
-            base_offset: None,
-            codec,
-            limit,
-        });
+        return Err(BatchError::DecompressedTooLarge { base_offset: None, codec, limit });
     }
     Ok(out)
 }
@@ -283,17 +233,14 @@ fn snappy_block_into(block: &[u8], out: &mut Vec<u8>, limit: usize) -> Result<()
     let codec = Compression::Snappy;
     let n = snap::raw::decompress_len(block).map_err(|e| decompress_error(codec, &e))?;
     let start = out.len();
-    let end = start.checked_add(n).filter(|&end| end <= limit).ok_or(
-        BatchError::DecompressedTooLarge {
-            base_offset: None,
-            codec,
-            limit,
-        },
-    )?;
+    let end = start.checked_add(n).filter(|&end| end <= limit).ok_or(BatchError::DecompressedTooLarge {
+        base_offset: None,
+        codec,
+        limit,
+    })?;
     out.resize(end, 0);
-    let written = snap::raw::Decoder::new()
-        .decompress(block, &mut out[start..])
-        .map_err(|e| decompress_error(codec, &e))?;
+    let written =
+        snap::raw::Decoder::new().decompress(block, &mut out[start..]).map_err(|e| decompress_error(codec, &e))?;
     out.truncate(start + written);
     Ok(())
 }
@@ -306,20 +253,13 @@ fn xerial_decompress(data: &[u8], limit: usize) -> Result<Vec<u8>, BatchError> {
     let mut rest = data;
     while !rest.is_empty() {
         if rest.starts_with(XERIAL_MAGIC) {
-            rest = rest
-                .get(XERIAL_HEADER.len()..)
-                .ok_or_else(|| fail("xerial stream header cut short"))?;
+            rest = rest.get(XERIAL_HEADER.len()..).ok_or_else(|| fail("xerial stream header cut short"))?;
             continue;
         }
-        let len_bytes: [u8; 4] = rest
-            .get(..4)
-            .and_then(|b| b.try_into().ok())
-            .ok_or_else(|| fail("xerial block length cut short"))?;
-        let len = usize::try_from(i32::from_be_bytes(len_bytes))
-            .map_err(|_| fail("negative xerial block length"))?;
-        let block = rest
-            .get(4..4 + len)
-            .ok_or_else(|| fail("xerial block runs past the end of the data"))?;
+        let len_bytes: [u8; 4] =
+            rest.get(..4).and_then(|b| b.try_into().ok()).ok_or_else(|| fail("xerial block length cut short"))?;
+        let len = usize::try_from(i32::from_be_bytes(len_bytes)).map_err(|_| fail("negative xerial block length"))?;
+        let block = rest.get(4..4 + len).ok_or_else(|| fail("xerial block runs past the end of the data"))?;
         snappy_block_into(block, &mut out, limit)?;
         rest = &rest[4 + len..];
     }

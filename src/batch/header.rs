@@ -148,8 +148,7 @@ impl BatchHeader {
         b[MAGIC] = self.magic as u8;
         b[CRC..CRC + 4].copy_from_slice(&self.crc.to_be_bytes());
         b[ATTRIBUTES..ATTRIBUTES + 2].copy_from_slice(&self.attributes.to_be_bytes());
-        b[LAST_OFFSET_DELTA..LAST_OFFSET_DELTA + 4]
-            .copy_from_slice(&self.last_offset_delta.to_be_bytes());
+        b[LAST_OFFSET_DELTA..LAST_OFFSET_DELTA + 4].copy_from_slice(&self.last_offset_delta.to_be_bytes());
         b[BASE_TIMESTAMP..BASE_TIMESTAMP + 8].copy_from_slice(&self.base_timestamp.to_be_bytes());
         b[MAX_TIMESTAMP..MAX_TIMESTAMP + 8].copy_from_slice(&self.max_timestamp.to_be_bytes());
         b[PRODUCER_ID..PRODUCER_ID + 8].copy_from_slice(&self.producer_id.to_be_bytes());
@@ -161,10 +160,7 @@ impl BatchHeader {
     /// The codec named by attribute bits 0-2.
     pub fn compression(&self) -> Result<Compression, BatchError> {
         let codec = self.attributes & COMPRESSION_MASK;
-        Compression::from_id(codec).ok_or(BatchError::UnknownCompression {
-            base_offset: self.base_offset,
-            codec,
-        })
+        Compression::from_id(codec).ok_or(BatchError::UnknownCompression { base_offset: self.base_offset, codec })
     }
 
     /// Attribute bit 3: timestamps are log-append time rather than create time.
@@ -195,8 +191,7 @@ impl BatchHeader {
     /// (saturating, so hostile values cannot overflow).
     #[must_use]
     pub fn last_offset(&self) -> i64 {
-        self.base_offset
-            .saturating_add(i64::from(self.last_offset_delta))
+        self.base_offset.saturating_add(i64::from(self.last_offset_delta))
     }
 
     /// The offset to fetch next after this batch: `last_offset() + 1`.
@@ -209,8 +204,6 @@ impl BatchHeader {
     /// `batch_length` is negative.
     #[must_use]
     pub fn total_len(&self) -> Option<usize> {
-        usize::try_from(self.batch_length)
-            .ok()?
-            .checked_add(super::LOG_OVERHEAD)
+        usize::try_from(self.batch_length).ok()?.checked_add(super::LOG_OVERHEAD)
     }
 }

@@ -78,14 +78,14 @@ mod tests;
 mod testutil;
 
 pub use compression::{
-    compress, compress_snappy, decompress, decompress_with_limit, snappy_framing, Compression,
-    SnappyFraming, MAX_DECOMPRESSED_LEN,
+    compress, compress_snappy, decompress, decompress_with_limit, snappy_framing, Compression, SnappyFraming,
+    MAX_DECOMPRESSED_LEN,
 };
 pub use error::BatchError;
 pub use header::{BatchHeader, HEADER_LEN};
 pub use provenance::{
-    decide_provenance, first_record_provenance, stamp_provenance, ClusterId, Decision, Hop,
-    Provenance, ProvenanceError, PROVENANCE_HEADER,
+    decide_provenance, first_record_provenance, stamp_provenance, ClusterId, Decision, Hop, Provenance,
+    ProvenanceError, PROVENANCE_HEADER,
 };
 pub use records::{walk_records, RecordSpan};
 pub use split::{split_batches, RawBatch, Split};

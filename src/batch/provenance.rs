@@ -71,8 +71,8 @@ use bytes::Bytes;
 use super::header::{BATCH_LENGTH, CRC};
 use super::records::{read_varint, varint_len, walk_records, write_varint, RecordSpan};
 use super::{
-    compress, compress_snappy, snappy_framing, BatchError, BatchHeader, Compression, SnappyFraming,
-    VerifiedBatch, CRC_START, HEADER_LEN, LOG_OVERHEAD, MAX_DECOMPRESSED_LEN,
+    compress, compress_snappy, snappy_framing, BatchError, BatchHeader, Compression, SnappyFraming, VerifiedBatch,
+    CRC_START, HEADER_LEN, LOG_OVERHEAD, MAX_DECOMPRESSED_LEN,
 };
 
 /// The header key carrying provenance.
@@ -112,8 +112,7 @@ pub enum ProvenanceError {
 impl ProvenanceError {
     fn reason(&self) -> &'static str {
         match self {
-            ProvenanceError::InvalidClusterId { reason, .. }
-            | ProvenanceError::Malformed { reason } => reason,
+            ProvenanceError::InvalidClusterId { reason, .. } | ProvenanceError::Malformed { reason } => reason,
         }
     }
 }
@@ -146,10 +145,7 @@ pub struct ClusterId(String);
 impl ClusterId {
     /// Validates `id`.
     pub fn new(id: &str) -> Result<Self, ProvenanceError> {
-        check_id(id.as_bytes()).map_err(|reason| ProvenanceError::InvalidClusterId {
-            id: id.to_owned(),
-            reason,
-        })?;
+        check_id(id.as_bytes()).map_err(|reason| ProvenanceError::InvalidClusterId { id: id.to_owned(), reason })?;
         Ok(Self(id.to_owned()))
     }
 
@@ -189,9 +185,7 @@ impl Provenance {
     /// A list; fails if it is empty.
     pub fn new(clusters: Vec<ClusterId>) -> Result<Self, ProvenanceError> {
         if clusters.is_empty() {
-            return Err(ProvenanceError::Malformed {
-                reason: "empty cluster list",
-            });
+            return Err(ProvenanceError::Malformed { reason: "empty cluster list" });
         }
         Ok(Self { clusters })
     }
@@ -199,9 +193,7 @@ impl Provenance {
     /// A list holding only the origin.
     #[must_use]
     pub fn from_origin(origin: ClusterId) -> Self {
-        Self {
-            clusters: vec![origin],
-        }
+        Self { clusters: vec![origin] }
     }
 
     /// The clusters, origin first.
@@ -241,8 +233,7 @@ impl Provenance {
     /// The header value (`v1:a,b,c`).
     #[must_use]
     pub fn encode(&self) -> Vec<u8> {
-        let len =
-            VALUE_PREFIX.len() + self.clusters.iter().map(|c| c.0.len() + 1).sum::<usize>() - 1;
+        let len = VALUE_PREFIX.len() + self.clusters.iter().map(|c| c.0.len() + 1).sum::<usize>() - 1;
         let mut out = Vec::with_capacity(len);
         out.extend_from_slice(VALUE_PREFIX);
         for (i, c) in self.clusters.iter().enumerate() {
@@ -307,9 +298,7 @@ impl Hop {
     /// and then never re-reads its own output.)
     #[must_use]
     pub fn new(source: ClusterId, target: ClusterId) -> Self {
-        let value = Provenance::from_origin(source.clone())
-            .with_hop(&target)
-            .encode();
+        let value = Provenance::from_origin(source.clone()).with_hop(&target).encode();
         let mut fresh_header = Vec::with_capacity(PROVENANCE_HEADER.len() + value.len() + 4);
         write_varint(&mut fresh_header, PROVENANCE_HEADER.len() as i32);
         fresh_header.extend_from_slice(PROVENANCE_HEADER.as_bytes());
@@ -318,12 +307,7 @@ impl Hop {
         let mut suffix = Vec::with_capacity(target.0.len() + 1);
         suffix.push(b',');
         suffix.extend_from_slice(target.0.as_bytes());
-        Self {
-            source,
-            target,
-            fresh_header,
-            suffix,
-        }
+        Self { source, target, fresh_header, suffix }
     }
 
     /// The cluster read from.
@@ -388,27 +372,18 @@ pub fn first_record_provenance(batch: &VerifiedBatch) -> Result<Option<Provenanc
     let codec = header.compression()?;
     let data = batch.records_data();
     let first: Cow<'_, [u8]> = match codec {
-        Compression::None => {
-            Cow::Borrowed(first_record_slice(data).map_err(|e| e.at_batch(base_offset))?)
+        Compression::None => Cow::Borrowed(first_record_slice(data).map_err(|e| e.at_batch(base_offset))?),
+        codec => {
+            Cow::Owned(first_record_compressed(codec, data, MAX_DECOMPRESSED_LEN).map_err(|e| e.at_batch(base_offset))?)
         }
-        codec => Cow::Owned(
-            first_record_compressed(codec, data, MAX_DECOMPRESSED_LEN)
-                .map_err(|e| e.at_batch(base_offset))?,
-        ),
     };
     let spans = walk_records(&first, 1).map_err(|e| e.at_batch(base_offset))?;
-    let malformed = |position, reason| BatchError::MalformedRecord {
-        base_offset: Some(base_offset),
-        index: 0,
-        position,
-        reason,
-    };
+    let malformed =
+        |position, reason| BatchError::MalformedRecord { base_offset: Some(base_offset), index: 0, position, reason };
     let Some(loc) = find_provenance(&first, &spans[0]).map_err(|(p, r)| malformed(p, r))? else {
         return Ok(None);
     };
-    Provenance::decode(&first[loc.value.clone()])
-        .map(Some)
-        .map_err(|e| malformed(loc.value.start, e.reason()))
+    Provenance::decode(&first[loc.value.clone()]).map(Some).map_err(|e| malformed(loc.value.start, e.reason()))
 }
 
 /// Whether to forward or skip `batch` on `hop`: skip when the first record
@@ -418,9 +393,7 @@ pub fn first_record_provenance(batch: &VerifiedBatch) -> Result<Option<Provenanc
 pub fn decide_provenance(batch: &VerifiedBatch, hop: &Hop) -> Result<Decision, BatchError> {
     refuse_control(batch)?;
     Ok(match first_record_provenance(batch)? {
-        Some(provenance) if provenance.contains(hop.target.as_str()) => {
-            Decision::Skip { provenance }
-        }
+        Some(provenance) if provenance.contains(hop.target.as_str()) => Decision::Skip { provenance },
         provenance => Decision::Forward { provenance },
     })
 }
@@ -457,9 +430,7 @@ pub fn stamp_provenance(batch: VerifiedBatch, hop: &Hop) -> Result<VerifiedBatch
             let mut plain = Vec::with_capacity(data.len() + growth);
             splice(&data, &spans, hop, base_offset, &mut plain)?;
             let body = match codec {
-                Compression::Snappy => {
-                    compress_snappy(&plain, snappy_framing(batch.records_data()))
-                }
+                Compression::Snappy => compress_snappy(&plain, snappy_framing(batch.records_data())),
                 codec => compress(codec, &plain),
             }
             .map_err(|e| e.at_batch(base_offset))?;
@@ -485,19 +456,14 @@ fn refuse_control(batch: &VerifiedBatch) -> Result<(), BatchError> {
 /// Sets `batchLength` and the CRC of a rewritten batch (header bytes copied
 /// from the source) and wraps it.
 fn seal(header: BatchHeader, mut out: Vec<u8>) -> Result<VerifiedBatch, BatchError> {
-    let batch_length =
-        i32::try_from(out.len() - LOG_OVERHEAD).map_err(|_| BatchError::NotForwardable {
-            base_offset: header.base_offset,
-            reason: "the stamped batch would be larger than 2 GiB",
-        })?;
+    let batch_length = i32::try_from(out.len() - LOG_OVERHEAD).map_err(|_| BatchError::NotForwardable {
+        base_offset: header.base_offset,
+        reason: "the stamped batch would be larger than 2 GiB",
+    })?;
     out[BATCH_LENGTH..BATCH_LENGTH + 4].copy_from_slice(&batch_length.to_be_bytes());
     let crc = crc32c::crc32c(&out[CRC_START..]);
     out[CRC..CRC + 4].copy_from_slice(&crc.to_be_bytes());
-    let header = BatchHeader {
-        batch_length,
-        crc,
-        ..header
-    };
+    let header = BatchHeader { batch_length, crc, ..header };
     Ok(VerifiedBatch::new(header, Bytes::from(out)))
 }
 
@@ -518,60 +484,40 @@ fn find_provenance(data: &[u8], span: &RecordSpan) -> Result<Option<HeaderLoc>, 
     if span.headers_count == 0 {
         return Ok(None);
     }
-    let body = data
-        .get(..span.body.end)
-        .ok_or((span.record.start, "record span outside the data"))?;
+    let body = data.get(..span.body.end).ok_or((span.record.start, "record span outside the data"))?;
     let mut pos = span.headers.start;
-    let count =
-        read_varint(body, &mut pos).ok_or((span.headers.start, "malformed header count"))?;
+    let count = read_varint(body, &mut pos).ok_or((span.headers.start, "malformed header count"))?;
     let mut found = None;
     for _ in 0..count {
         let at = pos;
         let key_len = read_varint(body, &mut pos)
             .and_then(|l| usize::try_from(l).ok())
             .ok_or((at, "malformed header key length"))?;
-        let key = body
-            .get(pos..pos.saturating_add(key_len))
-            .ok_or((at, "header key runs past the end of the record"))?;
+        let key =
+            body.get(pos..pos.saturating_add(key_len)).ok_or((at, "header key runs past the end of the record"))?;
         pos += key_len;
         let value_len_start = pos;
-        let value_len =
-            read_varint(body, &mut pos).ok_or((pos, "malformed header value length"))?;
+        let value_len = read_varint(body, &mut pos).ok_or((pos, "malformed header value length"))?;
         let value_len = usize::try_from(value_len).ok();
         if key == PROVENANCE_HEADER.as_bytes() {
             if found.is_some() {
-                return Err((
-                    at,
-                    "more than one mirrorproxy.provenance header in a record",
-                ));
+                return Err((at, "more than one mirrorproxy.provenance header in a record"));
             }
             let Some(len) = value_len else {
                 return Err((value_len_start, "null mirrorproxy.provenance header value"));
             };
-            found = Some(HeaderLoc {
-                value_len_start,
-                value: pos..pos.saturating_add(len),
-            });
+            found = Some(HeaderLoc { value_len_start, value: pos..pos.saturating_add(len) });
         }
         pos = pos.saturating_add(value_len.unwrap_or(0));
         if pos > body.len() {
-            return Err((
-                value_len_start,
-                "header value runs past the end of the record",
-            ));
+            return Err((value_len_start, "header value runs past the end of the record"));
         }
     }
     Ok(found)
 }
 
 /// Appends every record of `data`, stamped for `hop`, to `out`.
-fn splice(
-    data: &[u8],
-    spans: &[RecordSpan],
-    hop: &Hop,
-    base_offset: i64,
-    out: &mut Vec<u8>,
-) -> Result<(), BatchError> {
+fn splice(data: &[u8], spans: &[RecordSpan], hop: &Hop, base_offset: i64, out: &mut Vec<u8>) -> Result<(), BatchError> {
     let fault = |index: usize| {
         move |(position, reason): RecordFault| BatchError::MalformedRecord {
             base_offset: Some(base_offset),
@@ -586,8 +532,7 @@ fn splice(
     let first_loc = find_provenance(data, first).map_err(fault(0))?;
     let first_value = first_loc.as_ref().map(|loc| &data[loc.value.clone()]);
     if let (Some(value), Some(loc)) = (first_value, &first_loc) {
-        let provenance =
-            Provenance::decode(value).map_err(|e| fault(0)((loc.value.start, e.reason())))?;
+        let provenance = Provenance::decode(value).map_err(|e| fault(0)((loc.value.start, e.reason())))?;
         if provenance.contains(hop.target.as_str()) {
             return Err(BatchError::NotForwardable {
                 base_offset,
@@ -595,15 +540,10 @@ fn splice(
             });
         }
     }
-    let too_large = |index: usize, span: &RecordSpan| {
-        fault(index)((span.record.start, "stamped record larger than 2 GiB"))
-    };
+    let too_large =
+        |index: usize, span: &RecordSpan| fault(index)((span.record.start, "stamped record larger than 2 GiB"));
     for (index, span) in spans.iter().enumerate() {
-        let loc = if index == 0 {
-            first_loc.clone()
-        } else {
-            find_provenance(data, span).map_err(fault(index))?
-        };
+        let loc = if index == 0 { first_loc.clone() } else { find_provenance(data, span).map_err(fault(index))? };
         match (loc, first_value) {
             (None, None) => {
                 // Append the fresh header after the record's own headers.
@@ -614,9 +554,8 @@ fn splice(
                     .headers_count
                     .checked_add(1)
                     .ok_or_else(|| fault(index)((span.headers.start, "too many headers")))?;
-                let body_len = span.body.len() - (count_end - span.headers.start)
-                    + varint_len(count)
-                    + hop.fresh_header.len();
+                let body_len =
+                    span.body.len() - (count_end - span.headers.start) + varint_len(count) + hop.fresh_header.len();
                 let body_len = i32::try_from(body_len).map_err(|_| too_large(index, span))?;
                 write_varint(out, body_len);
                 out.extend_from_slice(&data[span.body.start..span.headers.start]);
@@ -626,8 +565,8 @@ fn splice(
             }
             (Some(loc), Some(first_value)) if data.get(loc.value.clone()) == Some(first_value) => {
                 // Extend the existing value in place.
-                let value_len = i32::try_from(loc.value.len() + hop.suffix.len())
-                    .map_err(|_| too_large(index, span))?;
+                let value_len =
+                    i32::try_from(loc.value.len() + hop.suffix.len()).map_err(|_| too_large(index, span))?;
                 let body_len = span.body.len() - (loc.value.start - loc.value_len_start)
                     + varint_len(value_len)
                     + hop.suffix.len();
@@ -653,69 +592,46 @@ fn splice(
 
 /// The first record of uncompressed records data, length varint included.
 fn first_record_slice(data: &[u8]) -> Result<&[u8], BatchError> {
-    let malformed = |reason| BatchError::MalformedRecord {
-        base_offset: None,
-        index: 0,
-        position: 0,
-        reason,
-    };
+    let malformed = |reason| BatchError::MalformedRecord { base_offset: None, index: 0, position: 0, reason };
     let mut pos = 0;
     let len = read_varint(data, &mut pos).ok_or(malformed("malformed or missing record length"))?;
     let len = usize::try_from(len).map_err(|_| malformed("negative record length"))?;
     let end = pos
         .checked_add(len)
         .filter(|&end| end <= data.len())
-        .ok_or(malformed(
-            "record length runs past the end of the records data",
-        ))?;
+        .ok_or(malformed("record length runs past the end of the records data"))?;
     Ok(&data[..end])
 }
 
 fn decompress_error(codec: Compression, e: &dyn fmt::Display) -> BatchError {
-    BatchError::Decompress {
-        base_offset: None,
-        codec,
-        reason: e.to_string(),
-    }
+    BatchError::Decompress { base_offset: None, codec, reason: e.to_string() }
 }
 
 /// Decompresses just enough of `data` to return its first record (length
 /// varint included, nothing after it).
-fn first_record_compressed(
-    codec: Compression,
-    data: &[u8],
-    limit: usize,
-) -> Result<Vec<u8>, BatchError> {
+fn first_record_compressed(codec: Compression, data: &[u8], limit: usize) -> Result<Vec<u8>, BatchError> {
     match codec {
         Compression::None => first_record_slice(data).map(<[u8]>::to_vec),
-        Compression::Gzip => {
-            read_first_record(codec, flate2::bufread::MultiGzDecoder::new(data), limit)
-        }
-        Compression::Lz4 => {
-            read_first_record(codec, lz4_flex::frame::FrameDecoder::new(data), limit)
-        }
+        Compression::Gzip => read_first_record(codec, flate2::bufread::MultiGzDecoder::new(data), limit),
+        Compression::Lz4 => read_first_record(codec, lz4_flex::frame::FrameDecoder::new(data), limit),
         Compression::Zstd => ZSTD_CONTEXT.with(|cell| {
             // A context per thread: creating one (and its window buffer) for
             // every decision costs more than decoding the first block.
             let mut slot = cell.borrow_mut();
             let context = match &mut *slot {
                 Some(context) => context,
-                empty => {
-                    empty.insert(zstd::zstd_safe::DCtx::try_create().ok_or_else(|| {
-                        decompress_error(codec, &"cannot allocate a zstd context")
-                    })?)
-                }
+                empty => empty.insert(
+                    zstd::zstd_safe::DCtx::try_create()
+                        .ok_or_else(|| decompress_error(codec, &"cannot allocate a zstd context"))?,
+                ),
             };
             let decoder = zstd::stream::read::Decoder::with_context(data, context);
             read_first_record(codec, decoder, limit)
         }),
         Compression::Snappy => match snappy_framing(data) {
-            SnappyFraming::Xerial => {
-                read_first_record(codec, XerialReader::new(data, limit), limit)
-            }
+            SnappyFraming::Xerial => read_first_record(codec, XerialReader::new(data, limit), limit),
             SnappyFraming::Raw => {
-                let reader =
-                    RawSnappyReader::new(data, limit).map_err(|e| decompress_error(codec, &e))?;
+                let reader = RawSnappyReader::new(data, limit).map_err(|e| decompress_error(codec, &e))?;
                 read_first_record(codec, reader, limit)
             }
         },
@@ -728,17 +644,8 @@ thread_local! {
 }
 
 /// Reads from a decompressing reader until the first record is complete.
-fn read_first_record(
-    codec: Compression,
-    mut reader: impl Read,
-    limit: usize,
-) -> Result<Vec<u8>, BatchError> {
-    let malformed = |reason| BatchError::MalformedRecord {
-        base_offset: None,
-        index: 0,
-        position: 0,
-        reason,
-    };
+fn read_first_record(codec: Compression, mut reader: impl Read, limit: usize) -> Result<Vec<u8>, BatchError> {
+    let malformed = |reason| BatchError::MalformedRecord { base_offset: None, index: 0, position: 0, reason };
     let mut buf = Vec::with_capacity(256);
     let (len_end, len) = loop {
         let mut pos = 0;
@@ -748,10 +655,7 @@ fn read_first_record(
         if buf.len() >= 5 {
             return Err(malformed("malformed or missing record length"));
         }
-        let got = (&mut reader)
-            .take(64)
-            .read_to_end(&mut buf)
-            .map_err(|e| decompress_error(codec, &e))?;
+        let got = (&mut reader).take(64).read_to_end(&mut buf).map_err(|e| decompress_error(codec, &e))?;
         if got == 0 {
             return Err(malformed("malformed or missing record length"));
         }
@@ -759,22 +663,13 @@ fn read_first_record(
     let len = usize::try_from(len).map_err(|_| malformed("negative record length"))?;
     let need = len_end.saturating_add(len);
     if need > limit {
-        return Err(BatchError::DecompressedTooLarge {
-            base_offset: None,
-            codec,
-            limit,
-        });
+        return Err(BatchError::DecompressedTooLarge { base_offset: None, codec, limit });
     }
     if buf.len() < need {
-        (&mut reader)
-            .take((need - buf.len()) as u64)
-            .read_to_end(&mut buf)
-            .map_err(|e| decompress_error(codec, &e))?;
+        (&mut reader).take((need - buf.len()) as u64).read_to_end(&mut buf).map_err(|e| decompress_error(codec, &e))?;
     }
     if buf.len() < need {
-        return Err(malformed(
-            "record length runs past the end of the records data",
-        ));
+        return Err(malformed("record length runs past the end of the records data"));
     }
     buf.truncate(need);
     Ok(buf)
@@ -794,12 +689,7 @@ struct XerialReader<'a> {
 
 impl<'a> XerialReader<'a> {
     fn new(data: &'a [u8], limit: usize) -> Self {
-        Self {
-            rest: data,
-            block: Vec::new(),
-            pos: 0,
-            budget: limit,
-        }
+        Self { rest: data, block: Vec::new(), pos: 0, budget: limit }
     }
 
     /// Decodes the next block; `false` at the end of the stream.
@@ -809,10 +699,8 @@ impl<'a> XerialReader<'a> {
                 return Ok(false);
             }
             if self.rest.starts_with(XERIAL_MAGIC) {
-                self.rest = self
-                    .rest
-                    .get(XERIAL_HEADER_LEN..)
-                    .ok_or_else(|| io_error("xerial stream header cut short"))?;
+                self.rest =
+                    self.rest.get(XERIAL_HEADER_LEN..).ok_or_else(|| io_error("xerial stream header cut short"))?;
                 continue;
             }
             let len_bytes: [u8; 4] = self
@@ -820,12 +708,10 @@ impl<'a> XerialReader<'a> {
                 .get(..4)
                 .and_then(|b| b.try_into().ok())
                 .ok_or_else(|| io_error("xerial block length cut short"))?;
-            let len = usize::try_from(i32::from_be_bytes(len_bytes))
-                .map_err(|_| io_error("negative xerial block length"))?;
-            let block = self
-                .rest
-                .get(4..4 + len)
-                .ok_or_else(|| io_error("xerial block runs past the end of the data"))?;
+            let len =
+                usize::try_from(i32::from_be_bytes(len_bytes)).map_err(|_| io_error("negative xerial block length"))?;
+            let block =
+                self.rest.get(4..4 + len).ok_or_else(|| io_error("xerial block runs past the end of the data"))?;
             let n = snap::raw::decompress_len(block).map_err(|e| io_error(&e.to_string()))?;
             if n > self.budget {
                 return Err(io_error("snappy output exceeds the decompression limit"));
@@ -833,9 +719,8 @@ impl<'a> XerialReader<'a> {
             self.budget -= n;
             self.block.clear();
             self.block.resize(n, 0);
-            let written = snap::raw::Decoder::new()
-                .decompress(block, &mut self.block)
-                .map_err(|e| io_error(&e.to_string()))?;
+            let written =
+                snap::raw::Decoder::new().decompress(block, &mut self.block).map_err(|e| io_error(&e.to_string()))?;
             self.block.truncate(written);
             self.pos = 0;
             self.rest = &self.rest[4 + len..];
@@ -879,9 +764,7 @@ impl<'a> RawSnappyReader<'a> {
         let mut total: u64 = 0;
         let mut ip = 0;
         for shift in (0..35).step_by(7) {
-            let b = *input
-                .get(ip)
-                .ok_or_else(|| io_error("snappy length preamble cut short"))?;
+            let b = *input.get(ip).ok_or_else(|| io_error("snappy length preamble cut short"))?;
             ip += 1;
             total |= u64::from(b & 0x7f) << shift;
             if b & 0x80 == 0 {
@@ -895,20 +778,11 @@ impl<'a> RawSnappyReader<'a> {
             .ok()
             .filter(|&t| t <= limit && u32::try_from(t).is_ok())
             .ok_or_else(|| io_error("snappy output exceeds the decompression limit"))?;
-        Ok(Self {
-            input,
-            ip,
-            out: Vec::with_capacity(total.min(RAW_SNAPPY_STEP * 2)),
-            total,
-            read: 0,
-        })
+        Ok(Self { input, ip, out: Vec::with_capacity(total.min(RAW_SNAPPY_STEP * 2)), total, read: 0 })
     }
 
     fn byte(&mut self) -> io::Result<usize> {
-        let b = *self
-            .input
-            .get(self.ip)
-            .ok_or_else(|| io_error("snappy element cut short"))?;
+        let b = *self.input.get(self.ip).ok_or_else(|| io_error("snappy element cut short"))?;
         self.ip += 1;
         Ok(usize::from(b))
     }

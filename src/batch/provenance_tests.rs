@@ -8,8 +8,8 @@ use proptest::prelude::*;
 
 use super::super::testutil::{control_batch, TestBatch, TestRecord};
 use super::super::{
-    compress, compress_snappy, decompress, records, split_batches, BatchError, Compression,
-    ProducerStamp, SnappyFraming, VerifiedBatch, HEADER_LEN,
+    compress, compress_snappy, decompress, records, split_batches, BatchError, Compression, ProducerStamp,
+    SnappyFraming, VerifiedBatch, HEADER_LEN,
 };
 use super::*;
 
@@ -27,13 +27,7 @@ fn verified(bytes: Vec<u8>) -> VerifiedBatch {
     let split = split_batches(Bytes::from(bytes)).expect("split");
     assert!(!split.truncated_tail);
     assert_eq!(split.batches.len(), 1);
-    split
-        .batches
-        .into_iter()
-        .next()
-        .unwrap()
-        .verify()
-        .expect("verify")
+    split.batches.into_iter().next().unwrap().verify().expect("verify")
 }
 
 /// Sets batchLength and the CRC after a hand edit.
@@ -45,10 +39,7 @@ fn reseal(b: &mut [u8]) {
 }
 
 fn all_framings() -> Vec<(Compression, SnappyFraming)> {
-    let mut v: Vec<_> = Compression::ALL
-        .iter()
-        .map(|&c| (c, SnappyFraming::Xerial))
-        .collect();
+    let mut v: Vec<_> = Compression::ALL.iter().map(|&c| (c, SnappyFraming::Xerial)).collect();
     v.push((Compression::Snappy, SnappyFraming::Raw));
     v
 }
@@ -117,23 +108,9 @@ fn with_appended(want: &[TestRecord], value: &str) -> Vec<TestRecord> {
 /// Everything but batchLength and the CRC is kept.
 fn assert_header_kept(before: &VerifiedBatch, after: &VerifiedBatch) {
     let (a, b) = (before.header(), after.header());
-    assert_eq!(
-        BatchHeader {
-            batch_length: 0,
-            crc: 0,
-            ..*a
-        },
-        BatchHeader {
-            batch_length: 0,
-            crc: 0,
-            ..*b
-        }
-    );
+    assert_eq!(BatchHeader { batch_length: 0, crc: 0, ..*a }, BatchHeader { batch_length: 0, crc: 0, ..*b });
     assert_eq!(&before.bytes()[12..17], &after.bytes()[12..17]);
-    assert_eq!(
-        &before.bytes()[21..HEADER_LEN],
-        &after.bytes()[21..HEADER_LEN]
-    );
+    assert_eq!(&before.bytes()[21..HEADER_LEN], &after.bytes()[21..HEADER_LEN]);
     assert_eq!(b.total_len(), Some(after.bytes().len()));
     // The output is a batch of its own with a valid CRC.
     assert_eq!(&verified(after.bytes().to_vec()), after);
@@ -141,23 +118,11 @@ fn assert_header_kept(before: &VerifiedBatch, after: &VerifiedBatch) {
 
 #[test]
 fn cluster_ids_are_validated() {
-    for good in [
-        "a",
-        "east-1",
-        "dc_2.prod",
-        "MkU3OEVBNTcwNTJENDM2Qk",
-        &"x".repeat(255),
-    ] {
+    for good in ["a", "east-1", "dc_2.prod", "MkU3OEVBNTcwNTJENDM2Qk", &"x".repeat(255)] {
         assert_eq!(ClusterId::new(good).unwrap().as_str(), good);
     }
     for bad in ["", "a,b", "a:b", "a b", "é", "a\n", &"x".repeat(256)] {
-        assert!(
-            matches!(
-                ClusterId::new(bad),
-                Err(ProvenanceError::InvalidClusterId { .. })
-            ),
-            "{bad:?}"
-        );
+        assert!(matches!(ClusterId::new(bad), Err(ProvenanceError::InvalidClusterId { .. })), "{bad:?}");
     }
     assert_eq!("east".parse::<ClusterId>().unwrap(), id("east"));
 }
@@ -174,10 +139,7 @@ fn value_encoding_round_trips_and_is_strict() {
     let three = p.with_hop(&id("c"));
     assert_eq!(three.encode(), b"v1:east,west,c");
     assert_eq!(three.clusters().len(), 3);
-    assert_eq!(
-        Provenance::decode(b"v1:solo").unwrap().clusters(),
-        [id("solo")]
-    );
+    assert_eq!(Provenance::decode(b"v1:solo").unwrap().clusters(), [id("solo")]);
     for bad in [
         &b""[..],
         b"v1:",
@@ -192,13 +154,7 @@ fn value_encoding_round_trips_and_is_strict() {
         b"v1:a\xff",
         b" v1:a",
     ] {
-        assert!(
-            matches!(
-                Provenance::decode(bad),
-                Err(ProvenanceError::Malformed { .. })
-            ),
-            "{bad:?}"
-        );
+        assert!(matches!(Provenance::decode(bad), Err(ProvenanceError::Malformed { .. })), "{bad:?}");
     }
     assert!(Provenance::new(vec![]).is_err());
 }
@@ -216,69 +172,40 @@ fn fresh_records_get_source_and_target_after_their_own_headers() {
         let v = verified(tb.build());
         assert_eq!(first_record_provenance(&v).unwrap(), None);
         let h = hop("east", "west");
-        assert_eq!(
-            h.decide(&v).unwrap(),
-            Decision::Forward { provenance: None }
-        );
+        assert_eq!(h.decide(&v).unwrap(), Decision::Forward { provenance: None });
         let out = h.stamp(v.clone()).unwrap();
         assert_header_kept(&v, &out);
-        assert_eq!(
-            records_of(&out),
-            with_appended(&app_records(), "v1:east,west"),
-            "{codec} {framing:?}"
-        );
+        assert_eq!(records_of(&out), with_appended(&app_records(), "v1:east,west"), "{codec} {framing:?}");
         if codec == Compression::Snappy {
             assert_eq!(snappy_framing(out.records_data()), framing);
         }
-        assert_eq!(
-            first_record_provenance(&out).unwrap().unwrap().encode(),
-            b"v1:east,west"
-        );
+        assert_eq!(first_record_provenance(&out).unwrap().unwrap().encode(), b"v1:east,west");
     }
 }
 
 #[test]
 fn second_hop_extends_the_value_in_place() {
     for (codec, framing) in all_framings() {
-        let tb = TestBatch {
-            compression: codec,
-            snappy_framing: framing,
-            ..TestBatch::with_records(app_records())
-        };
+        let tb = TestBatch { compression: codec, snappy_framing: framing, ..TestBatch::with_records(app_records()) };
         let once = hop("a", "b").stamp(verified(tb.build())).unwrap();
         let twice = hop("b", "c").stamp(once.clone()).unwrap();
         assert_header_kept(&once, &twice);
-        assert_eq!(
-            records_of(&twice),
-            with_appended(&app_records(), "v1:a,b,c")
-        );
+        assert_eq!(records_of(&twice), with_appended(&app_records(), "v1:a,b,c"));
         // Not written back to a, nor to b.
         for back in ["a", "b"] {
             let d = hop("c", back).decide(&twice).unwrap();
-            assert_eq!(
-                d,
-                Decision::Skip {
-                    provenance: Provenance::decode(b"v1:a,b,c").unwrap()
-                },
-                "{codec}"
-            );
+            assert_eq!(d, Decision::Skip { provenance: Provenance::decode(b"v1:a,b,c").unwrap() }, "{codec}");
             assert!(d.is_skip());
             assert!(matches!(
                 hop("c", back).stamp(twice.clone()),
-                Err(BatchError::NotForwardable {
-                    base_offset: 1000,
-                    ..
-                })
+                Err(BatchError::NotForwardable { base_offset: 1000, .. })
             ));
         }
         // A source that is not the list's last still only appends the target.
         let d = hop("x", "d").decide(&twice).unwrap();
         assert!(!d.is_skip());
         let fourth = hop("x", "d").stamp(twice).unwrap();
-        assert_eq!(
-            records_of(&fourth),
-            with_appended(&app_records(), "v1:a,b,c,d")
-        );
+        assert_eq!(records_of(&fourth), with_appended(&app_records(), "v1:a,b,c,d"));
     }
 }
 
@@ -290,11 +217,7 @@ fn existing_header_keeps_its_position() {
         r.headers.push((b"after".to_vec(), Some(b"z".to_vec())));
     }
     for (codec, framing) in all_framings() {
-        let tb = TestBatch {
-            compression: codec,
-            snappy_framing: framing,
-            ..TestBatch::with_records(recs.clone())
-        };
+        let tb = TestBatch { compression: codec, snappy_framing: framing, ..TestBatch::with_records(recs.clone()) };
         let out = hop("b", "c").stamp(verified(tb.build())).unwrap();
         let mut want = recs.clone();
         for r in &mut want {
@@ -309,22 +232,12 @@ fn refusals_are_typed() {
     let h = hop("a", "b");
     // Control batches.
     let ctl = verified(control_batch(1).build());
-    assert!(matches!(
-        h.decide(&ctl),
-        Err(BatchError::NotForwardable { .. })
-    ));
-    assert!(matches!(
-        h.stamp(ctl),
-        Err(BatchError::NotForwardable { .. })
-    ));
+    assert!(matches!(h.decide(&ctl), Err(BatchError::NotForwardable { .. })));
+    assert!(matches!(h.stamp(ctl), Err(BatchError::NotForwardable { .. })));
 
     let malformed = |recs: Vec<TestRecord>, want_index: usize| {
         for (codec, framing) in all_framings() {
-            let tb = TestBatch {
-                compression: codec,
-                snappy_framing: framing,
-                ..TestBatch::with_records(recs.clone())
-            };
+            let tb = TestBatch { compression: codec, snappy_framing: framing, ..TestBatch::with_records(recs.clone()) };
             let err = h.stamp(verified(tb.build())).unwrap_err();
             assert!(
                 matches!(err, BatchError::MalformedRecord { base_offset: Some(1000), index, .. } if index == want_index),
@@ -332,14 +245,9 @@ fn refusals_are_typed() {
             );
         }
     };
-    let rec = |headers: Vec<(Vec<u8>, Option<Vec<u8>>)>| TestRecord {
-        headers,
-        ..TestRecord::new(0, Some(b"k"), Some(b"v"))
-    };
-    let second = |headers| TestRecord {
-        offset_delta: 1,
-        ..rec(headers)
-    };
+    let rec =
+        |headers: Vec<(Vec<u8>, Option<Vec<u8>>)>| TestRecord { headers, ..TestRecord::new(0, Some(b"k"), Some(b"v")) };
+    let second = |headers| TestRecord { offset_delta: 1, ..rec(headers) };
     // Duplicate, null and malformed provenance headers.
     malformed(vec![rec(vec![prov("v1:x"), prov("v1:x")])], 0);
     malformed(vec![rec(vec![(KEY.to_vec(), None)])], 0);
@@ -351,10 +259,7 @@ fn refusals_are_typed() {
     malformed(vec![rec(vec![prov("v1:x")]), second(vec![prov("v1:y")])], 1);
     // The decision only looks at the first record, but reports a bad one.
     let v = verified(TestBatch::with_records(vec![rec(vec![prov("v1:x:y")])]).build());
-    assert!(matches!(
-        first_record_provenance(&v),
-        Err(BatchError::MalformedRecord { index: 0, .. })
-    ));
+    assert!(matches!(first_record_provenance(&v), Err(BatchError::MalformedRecord { index: 0, .. })));
     // Target already in the list.
     let v = verified(TestBatch::with_records(vec![rec(vec![prov("v1:b,a")])]).build());
     assert!(matches!(h.stamp(v), Err(BatchError::NotForwardable { .. })));
@@ -365,10 +270,7 @@ fn empty_batch_is_left_alone() {
     let v = verified(TestBatch::default().build());
     let h = hop("a", "b");
     assert_eq!(first_record_provenance(&v).unwrap(), None);
-    assert_eq!(
-        h.decide(&v).unwrap(),
-        Decision::Forward { provenance: None }
-    );
+    assert_eq!(h.decide(&v).unwrap(), Decision::Forward { provenance: None });
     assert_eq!(h.stamp(v.clone()).unwrap(), v);
 }
 
@@ -376,17 +278,13 @@ fn empty_batch_is_left_alone() {
 fn varints_grow_across_their_boundaries() {
     // 63 headers: the count varint goes from 1 to 2 bytes (zigzag 126 → 128).
     let mut many = TestRecord::new(0, Some(b"k"), None);
-    many.headers = (0..63)
-        .map(|i| (format!("h{i}").into_bytes(), None))
-        .collect();
+    many.headers = (0..63).map(|i| (format!("h{i}").into_bytes(), None)).collect();
     // A record body of 60 bytes: + the fresh header crosses 63 (1-byte zigzag).
     let small = TestRecord::new(1, Some(&[7; 20]), Some(&[9; 30]));
     // A body just under 8191 (2-byte) that needs 3 bytes after stamping.
     let big = TestRecord::new(2, None, Some(&[1; 8180]));
     let recs = vec![many, small, big];
-    let out = hop("a", "b")
-        .stamp(verified(TestBatch::with_records(recs.clone()).build()))
-        .unwrap();
+    let out = hop("a", "b").stamp(verified(TestBatch::with_records(recs.clone()).build())).unwrap();
     assert_eq!(records_of(&out), with_appended(&recs, "v1:a,b"));
     let out = hop("b", "c").stamp(out).unwrap();
     assert_eq!(records_of(&out), with_appended(&recs, "v1:a,b,c"));
@@ -394,20 +292,14 @@ fn varints_grow_across_their_boundaries() {
     let long = format!("v1:{}", "q".repeat(59));
     let mut r = TestRecord::new(0, None, None);
     r.headers = vec![prov(&long)];
-    let out = hop("q", "zz")
-        .stamp(verified(TestBatch::with_records(vec![r.clone()]).build()))
-        .unwrap();
+    let out = hop("q", "zz").stamp(verified(TestBatch::with_records(vec![r.clone()]).build())).unwrap();
     r.headers = vec![prov(&format!("{long},zz"))];
     assert_eq!(records_of(&out), vec![r]);
 }
 
 #[test]
 fn stamped_compacted_batch_goes_through_into_outgoing() {
-    let stamp = ProducerStamp {
-        producer_id: 9,
-        producer_epoch: 1,
-        base_sequence: 3,
-    };
+    let stamp = ProducerStamp { producer_id: 9, producer_epoch: 1, base_sequence: 3 };
     for (codec, framing) in all_framings() {
         let mut recs = app_records();
         recs[1].offset_delta = 4;
@@ -429,11 +321,7 @@ fn stamped_compacted_batch_goes_through_into_outgoing() {
         assert_eq!(set.records.len(), 4, "{codec}");
         for (i, r) in set.records.iter().enumerate() {
             assert_eq!(r.offset, i as i64);
-            let prov = r
-                .headers
-                .iter()
-                .find(|(k, _)| k.as_bytes() == KEY)
-                .and_then(|(_, v)| v.clone());
+            let prov = r.headers.iter().find(|(k, _)| k.as_bytes() == KEY).and_then(|(_, v)| v.clone());
             assert_eq!(prov.as_deref(), Some(&b"v1:a,b"[..]));
         }
     }
@@ -444,19 +332,14 @@ fn stamped_compacted_batch_goes_through_into_outgoing() {
 fn cut_batch(codec: Compression, framing: SnappyFraming, keep_fraction: f64) -> Vec<u8> {
     let recs: Vec<_> = (0..300)
         .map(|i| {
-            let value: Vec<u8> = (0..1000u32)
-                .map(|j| (j.wrapping_mul(2_654_435_761).wrapping_add(i * 7919) >> 13) as u8)
-                .collect();
+            let value: Vec<u8> =
+                (0..1000u32).map(|j| (j.wrapping_mul(2_654_435_761).wrapping_add(i * 7919) >> 13) as u8).collect();
             let mut r = TestRecord::new(i as i32, Some(b"key"), Some(&value));
             r.headers = vec![(b"app".to_vec(), None), prov("v1:a,b")];
             r
         })
         .collect();
-    let tb = TestBatch {
-        compression: codec,
-        snappy_framing: framing,
-        ..TestBatch::with_records(recs)
-    };
+    let tb = TestBatch { compression: codec, snappy_framing: framing, ..TestBatch::with_records(recs) };
     let mut b = tb.build();
     let body = b.len() - HEADER_LEN;
     b.truncate(HEADER_LEN + (body as f64 * keep_fraction) as usize);
@@ -472,10 +355,7 @@ fn compressed_decision_reads_only_the_first_record() {
         }
         let v = verified(cut_batch(codec, framing, 0.5));
         // The whole stream is broken, so a full decompression fails...
-        assert!(
-            v.decompressed_records().is_err() || v.record_spans().is_err(),
-            "{codec}"
-        );
+        assert!(v.decompressed_records().is_err() || v.record_spans().is_err(), "{codec}");
         // ...but the first record is there and is all the decision needs.
         assert_eq!(
             first_record_provenance(&v).unwrap(),
@@ -512,10 +392,7 @@ fn raw_snappy_reader_matches_snap() {
     }
     let packed = compress_snappy(&data, SnappyFraming::Raw).unwrap();
     let mut got = Vec::new();
-    RawSnappyReader::new(&packed, 1 << 30)
-        .unwrap()
-        .read_to_end(&mut got)
-        .unwrap();
+    RawSnappyReader::new(&packed, 1 << 30).unwrap().read_to_end(&mut got).unwrap();
     assert_eq!(got, data);
     assert!(RawSnappyReader::new(&packed, 1000).is_err());
 }
@@ -544,22 +421,10 @@ fn arb_codec() -> impl Strategy<Value = (Compression, SnappyFraming)> {
 }
 
 /// (timestamp delta, key, value, header values, offset gap)
-type ArbRecord = (
-    i64,
-    Option<Vec<u8>>,
-    Option<Vec<u8>>,
-    Vec<Option<Vec<u8>>>,
-    u8,
-);
+type ArbRecord = (i64, Option<Vec<u8>>, Option<Vec<u8>>, Vec<Option<Vec<u8>>>, u8);
 
 fn arb_record() -> impl Strategy<Value = ArbRecord> {
-    (
-        -1_000_000i64..1_000_000,
-        arb_bytes(),
-        arb_bytes(),
-        proptest::collection::vec(arb_bytes(), 0..5),
-        0u8..3,
-    )
+    (-1_000_000i64..1_000_000, arb_bytes(), arb_bytes(), proptest::collection::vec(arb_bytes(), 0..5), 0u8..3)
 }
 
 fn build_from(recs: &[ArbRecord], codec: (Compression, SnappyFraming)) -> TestBatch {
@@ -574,19 +439,11 @@ fn build_from(recs: &[ArbRecord], codec: (Compression, SnappyFraming)) -> TestBa
                 key: k.clone(),
                 value: v.clone(),
                 // Unique ASCII keys: kafka_protocol keeps headers in a map.
-                headers: hs
-                    .iter()
-                    .enumerate()
-                    .map(|(i, hv)| (format!("h{i}").into_bytes(), hv.clone()))
-                    .collect(),
+                headers: hs.iter().enumerate().map(|(i, hv)| (format!("h{i}").into_bytes(), hv.clone())).collect(),
             }
         })
         .collect();
-    TestBatch {
-        compression: codec.0,
-        snappy_framing: codec.1,
-        ..TestBatch::with_records(records)
-    }
+    TestBatch { compression: codec.0, snappy_framing: codec.1, ..TestBatch::with_records(records) }
 }
 
 fn arb_id() -> impl Strategy<Value = String> {

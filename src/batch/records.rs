@@ -128,10 +128,7 @@ pub(crate) fn varint_len(value: i32) -> usize {
 /// Fails if a varint is malformed, a length is negative or runs past the
 /// record, a record does not consume exactly its declared length, there are
 /// fewer than `count` records, or bytes remain after the last one.
-pub fn walk_records(
-    decompressed_records: &[u8],
-    count: i32,
-) -> Result<Vec<RecordSpan>, BatchError> {
+pub fn walk_records(decompressed_records: &[u8], count: i32) -> Result<Vec<RecordSpan>, BatchError> {
     let data = decompressed_records;
     let count = usize::try_from(count).map_err(|_| BatchError::MalformedRecord {
         base_offset: None,
@@ -142,13 +139,12 @@ pub fn walk_records(
     let mut spans = Vec::with_capacity(count.min(data.len() / MIN_RECORD_LEN + 1));
     let mut pos = 0usize;
     for index in 0..count {
-        let span =
-            walk_one(data, pos).map_err(|(position, reason)| BatchError::MalformedRecord {
-                base_offset: None,
-                index,
-                position,
-                reason,
-            })?;
+        let span = walk_one(data, pos).map_err(|(position, reason)| BatchError::MalformedRecord {
+            base_offset: None,
+            index,
+            position,
+            reason,
+        })?;
         pos = span.record.end;
         spans.push(span);
     }
@@ -179,18 +175,15 @@ fn nullable_bytes(
     }
     let len = usize::try_from(len).map_err(|_| (at, what_bad_len))?;
     let start = *pos;
-    let end = start
-        .checked_add(len)
-        .filter(|&end| end <= body.len())
-        .ok_or((at, "field runs past the end of the record"))?;
+    let end =
+        start.checked_add(len).filter(|&end| end <= body.len()).ok_or((at, "field runs past the end of the record"))?;
     *pos = end;
     Ok(Some(start..end))
 }
 
 fn walk_one(data: &[u8], start: usize) -> Result<RecordSpan, WalkError> {
     let mut pos = start;
-    let length =
-        read_varint(data, &mut pos).ok_or((start, "malformed or missing record length"))?;
+    let length = read_varint(data, &mut pos).ok_or((start, "malformed or missing record length"))?;
     let length = usize::try_from(length).map_err(|_| (start, "negative record length"))?;
     let body_start = pos;
     let body_end = body_start
@@ -200,21 +193,17 @@ fn walk_one(data: &[u8], start: usize) -> Result<RecordSpan, WalkError> {
     // Parse inside the body only, so nothing can run into the next record.
     let body = &data[..body_end];
 
-    let attributes = *body
-        .get(pos)
-        .ok_or((pos, "record shorter than its attributes byte"))? as i8;
+    let attributes = *body.get(pos).ok_or((pos, "record shorter than its attributes byte"))? as i8;
     pos += 1;
     let at = pos;
     let timestamp_delta = read_varlong(body, &mut pos).ok_or((at, "malformed timestamp delta"))?;
     let delta_start = pos;
-    let offset_delta =
-        read_varint(body, &mut pos).ok_or((delta_start, "malformed offset delta"))?;
+    let offset_delta = read_varint(body, &mut pos).ok_or((delta_start, "malformed offset delta"))?;
     let offset_delta_bytes = delta_start..pos;
     let key = nullable_bytes(body, &mut pos, "key length below -1", true)?;
     let value = nullable_bytes(body, &mut pos, "value length below -1", true)?;
     let headers_start = pos;
-    let headers_count =
-        read_varint(body, &mut pos).ok_or((headers_start, "malformed header count"))?;
+    let headers_count = read_varint(body, &mut pos).ok_or((headers_start, "malformed header count"))?;
     if headers_count < 0 {
         return Err((headers_start, "negative header count"));
     }
@@ -263,20 +252,7 @@ mod tests {
 
     #[test]
     fn varint_round_trip_and_len() {
-        for v in [
-            0,
-            1,
-            -1,
-            63,
-            -64,
-            64,
-            300,
-            -300,
-            i32::MAX,
-            i32::MIN,
-            1 << 20,
-            1 << 27,
-        ] {
+        for v in [0, 1, -1, 63, -64, 64, 300, -300, i32::MAX, i32::MIN, 1 << 20, 1 << 27] {
             let mut out = Vec::new();
             write_varint(&mut out, v);
             assert_eq!(out.len(), varint_len(v), "len of {v}");
@@ -289,10 +265,7 @@ mod tests {
     #[test]
     fn varint_rejects_overlong_and_truncated() {
         let mut pos = 0;
-        assert_eq!(
-            read_varint(&[0x80, 0x80, 0x80, 0x80, 0x80, 0x01], &mut pos),
-            None
-        );
+        assert_eq!(read_varint(&[0x80, 0x80, 0x80, 0x80, 0x80, 0x01], &mut pos), None);
         let mut pos = 0;
         assert_eq!(read_varint(&[0x80], &mut pos), None);
         let mut pos = 0;

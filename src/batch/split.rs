@@ -53,11 +53,7 @@ impl RawBatch {
         let base_offset = header.base_offset;
         let computed = crc32c::crc32c(self.bytes.get(super::CRC_START..).unwrap_or_default());
         if computed != header.crc {
-            return Err(BatchError::CrcMismatch {
-                base_offset,
-                stored: header.crc,
-                computed,
-            });
+            return Err(BatchError::CrcMismatch { base_offset, stored: header.crc, computed });
         }
         header.compression()?;
         if header.records_count < 0 {
@@ -110,15 +106,11 @@ pub fn split_batches(records: Bytes) -> Result<Split, BatchError> {
         if batch_length < MIN_BATCH_LENGTH {
             return Err(BatchError::Corrupt {
                 base_offset,
-                reason: format!(
-                    "batch length {batch_length} is below the minimum of {MIN_BATCH_LENGTH} bytes"
-                ),
+                reason: format!("batch length {batch_length} is below the minimum of {MIN_BATCH_LENGTH} bytes"),
             });
         }
-        let total = usize::try_from(batch_length)
-            .ok()
-            .and_then(|l| l.checked_add(super::LOG_OVERHEAD))
-            .unwrap_or(usize::MAX);
+        let total =
+            usize::try_from(batch_length).ok().and_then(|l| l.checked_add(super::LOG_OVERHEAD)).unwrap_or(usize::MAX);
         if total > rest.len() {
             split.truncated_tail = true;
             break;

@@ -6,11 +6,7 @@ use proptest::prelude::*;
 use super::testutil::{control_batch, TestBatch, TestRecord};
 use super::*;
 
-const STAMP: ProducerStamp = ProducerStamp {
-    producer_id: 99,
-    producer_epoch: 1,
-    base_sequence: 500,
-};
+const STAMP: ProducerStamp = ProducerStamp { producer_id: 99, producer_epoch: 1, base_sequence: 500 };
 
 fn one(bytes: Vec<u8>) -> RawBatch {
     let split = split_batches(Bytes::from(bytes)).expect("split");
@@ -21,21 +17,14 @@ fn one(bytes: Vec<u8>) -> RawBatch {
 
 fn sample_records() -> Vec<TestRecord> {
     let mut r0 = TestRecord::new(0, Some(b"k0"), Some(b"v0"));
-    r0.headers = vec![
-        (b"h1".to_vec(), Some(b"x".to_vec())),
-        (b"h2".to_vec(), None),
-        (Vec::new(), Some(Vec::new())),
-    ];
+    r0.headers = vec![(b"h1".to_vec(), Some(b"x".to_vec())), (b"h2".to_vec(), None), (Vec::new(), Some(Vec::new()))];
     let r1 = TestRecord::new(1, None, Some(b""));
     let r2 = TestRecord::new(2, Some(b""), None);
     vec![r0, r1, r2]
 }
 
 fn all_framings() -> Vec<(Compression, SnappyFraming)> {
-    let mut v: Vec<_> = Compression::ALL
-        .iter()
-        .map(|&c| (c, SnappyFraming::Xerial))
-        .collect();
+    let mut v: Vec<_> = Compression::ALL.iter().map(|&c| (c, SnappyFraming::Xerial)).collect();
     v.push((Compression::Snappy, SnappyFraming::Raw));
     v
 }
@@ -100,28 +89,17 @@ fn header_parses_all_fields() {
 #[test]
 fn records_round_trip_through_walker_for_every_codec() {
     for (compression, snappy_framing) in all_framings() {
-        let tb = TestBatch {
-            compression,
-            snappy_framing,
-            ..TestBatch::with_records(sample_records())
-        };
-        assert_eq!(
-            walked(&tb.build()),
-            sample_records(),
-            "{compression} {snappy_framing:?}"
-        );
+        let tb = TestBatch { compression, snappy_framing, ..TestBatch::with_records(sample_records()) };
+        assert_eq!(walked(&tb.build()), sample_records(), "{compression} {snappy_framing:?}");
     }
 }
 
 #[test]
 fn split_is_zero_copy_and_ordered() {
     let a = TestBatch::with_records(sample_records()).build();
-    let b = TestBatch {
-        base_offset: 1003,
-        compression: Compression::Gzip,
-        ..TestBatch::with_records(sample_records())
-    }
-    .build();
+    let b =
+        TestBatch { base_offset: 1003, compression: Compression::Gzip, ..TestBatch::with_records(sample_records()) }
+            .build();
     let input = Bytes::from([a.clone(), b.clone()].concat());
     let split = split_batches(input.clone()).unwrap();
     assert!(!split.truncated_tail);
@@ -136,15 +114,10 @@ fn split_is_zero_copy_and_ordered() {
 #[test]
 fn truncated_tail_at_every_cut_point() {
     let a = TestBatch::with_records(sample_records()).build();
-    let b = TestBatch {
-        compression: Compression::Zstd,
-        ..TestBatch::with_records(sample_records())
-    }
-    .build();
+    let b = TestBatch { compression: Compression::Zstd, ..TestBatch::with_records(sample_records()) }.build();
     let all = [a.clone(), b.clone()].concat();
     for cut in 0..=all.len() {
-        let split = split_batches(Bytes::copy_from_slice(&all[..cut]))
-            .unwrap_or_else(|e| panic!("cut {cut}: {e}"));
+        let split = split_batches(Bytes::copy_from_slice(&all[..cut])).unwrap_or_else(|e| panic!("cut {cut}: {e}"));
         let expect = usize::from(cut >= a.len()) + usize::from(cut == all.len());
         assert_eq!(split.batches.len(), expect, "cut {cut}");
         let at_boundary = cut == 0 || cut == a.len() || cut == all.len();
@@ -158,10 +131,7 @@ fn unsupported_magic_is_an_error() {
     a[16] = 1;
     assert_eq!(
         split_batches(Bytes::from(a)).unwrap_err(),
-        BatchError::UnsupportedMagic {
-            base_offset: 1000,
-            magic: 1
-        }
+        BatchError::UnsupportedMagic { base_offset: 1000, magic: 1 }
     );
 }
 
@@ -171,16 +141,7 @@ fn bad_batch_length_is_corrupt() {
         let mut a = TestBatch::with_records(sample_records()).build();
         a[8..12].copy_from_slice(&len.to_be_bytes());
         let err = split_batches(Bytes::from(a)).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                BatchError::Corrupt {
-                    base_offset: 1000,
-                    ..
-                }
-            ),
-            "{len}: {err}"
-        );
+        assert!(matches!(err, BatchError::Corrupt { base_offset: 1000, .. }), "{len}: {err}");
         assert!(err.to_string().contains("offset 1000"), "{err}");
     }
     // Exactly 49 is a legal (empty) batch.
@@ -193,12 +154,8 @@ fn bad_batch_length_is_corrupt() {
 #[test]
 fn every_bit_flip_after_byte_17_is_detected() {
     for (compression, framing) in all_framings() {
-        let good = TestBatch {
-            compression,
-            snappy_framing: framing,
-            ..TestBatch::with_records(sample_records())
-        }
-        .build();
+        let good =
+            TestBatch { compression, snappy_framing: framing, ..TestBatch::with_records(sample_records()) }.build();
         for byte in 17..good.len() {
             for bit in 0..8 {
                 let mut bad = good.clone();
@@ -210,13 +167,7 @@ fn every_bit_flip_after_byte_17_is_detected() {
                         let raw = split.batches.into_iter().next().expect("complete batch");
                         let err = raw.verify().expect_err("flip must be detected");
                         assert!(
-                            matches!(
-                                err,
-                                BatchError::CrcMismatch {
-                                    base_offset: 1000,
-                                    ..
-                                }
-                            ),
+                            matches!(err, BatchError::CrcMismatch { base_offset: 1000, .. }),
                             "{compression} byte {byte} bit {bit}: {err}"
                         );
                     }
@@ -246,10 +197,7 @@ fn pass_through_patches_header_only() {
     assert_eq!(BatchHeader::parse(b).unwrap(), h);
     assert_eq!(h.base_offset, 0);
     assert_eq!(h.partition_leader_epoch, 7);
-    assert_eq!(
-        (h.producer_id, h.producer_epoch, h.base_sequence),
-        (99, 1, 500)
-    );
+    assert_eq!((h.producer_id, h.producer_epoch, h.base_sequence), (99, 1, 500));
     assert!(!h.is_transactional());
     assert!(h.is_log_append_time() && h.has_delete_horizon());
     assert_eq!(h.compression().unwrap(), Compression::Snappy);
@@ -269,16 +217,8 @@ fn unchanged_crc_covered_bytes_keep_the_crc() {
         ..TestBatch::with_records(sample_records())
     };
     let input = tb.build();
-    let out = one(input.clone())
-        .verify()
-        .unwrap()
-        .into_outgoing(STAMP)
-        .unwrap();
-    assert_eq!(
-        &out.bytes()[8..],
-        &input[8..],
-        "only the base offset differs"
-    );
+    let out = one(input.clone()).verify().unwrap().into_outgoing(STAMP).unwrap();
+    assert_eq!(&out.bytes()[8..], &input[8..], "only the base offset differs");
     assert_eq!(&out.bytes()[..8], &[0; 8]);
 }
 
@@ -309,14 +249,8 @@ fn renumbers_compacted_batch_for_every_codec() {
             assert_eq!(snappy_framing(&out.bytes()[HEADER_LEN..]), framing);
         }
         let got = walked(out.bytes());
-        let want: Vec<_> = recs
-            .into_iter()
-            .enumerate()
-            .map(|(i, r)| TestRecord {
-                offset_delta: i as i32,
-                ..r
-            })
-            .collect();
+        let want: Vec<_> =
+            recs.into_iter().enumerate().map(|(i, r)| TestRecord { offset_delta: i as i32, ..r }).collect();
         assert_eq!(got, want, "{compression} {framing:?}");
         let re = one(out.bytes().to_vec()).verify().unwrap();
         assert!(!re.needs_renumbering());
@@ -325,25 +259,16 @@ fn renumbers_compacted_batch_for_every_codec() {
 
 #[test]
 fn renumbering_shrinks_multibyte_offset_deltas() {
-    let recs: Vec<_> = [0, 200, 70_000, 20_000_000]
-        .iter()
-        .map(|&d| TestRecord::new(d, Some(b"key"), Some(b"value")))
-        .collect();
+    let recs: Vec<_> =
+        [0, 200, 70_000, 20_000_000].iter().map(|&d| TestRecord::new(d, Some(b"key"), Some(b"value"))).collect();
     let input = TestBatch::with_records(recs.clone()).build();
-    let out = one(input.clone())
-        .verify()
-        .unwrap()
-        .into_outgoing(STAMP)
-        .unwrap();
+    let out = one(input.clone()).verify().unwrap().into_outgoing(STAMP).unwrap();
     // Deltas 200, 70000 and 20M take 2, 3 and 4 bytes; 1, 2, 3 take one.
     assert_eq!(out.bytes().len(), input.len() - 1 - 2 - 3);
     let got = walked(out.bytes());
     for (i, (g, r)) in got.iter().zip(&recs).enumerate() {
         assert_eq!(g.offset_delta, i as i32);
-        assert_eq!(
-            (&g.key, &g.value, g.timestamp_delta),
-            (&r.key, &r.value, r.timestamp_delta)
-        );
+        assert_eq!((&g.key, &g.value, g.timestamp_delta), (&r.key, &r.value, r.timestamp_delta));
     }
 }
 
@@ -355,41 +280,21 @@ fn trailing_compaction_only_fixes_the_header() {
         ..TestBatch::with_records(sample_records())
     };
     let input = tb.build();
-    let out = one(input.clone())
-        .verify()
-        .unwrap()
-        .into_outgoing(STAMP)
-        .unwrap();
+    let out = one(input.clone()).verify().unwrap().into_outgoing(STAMP).unwrap();
     assert_eq!(out.header().last_offset_delta, 2);
-    assert_eq!(
-        &out.bytes()[HEADER_LEN..],
-        &input[HEADER_LEN..],
-        "not re-compressed"
-    );
+    assert_eq!(&out.bytes()[HEADER_LEN..], &input[HEADER_LEN..], "not re-compressed");
     one(out.bytes().to_vec()).verify().unwrap();
 }
 
 #[test]
 fn control_batches_are_typed_and_not_forwardable() {
-    for (kind, want) in [
-        (0, ControlType::Abort),
-        (1, ControlType::Commit),
-        (5, ControlType::Other(5)),
-    ] {
+    for (kind, want) in [(0, ControlType::Abort), (1, ControlType::Commit), (5, ControlType::Other(5))] {
         let v = one(control_batch(kind).build()).verify().unwrap();
         assert!(v.header().is_control() && v.header().is_transactional());
         assert_eq!(v.control_type().unwrap(), Some(want));
-        assert!(matches!(
-            v.into_outgoing(STAMP),
-            Err(BatchError::NotForwardable {
-                base_offset: 1000,
-                ..
-            })
-        ));
+        assert!(matches!(v.into_outgoing(STAMP), Err(BatchError::NotForwardable { base_offset: 1000, .. })));
     }
-    let data = one(TestBatch::with_records(sample_records()).build())
-        .verify()
-        .unwrap();
+    let data = one(TestBatch::with_records(sample_records()).build()).verify().unwrap();
     assert_eq!(data.control_type().unwrap(), None);
     // A control record with a short key is corrupt, not a panic.
     let mut tb = control_batch(0);
@@ -425,26 +330,12 @@ fn verify_rejects_unknown_codec_and_negative_counts() {
 #[test]
 fn wrong_record_count_with_valid_crc_fails_rewrite_cleanly() {
     // A broker bug: count says 4, data holds 3, CRC is valid.
-    let mut b = TestBatch {
-        last_offset_delta: Some(9),
-        ..TestBatch::with_records(sample_records())
-    }
-    .build();
+    let mut b = TestBatch { last_offset_delta: Some(9), ..TestBatch::with_records(sample_records()) }.build();
     b[57..61].copy_from_slice(&4i32.to_be_bytes());
     let crc = crc32c::crc32c(&b[21..]);
     b[17..21].copy_from_slice(&crc.to_be_bytes());
     let err = one(b).verify().unwrap().into_outgoing(STAMP).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            BatchError::MalformedRecord {
-                base_offset: Some(1000),
-                index: 3,
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert!(matches!(err, BatchError::MalformedRecord { base_offset: Some(1000), index: 3, .. }), "{err}");
 }
 
 #[test]
@@ -453,10 +344,7 @@ fn decompression_is_bounded() {
     for c in Compression::ALL {
         let packed = compress(c, &zeros).unwrap();
         let err = decompress_with_limit(c, &packed, 1000).unwrap_err();
-        assert!(
-            matches!(err, BatchError::DecompressedTooLarge { limit: 1000, .. }),
-            "{c}: {err}"
-        );
+        assert!(matches!(err, BatchError::DecompressedTooLarge { limit: 1000, .. }), "{c}: {err}");
         assert_eq!(decompress(c, &packed).unwrap(), zeros, "{c}");
     }
     let raw = compress_snappy(&zeros, SnappyFraming::Raw).unwrap();
@@ -471,10 +359,7 @@ fn concatenated_xerial_streams_decode() {
     let a = compress_snappy(b"hello ", SnappyFraming::Xerial).unwrap();
     let b = compress_snappy(b"world", SnappyFraming::Xerial).unwrap();
     let both = [a, b].concat();
-    assert_eq!(
-        decompress(Compression::Snappy, &both).unwrap(),
-        b"hello world"
-    );
+    assert_eq!(decompress(Compression::Snappy, &both).unwrap(), b"hello world");
 }
 
 #[test]
@@ -497,13 +382,7 @@ fn arb_bytes() -> impl Strategy<Value = Option<Vec<u8>>> {
 }
 
 /// (timestamp delta, key, value, header values, offset gap before the record)
-type ArbRecord = (
-    i64,
-    Option<Vec<u8>>,
-    Option<Vec<u8>>,
-    Vec<Option<Vec<u8>>>,
-    u8,
-);
+type ArbRecord = (i64, Option<Vec<u8>>, Option<Vec<u8>>, Vec<Option<Vec<u8>>>, u8);
 
 fn arb_record() -> impl Strategy<Value = ArbRecord> {
     (
@@ -543,11 +422,7 @@ fn build_from(
                 key: k.clone(),
                 value: v.clone(),
                 // Unique, ASCII keys: kafka_protocol keeps headers in a map.
-                headers: hs
-                    .iter()
-                    .enumerate()
-                    .map(|(i, hv)| (format!("h{i}").into_bytes(), hv.clone()))
-                    .collect(),
+                headers: hs.iter().enumerate().map(|(i, hv)| (format!("h{i}").into_bytes(), hv.clone())).collect(),
             }
         })
         .collect();

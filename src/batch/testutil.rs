@@ -108,10 +108,7 @@ pub(crate) fn encode_record(r: &TestRecord) -> Vec<u8> {
 
 impl TestBatch {
     pub fn with_records(records: Vec<TestRecord>) -> Self {
-        Self {
-            records,
-            ..Self::default()
-        }
+        Self { records, ..Self::default() }
     }
 
     pub fn plain_records(&self) -> Vec<u8> {
@@ -141,19 +138,10 @@ impl TestBatch {
             (Compression::Snappy, framing) => compress_snappy(&plain, framing).unwrap(),
             (c, _) => compress(c, &plain).unwrap(),
         };
-        let last_delta = self.last_offset_delta.unwrap_or_else(|| {
-            self.records
-                .iter()
-                .map(|r| r.offset_delta)
-                .max()
-                .unwrap_or(0)
-        });
-        let max_ts = self
-            .records
-            .iter()
-            .map(|r| self.base_timestamp + r.timestamp_delta)
-            .max()
-            .unwrap_or(self.base_timestamp);
+        let last_delta =
+            self.last_offset_delta.unwrap_or_else(|| self.records.iter().map(|r| r.offset_delta).max().unwrap_or(0));
+        let max_ts =
+            self.records.iter().map(|r| self.base_timestamp + r.timestamp_delta).max().unwrap_or(self.base_timestamp);
         let mut out = Vec::with_capacity(61 + body.len());
         out.extend_from_slice(&self.base_offset.to_be_bytes());
         out.extend_from_slice(&((49 + body.len()) as i32).to_be_bytes());

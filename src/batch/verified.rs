@@ -18,13 +18,11 @@ use std::borrow::Cow;
 use bytes::{Bytes, BytesMut};
 
 use super::header::{
-    ATTRIBUTES, BASE_OFFSET, BASE_SEQUENCE, CRC, LAST_OFFSET_DELTA, PRODUCER_EPOCH, PRODUCER_ID,
-    TRANSACTIONAL_FLAG,
+    ATTRIBUTES, BASE_OFFSET, BASE_SEQUENCE, CRC, LAST_OFFSET_DELTA, PRODUCER_EPOCH, PRODUCER_ID, TRANSACTIONAL_FLAG,
 };
 use super::records::{renumber, walk_records, RecordSpan};
 use super::{
-    compress, compress_snappy, decompress, snappy_framing, BatchError, BatchHeader, Compression,
-    CRC_START, HEADER_LEN,
+    compress, compress_snappy, decompress, snappy_framing, BatchError, BatchHeader, Compression, CRC_START, HEADER_LEN,
 };
 
 /// The type of a control record (key `version: i16, type: i16`, KIP-98,
@@ -135,17 +133,14 @@ impl VerifiedBatch {
         let base = self.header.base_offset;
         match self.codec() {
             Compression::None => Ok(Cow::Borrowed(self.records_data())),
-            codec => decompress(codec, self.records_data())
-                .map(Cow::Owned)
-                .map_err(|e| e.at_batch(base)),
+            codec => decompress(codec, self.records_data()).map(Cow::Owned).map_err(|e| e.at_batch(base)),
         }
     }
 
     /// Decompresses and walks the records; see [`walk_records`].
     pub fn record_spans(&self) -> Result<(Cow<'_, [u8]>, Vec<RecordSpan>), BatchError> {
         let data = self.decompressed_records()?;
-        let spans = walk_records(&data, self.header.records_count)
-            .map_err(|e| e.at_batch(self.header.base_offset))?;
+        let spans = walk_records(&data, self.header.records_count).map_err(|e| e.at_batch(self.header.base_offset))?;
         Ok((data, spans))
     }
 
@@ -161,8 +156,7 @@ impl VerifiedBatch {
     /// is acceptable in a Produce request. False for empty batches.
     #[must_use]
     pub fn needs_renumbering(&self) -> bool {
-        !self.is_empty()
-            && i64::from(self.header.records_count) != i64::from(self.header.last_offset_delta) + 1
+        !self.is_empty() && i64::from(self.header.records_count) != i64::from(self.header.last_offset_delta) + 1
     }
 
     /// For a control batch, the type of its marker record; `None` for data
@@ -172,19 +166,11 @@ impl VerifiedBatch {
             return Ok(None);
         }
         let base_offset = self.header.base_offset;
-        let corrupt = |reason: &str| BatchError::Corrupt {
-            base_offset,
-            reason: reason.to_owned(),
-        };
+        let corrupt = |reason: &str| BatchError::Corrupt { base_offset, reason: reason.to_owned() };
         let (data, spans) = self.record_spans()?;
-        let first = spans
-            .first()
-            .ok_or_else(|| corrupt("control batch has no control record"))?;
-        let key = first
-            .key
-            .clone()
-            .and_then(|k| data.get(k))
-            .ok_or_else(|| corrupt("control record has a null key"))?;
+        let first = spans.first().ok_or_else(|| corrupt("control batch has no control record"))?;
+        let key =
+            first.key.clone().and_then(|k| data.get(k)).ok_or_else(|| corrupt("control record has a null key"))?;
         let (Some(version), Some(kind)) = (key.get(0..2), key.get(2..4)) else {
             return Err(corrupt("control record key shorter than 4 bytes"));
         };
@@ -192,9 +178,7 @@ impl VerifiedBatch {
         if version < 0 {
             return Err(corrupt("control record key has a negative version"));
         }
-        Ok(Some(ControlType::from_id(i16::from_be_bytes([
-            kind[0], kind[1],
-        ]))))
+        Ok(Some(ControlType::from_id(i16::from_be_bytes([kind[0], kind[1]]))))
     }
 
     /// Produces the bytes to send to the target broker: base offset 0, the
@@ -244,17 +228,13 @@ impl VerifiedBatch {
         out[BASE_OFFSET..BASE_OFFSET + 8].copy_from_slice(&header.base_offset.to_be_bytes());
         out[ATTRIBUTES..ATTRIBUTES + 2].copy_from_slice(&header.attributes.to_be_bytes());
         out[PRODUCER_ID..PRODUCER_ID + 8].copy_from_slice(&header.producer_id.to_be_bytes());
-        out[PRODUCER_EPOCH..PRODUCER_EPOCH + 2]
-            .copy_from_slice(&header.producer_epoch.to_be_bytes());
+        out[PRODUCER_EPOCH..PRODUCER_EPOCH + 2].copy_from_slice(&header.producer_epoch.to_be_bytes());
         out[BASE_SEQUENCE..BASE_SEQUENCE + 4].copy_from_slice(&header.base_sequence.to_be_bytes());
         if out[CRC_START..HEADER_LEN] != self.bytes[CRC_START..HEADER_LEN] {
             header.crc = crc32c::crc32c(&out[CRC_START..]);
             out[CRC..CRC + 4].copy_from_slice(&header.crc.to_be_bytes());
         }
-        OutgoingBatch {
-            header,
-            bytes: out.freeze(),
-        }
+        OutgoingBatch { header, bytes: out.freeze() }
     }
 
     /// Compresses plain records data with this batch's codec (and snappy framing).
@@ -262,8 +242,9 @@ impl VerifiedBatch {
         let base_offset = self.header.base_offset;
         Ok(match self.codec() {
             Compression::None => plain,
-            Compression::Snappy => compress_snappy(&plain, snappy_framing(self.records_data()))
-                .map_err(|e| e.at_batch(base_offset))?,
+            Compression::Snappy => {
+                compress_snappy(&plain, snappy_framing(self.records_data())).map_err(|e| e.at_batch(base_offset))?
+            }
             other => compress(other, &plain).map_err(|e| e.at_batch(base_offset))?,
         })
     }
@@ -316,34 +297,22 @@ impl VerifiedBatch {
         let base_offset = self.header.base_offset;
         let (data, spans) = self.record_spans()?;
         let count = self.header.records_count;
-        let already_consecutive = spans
-            .iter()
-            .enumerate()
-            .all(|(i, s)| usize::try_from(s.offset_delta).is_ok_and(|d| d == i));
+        let already_consecutive =
+            spans.iter().enumerate().all(|(i, s)| usize::try_from(s.offset_delta).is_ok_and(|d| d == i));
 
         let body: Cow<'_, [u8]> = if already_consecutive {
             // Only trailing records were removed: the records bytes are fine
             // as stored, just the header's lastOffsetDelta is too large.
             Cow::Borrowed(self.records_data())
         } else {
-            let plain = renumber(&data, &spans).map_err(|reason| BatchError::Corrupt {
-                base_offset,
-                reason: reason.to_owned(),
-            })?;
+            let plain = renumber(&data, &spans)
+                .map_err(|reason| BatchError::Corrupt { base_offset, reason: reason.to_owned() })?;
             Cow::Owned(self.pack(plain)?)
         };
-        let batch_length =
-            i32::try_from(body.len() + HEADER_LEN - super::LOG_OVERHEAD).map_err(|_| {
-                BatchError::NotForwardable {
-                    base_offset,
-                    reason: "the renumbered batch would be larger than 2 GiB",
-                }
-            })?;
-        let mut header = BatchHeader {
-            batch_length,
-            last_offset_delta: count - 1,
-            ..self.stamped_header(stamp)
-        };
+        let batch_length = i32::try_from(body.len() + HEADER_LEN - super::LOG_OVERHEAD).map_err(|_| {
+            BatchError::NotForwardable { base_offset, reason: "the renumbered batch would be larger than 2 GiB" }
+        })?;
+        let mut header = BatchHeader { batch_length, last_offset_delta: count - 1, ..self.stamped_header(stamp) };
         let mut head = [0u8; HEADER_LEN];
         header.write_into(&mut head);
         let mut out = BytesMut::with_capacity(HEADER_LEN + body.len());
@@ -351,13 +320,7 @@ impl VerifiedBatch {
         out.extend_from_slice(&body);
         header.crc = crc32c::crc32c(&out[CRC_START..]);
         out[CRC..CRC + 4].copy_from_slice(&header.crc.to_be_bytes());
-        debug_assert_eq!(
-            &out[LAST_OFFSET_DELTA..LAST_OFFSET_DELTA + 4],
-            &(count - 1).to_be_bytes()
-        );
-        Ok(OutgoingBatch {
-            header,
-            bytes: out.freeze(),
-        })
+        debug_assert_eq!(&out[LAST_OFFSET_DELTA..LAST_OFFSET_DELTA + 4], &(count - 1).to_be_bytes());
+        Ok(OutgoingBatch { header, bytes: out.freeze() })
     }
 }

@@ -33,7 +33,9 @@ use kafka_protocol::messages::{
     BrokerId, CreateTopicsRequest, FetchRequest, ProduceRequest, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
-use kafka_protocol::records::{Compression as KpCompression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+use kafka_protocol::records::{
+    Compression as KpCompression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::batch::{self, BatchHeader};
@@ -76,7 +78,8 @@ impl CheckpointKey {
         let [source, target, topic, partition] = parts.as_slice() else {
             return Err(format!("key '{key}' does not have 4 parts after '{KEY_PREFIX}'"));
         };
-        let partition = partition.parse().map_err(|_| format!("key '{key}': partition '{partition}' is not a number"))?;
+        let partition =
+            partition.parse().map_err(|_| format!("key '{key}': partition '{partition}' is not a number"))?;
         Ok(Some(Self { source: (*source).into(), target: (*target).into(), topic: (*topic).into(), partition }))
     }
 }
@@ -236,7 +239,8 @@ pub async fn read_partition(
                     .with_log_start_offset(-1)
                     .with_partition_max_bytes(16 << 20)])]);
         let resp = conn.call(&req).await.map_err(|e| err(e.to_string()))?;
-        let Some(pd) = resp.responses.into_iter().flat_map(|t| t.partitions).find(|p| p.partition_index == partition) else {
+        let Some(pd) = resp.responses.into_iter().flat_map(|t| t.partitions).find(|p| p.partition_index == partition)
+        else {
             // Some brokers (tansu) leave out partitions that have no data.
             return Ok(());
         };
@@ -309,7 +313,10 @@ pub async fn read_log(cluster: &Cluster, topic: &str) -> Result<CheckpointLog, C
                         log.entries.remove(&k);
                     }
                     Some(v) => {
-                        log.entries.insert(k, Checkpoint::from_json(&v).map_err(|e| format!("{e} (record at or after offset {offset})")));
+                        log.entries.insert(
+                            k,
+                            Checkpoint::from_json(&v).map_err(|e| format!("{e} (record at or after offset {offset})")),
+                        );
                     }
                 },
                 Err(e) => {
@@ -352,7 +359,11 @@ pub async fn ensure_topic(cluster: &Cluster, topic: &str) -> Result<(), Checkpoi
     for t in resp.topics {
         if let Some(e) = ResponseError::try_from_code(t.error_code) {
             if e != ResponseError::TopicAlreadyExists {
-                return Err(CheckpointError::Topic { cluster: cluster.alias().into(), topic: topic.into(), reason: format!("cannot create it: {e}") });
+                return Err(CheckpointError::Topic {
+                    cluster: cluster.alias().into(),
+                    topic: topic.into(),
+                    reason: format!("cannot create it: {e}"),
+                });
             }
         }
     }
@@ -383,8 +394,12 @@ pub fn encode_batch(records: &[(String, Checkpoint)]) -> Bytes {
         })
         .collect();
     let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(&mut buf, &records, &RecordEncodeOptions { version: 2, compression: KpCompression::None })
-        .expect("encoding an uncompressed batch cannot fail");
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &records,
+        &RecordEncodeOptions { version: 2, compression: KpCompression::None },
+    )
+    .expect("encoding an uncompressed batch cannot fail");
     buf.freeze()
 }
 
@@ -403,12 +418,11 @@ pub async fn write(cluster: &Cluster, topic: &str, records: &[(String, Checkpoin
         .filter(|l| *l >= 0)
         .ok_or_else(|| err("no leader for partition 0".into()))?;
     let conn = cluster.broker(leader).await?;
-    let req = ProduceRequest::default()
-        .with_acks(-1)
-        .with_timeout_ms(30_000)
-        .with_topic_data(vec![TopicProduceData::default()
-            .with_name(TopicName(StrBytes::from_string(topic.to_owned())))
-            .with_partition_data(vec![PartitionProduceData::default().with_index(0).with_records(Some(encode_batch(records)))])]);
+    let req = ProduceRequest::default().with_acks(-1).with_timeout_ms(30_000).with_topic_data(vec![
+        TopicProduceData::default().with_name(TopicName(StrBytes::from_string(topic.to_owned()))).with_partition_data(
+            vec![PartitionProduceData::default().with_index(0).with_records(Some(encode_batch(records)))],
+        ),
+    ]);
     let resp = conn.call(&req).await.map_err(|e| err(e.to_string()))?;
     for t in resp.responses {
         for p in t.partition_responses {
@@ -432,7 +446,8 @@ mod tests {
 
     #[test]
     fn keys_round_trip_and_foreign_keys_are_recognised() {
-        let k = CheckpointKey { source: "edge".into(), target: "cloud".into(), topic: "orders.eu".into(), partition: 7 };
+        let k =
+            CheckpointKey { source: "edge".into(), target: "cloud".into(), topic: "orders.eu".into(), partition: 7 };
         assert_eq!(CheckpointKey::decode(&k.encode()).unwrap(), Some(k));
         assert_eq!(CheckpointKey::decode("something-else").unwrap(), None);
         assert!(CheckpointKey::decode("mirrorproxy/v1/a/b").is_err());
@@ -441,14 +456,24 @@ mod tests {
 
     #[test]
     fn values_are_validated() {
-        let c = Checkpoint { v: 1, source_offset: 10, target_offset: 4, last_timestamp: 5, updated_ms: 6, points: vec![(2, 1)] };
+        let c = Checkpoint {
+            v: 1,
+            source_offset: 10,
+            target_offset: 4,
+            last_timestamp: 5,
+            updated_ms: 6,
+            points: vec![(2, 1)],
+        };
         assert_eq!(Checkpoint::from_json(&c.to_json()).unwrap(), c);
         assert!(Checkpoint::from_json(b"{}").is_err());
         assert!(Checkpoint::from_json(b"\xff\x00garbage").is_err());
         let mut v2 = c.clone();
         v2.v = 2;
         assert!(Checkpoint::from_json(&v2.to_json()).unwrap_err().contains("version 2"));
-        assert!(Checkpoint::from_json(br#"{"v":1,"source_offset":-1,"target_offset":0,"last_timestamp":0,"updated_ms":0,"points":[]}"#).is_err());
+        assert!(Checkpoint::from_json(
+            br#"{"v":1,"source_offset":-1,"target_offset":0,"last_timestamp":0,"updated_ms":0,"points":[]}"#
+        )
+        .is_err());
     }
 
     #[test]
@@ -461,7 +486,14 @@ mod tests {
         assert!(points.windows(2).all(|w| w[0].0 < w[1].0));
         assert_eq!(points.last(), Some(&(100_000, 70_000)));
         assert!(points[0].0 < 10_000, "history should reach far back, oldest {:?}", points[0]);
-        let c = Checkpoint { v: 1, source_offset: 100_010, target_offset: 70_007, last_timestamp: 0, updated_ms: 0, points };
+        let c = Checkpoint {
+            v: 1,
+            source_offset: 100_010,
+            target_offset: 70_007,
+            last_timestamp: 0,
+            updated_ms: 0,
+            points,
+        };
         let (s, _) = c.point_at_or_below(55_555).unwrap();
         assert!(s <= 55_555);
         assert_eq!(c.point_at_or_below(200_000), Some((100_010, 70_007)));

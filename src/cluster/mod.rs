@@ -13,10 +13,13 @@ use std::time::Duration;
 
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::{
-    create_partitions_request::CreatePartitionsTopic, create_topics_request::CreatableTopic, describe_configs_request::DescribeConfigsResource,
-    list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic}, metadata_request::MetadataRequestTopic,
-    BrokerId, CreatePartitionsRequest, CreateTopicsRequest, DescribeConfigsRequest, InitProducerIdRequest, ListOffsetsRequest, MetadataRequest,
-    ProducerId, TopicName,
+    create_partitions_request::CreatePartitionsTopic,
+    create_topics_request::CreatableTopic,
+    describe_configs_request::DescribeConfigsResource,
+    list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic},
+    metadata_request::MetadataRequestTopic,
+    BrokerId, CreatePartitionsRequest, CreateTopicsRequest, DescribeConfigsRequest, InitProducerIdRequest,
+    ListOffsetsRequest, MetadataRequest, ProducerId, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use tokio::sync::Mutex;
@@ -214,7 +217,9 @@ impl Cluster {
         let req = MetadataRequest::default()
             .with_topics(topics.map(|ts| {
                 ts.iter()
-                    .map(|t| MetadataRequestTopic::default().with_name(Some(TopicName(StrBytes::from_string(t.clone())))))
+                    .map(|t| {
+                        MetadataRequestTopic::default().with_name(Some(TopicName(StrBytes::from_string(t.clone()))))
+                    })
                     .collect()
             }))
             .with_allow_auto_topic_creation(false);
@@ -289,7 +294,11 @@ impl Cluster {
             .with_timeout_ms(30_000);
         let resp = conn.call(&req).await.map_err(|e| self.net(e))?;
         for r in &resp.results {
-            if let Some(e) = self.kafka(format!("growing topic '{name}' to {count} partitions"), r.error_code, r.error_message.as_ref()) {
+            if let Some(e) = self.kafka(
+                format!("growing topic '{name}' to {count} partitions"),
+                r.error_code,
+                r.error_message.as_ref(),
+            ) {
                 return Err(e);
             }
         }
@@ -310,7 +319,9 @@ impl Cluster {
         let resp = conn.call(&req).await.map_err(|e| self.net(e))?;
         let mut out = HashMap::new();
         for r in resp.results {
-            if let Some(e) = self.kafka(format!("reading the config of topic '{name}'"), r.error_code, r.error_message.as_ref()) {
+            if let Some(e) =
+                self.kafka(format!("reading the config of topic '{name}'"), r.error_code, r.error_message.as_ref())
+            {
                 return Err(e);
             }
             for c in r.configs {
@@ -346,22 +357,22 @@ impl Cluster {
         timestamp: i64,
     ) -> Result<Vec<(i32, Result<i64, ResponseError>)>, ClusterError> {
         let conn = self.broker(leader).await?;
-        let req = ListOffsetsRequest::default()
-            .with_replica_id(BrokerId(-1))
-            .with_isolation_level(0)
-            .with_topics(vec![ListOffsetsTopic::default()
-                .with_name(TopicName(StrBytes::from_string(topic.to_owned())))
-                .with_partitions(
-                    partitions
-                        .iter()
-                        .map(|p| {
-                            ListOffsetsPartition::default()
-                                .with_partition_index(*p)
-                                .with_current_leader_epoch(-1)
-                                .with_timestamp(timestamp)
-                        })
-                        .collect(),
-                )]);
+        let req =
+            ListOffsetsRequest::default().with_replica_id(BrokerId(-1)).with_isolation_level(0).with_topics(vec![
+                ListOffsetsTopic::default()
+                    .with_name(TopicName(StrBytes::from_string(topic.to_owned())))
+                    .with_partitions(
+                        partitions
+                            .iter()
+                            .map(|p| {
+                                ListOffsetsPartition::default()
+                                    .with_partition_index(*p)
+                                    .with_current_leader_epoch(-1)
+                                    .with_timestamp(timestamp)
+                            })
+                            .collect(),
+                    ),
+            ]);
         let resp = conn.call(&req).await.map_err(|e| self.net(e))?;
         let mut out = Vec::new();
         for t in resp.topics {

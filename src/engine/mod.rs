@@ -181,6 +181,8 @@ struct PartState {
     fetch_not_before: Instant,
     stage: TxnStage<Pending>,
     queue: VecDeque<Pending>,
+    /// Bytes of the batches in `queue` (kept, not summed: read on every schedule).
+    queue_bytes: usize,
     in_flight: usize,
     /// Set after a produce error: no sends until in-flight requests drain.
     recovering: bool,
@@ -205,28 +207,42 @@ struct PartState {
 
 impl PartState {
     fn queued_bytes(&self) -> usize {
-        self.queue.iter().map(|p| p.batch.bytes().len()).sum()
+        self.queue_bytes
     }
 
     /// First source offset not yet on the target.
     fn mirrored_position(&self) -> i64 {
-        self.queue
-            .front()
-            .map(Pending::base_offset)
-            .or_else(|| self.stage.first_offset())
-            .unwrap_or(self.fetch_offset)
+        self.queue.front().map(Pending::base_offset).or_else(|| self.stage.first_offset()).unwrap_or(self.fetch_offset)
     }
 }
 
 type Task = Pin<Box<dyn Future<Output = Event> + Send>>;
 
 enum Event {
-    Discovered { generation: u64, result: Result<Discovery, ClusterError> },
-    Fetched { broker: i32, requested: Vec<(TopicPartition, i64)>, result: Result<FetchResponse, NetError>, charge: Charge },
-    Produced { broker: i32, sent: Vec<(TopicPartition, u64)>, result: Result<ProduceResponse, NetError> },
-    TargetConnected { broker: i32, result: Result<Arc<Connection>, ClusterError> },
+    Discovered {
+        generation: u64,
+        result: Result<Discovery, ClusterError>,
+    },
+    Fetched {
+        broker: i32,
+        requested: Vec<(TopicPartition, i64)>,
+        result: Result<FetchResponse, NetError>,
+        charge: Charge,
+    },
+    Produced {
+        broker: i32,
+        sent: Vec<(TopicPartition, u64)>,
+        result: Result<ProduceResponse, NetError>,
+    },
+    TargetConnected {
+        broker: i32,
+        result: Result<Arc<Connection>, ClusterError>,
+    },
     ProducerId(Result<(i64, i16), ClusterError>),
-    CheckpointWritten { written: Vec<(TopicPartition, (i64, i64))>, result: Result<(), String> },
+    CheckpointWritten {
+        written: Vec<(TopicPartition, (i64, i64))>,
+        result: Result<(), String>,
+    },
     GroupsSynced(Vec<(String, Result<usize, String>)>),
 }
 
@@ -273,7 +289,16 @@ impl Engine {
         let budget = Budget::new(tuning.buffer_bytes);
         let flows = flows
             .iter()
-            .map(|f| FlowDriver::new(f.clone(), clusters[&f.source].clone(), clusters[&f.target].clone(), tuning.clone(), budget.clone(), shutdown.clone()))
+            .map(|f| {
+                FlowDriver::new(
+                    f.clone(),
+                    clusters[&f.source].clone(),
+                    clusters[&f.target].clone(),
+                    tuning.clone(),
+                    budget.clone(),
+                    shutdown.clone(),
+                )
+            })
             .collect();
         Self { flows }
     }
@@ -328,7 +353,13 @@ struct FlowDriver {
 
 /// Errors on Produce that mean "the target lost or never had our producer state".
 fn is_producer_state_error(e: ResponseError) -> bool {
-    matches!(e, ResponseError::UnknownProducerId | ResponseError::InvalidProducerEpoch | ResponseError::OutOfOrderSequenceNumber | ResponseError::ProducerFenced)
+    matches!(
+        e,
+        ResponseError::UnknownProducerId
+            | ResponseError::InvalidProducerEpoch
+            | ResponseError::OutOfOrderSequenceNumber
+            | ResponseError::ProducerFenced
+    )
 }
 
 /// Errors that a metadata refresh may fix.
@@ -346,7 +377,14 @@ fn needs_metadata(e: ResponseError) -> bool {
 }
 
 impl FlowDriver {
-    fn new(flow: Flow, source: Arc<Cluster>, target: Arc<Cluster>, tuning: Tuning, budget: Arc<Budget>, shutdown: watch::Receiver<bool>) -> Self {
+    fn new(
+        flow: Flow,
+        source: Arc<Cluster>,
+        target: Arc<Cluster>,
+        tuning: Tuning,
+        budget: Arc<Budget>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
         Self {
             flow,
             source,
@@ -434,12 +472,24 @@ impl FlowDriver {
                 if p.checkpointed == Some(pos) {
                     return None;
                 }
-                let key = CheckpointKey { source: self.flow.source.clone(), target: self.flow.target.clone(), topic: tp.topic.to_string(), partition: tp.partition };
+                let key = CheckpointKey {
+                    source: self.flow.source.clone(),
+                    target: self.flow.target.clone(),
+                    topic: tp.topic.to_string(),
+                    partition: tp.partition,
+                };
                 let mut points = p.points.clone();
                 if let Some(previous) = p.checkpointed {
                     checkpoint::push_point(&mut points, previous);
                 }
-                let cp = Checkpoint { v: 1, source_offset: pos.0, target_offset: pos.1, last_timestamp: p.last_timestamp, updated_ms: now, points };
+                let cp = Checkpoint {
+                    v: 1,
+                    source_offset: pos.0,
+                    target_offset: pos.1,
+                    last_timestamp: p.last_timestamp,
+                    updated_ms: now,
+                    points,
+                };
                 Some((tp.clone(), key.encode(), cp))
             })
             .collect()
@@ -477,7 +527,9 @@ impl FlowDriver {
                     }
                 }
             }
-            Err(e) => warn!(flow = %self.flow.name, side = "target", retrying = true, "writing checkpoints failed: {e}"),
+            Err(e) => {
+                warn!(flow = %self.flow.name, side = "target", retrying = true, "writing checkpoints failed: {e}")
+            }
         }
     }
 
@@ -489,11 +541,14 @@ impl FlowDriver {
             return;
         }
         self.group_sync_in_flight = true;
-        let (flow, source, target, topic) = (self.flow.clone(), self.source.clone(), self.target.clone(), self.tuning.checkpoint_topic.clone());
+        let (flow, source, target, topic) =
+            (self.flow.clone(), self.source.clone(), self.target.clone(), self.tuning.checkpoint_topic.clone());
         self.tasks.push(Box::pin(async move {
             let groups = match crate::groups::list(&source).await {
                 Ok(g) => g,
-                Err(e) => return Event::GroupsSynced(vec![(String::new(), Err(format!("listing groups failed: {e}")))]),
+                Err(e) => {
+                    return Event::GroupsSynced(vec![(String::new(), Err(format!("listing groups failed: {e}")))])
+                }
             };
             let mut out = Vec::new();
             for group in groups.into_iter().filter(|g| flow.syncs_group(g)) {
@@ -508,7 +563,9 @@ impl FlowDriver {
         self.group_sync_in_flight = false;
         for (group, r) in results {
             match &r {
-                Ok(n) if *n > 0 => debug!(flow = %self.flow.name, group = %group, partitions = n, "group offsets synced to the target"),
+                Ok(n) if *n > 0 => {
+                    debug!(flow = %self.flow.name, group = %group, partitions = n, "group offsets synced to the target")
+                }
                 _ => {}
             }
             let state = r.map(|_| ());
@@ -533,8 +590,12 @@ impl FlowDriver {
         let write = checkpoint::write(&self.target, &self.tuning.checkpoint_topic, &records);
         match tokio::time::timeout(Duration::from_secs(10), write).await {
             Ok(Ok(())) => info!(flow = %self.flow.name, partitions = records.len(), "final checkpoint written"),
-            Ok(Err(e)) => warn!(flow = %self.flow.name, "final checkpoint not written: {e}; the next start reconciles from the previous one"),
-            Err(_) => warn!(flow = %self.flow.name, "final checkpoint timed out; the next start reconciles from the previous one"),
+            Ok(Err(e)) => {
+                warn!(flow = %self.flow.name, "final checkpoint not written: {e}; the next start reconciles from the previous one")
+            }
+            Err(_) => {
+                warn!(flow = %self.flow.name, "final checkpoint timed out; the next start reconciles from the previous one")
+            }
         }
     }
 
@@ -587,7 +648,12 @@ impl FlowDriver {
             if !p.stage.scanning() && p.queued_bytes() >= per_partition_cap {
                 continue; // the target is behind on this partition: let it catch up
             }
-            by_broker.entry(leader).or_default().push((tp.clone(), p.fetch_offset, p.partition_max_bytes, p.source_leader_epoch));
+            by_broker.entry(leader).or_default().push((
+                tp.clone(),
+                p.fetch_offset,
+                p.partition_max_bytes,
+                p.source_leader_epoch,
+            ));
         }
         for (broker, partitions) in by_broker {
             let Some(charge) = self.budget.reserve(u64::from(self.tuning.fetch_max_bytes), 64 * 1024) else {
@@ -616,7 +682,11 @@ impl FlowDriver {
                 .with_topics(
                     topics
                         .into_iter()
-                        .map(|(t, ps)| FetchTopic::default().with_topic(TopicName(StrBytes::from_string(t.to_string()))).with_partitions(ps))
+                        .map(|(t, ps)| {
+                            FetchTopic::default()
+                                .with_topic(TopicName(StrBytes::from_string(t.to_string())))
+                                .with_partitions(ps)
+                        })
                         .collect(),
                 );
             let requested = partitions.into_iter().map(|(tp, o, _, _)| (tp, o)).collect();
@@ -641,7 +711,12 @@ impl FlowDriver {
         let mut brokers: BTreeMap<i32, Vec<TopicPartition>> = BTreeMap::new();
         for (tp, p) in &self.parts {
             let Some(leader) = p.target_leader else { continue };
-            if p.stopped.is_some() || p.recovering || p.produce_not_before > now || p.in_flight >= max_in_flight || p.queue.len() <= p.in_flight {
+            if p.stopped.is_some()
+                || p.recovering
+                || p.produce_not_before > now
+                || p.in_flight >= max_in_flight
+                || p.queue.len() <= p.in_flight
+            {
                 continue;
             }
             brokers.entry(leader).or_default().push(tp.clone());
@@ -656,7 +731,9 @@ impl FlowDriver {
                     self.target_conns.remove(&broker);
                     if self.connecting.insert(broker) {
                         let target = self.target.clone();
-                        self.tasks.push(Box::pin(async move { Event::TargetConnected { broker, result: target.broker(broker).await } }));
+                        self.tasks.push(Box::pin(async move {
+                            Event::TargetConnected { broker, result: target.broker(broker).await }
+                        }));
                     }
                     continue;
                 }
@@ -673,7 +750,8 @@ impl FlowDriver {
                     Some((generation, s)) if generation == self.producer_generation => s,
                     _ => {
                         let s = ProducerStamp { producer_id, producer_epoch, base_sequence: p.next_sequence };
-                        p.next_sequence = p.next_sequence.wrapping_add(entry.batch.header().records_count.max(1)) & i32::MAX;
+                        p.next_sequence =
+                            p.next_sequence.wrapping_add(entry.batch.header().records_count.max(1)) & i32::MAX;
                         entry.stamp = Some((self.producer_generation, s));
                         s
                     }
@@ -682,7 +760,8 @@ impl FlowDriver {
                 let outgoing = match entry.batch.clone().into_outgoing(stamp) {
                     Ok(o) => o,
                     Err(e) => {
-                        let why = format!("batch at source offset {source_offset} cannot be prepared for the target: {e}");
+                        let why =
+                            format!("batch at source offset {source_offset} cannot be prepared for the target: {e}");
                         stop_partition(&self.flow.name, &tp, p, Side::Source, why);
                         continue;
                     }
@@ -698,7 +777,8 @@ impl FlowDriver {
                         continue;
                     }
                 }
-                if request_bytes > 0 && request_bytes + outgoing.bytes().len() > self.tuning.produce_max_bytes as usize {
+                if request_bytes > 0 && request_bytes + outgoing.bytes().len() > self.tuning.produce_max_bytes as usize
+                {
                     // Undo the stamp's sequence only if it was fresh: simpler to keep it (the
                     // batch is sent next time with the same stamp, which is still in order).
                     break;
@@ -706,10 +786,11 @@ impl FlowDriver {
                 request_bytes += outgoing.bytes().len();
                 p.in_flight += 1;
                 sent.push((tp.clone(), entry.id));
-                topics
-                    .entry(p.target.topic.clone())
-                    .or_default()
-                    .push(PartitionProduceData::default().with_index(p.target.partition).with_records(Some(outgoing.into_bytes())));
+                topics.entry(p.target.topic.clone()).or_default().push(
+                    PartitionProduceData::default()
+                        .with_index(p.target.partition)
+                        .with_records(Some(outgoing.into_bytes())),
+                );
             }
             if sent.is_empty() {
                 continue;
@@ -721,12 +802,18 @@ impl FlowDriver {
                 .with_topic_data(
                     topics
                         .into_iter()
-                        .map(|(t, ps)| TopicProduceData::default().with_name(TopicName(StrBytes::from_string(t.to_string()))).with_partition_data(ps))
+                        .map(|(t, ps)| {
+                            TopicProduceData::default()
+                                .with_name(TopicName(StrBytes::from_string(t.to_string())))
+                                .with_partition_data(ps)
+                        })
                         .collect(),
                 );
             *self.producing.entry(broker).or_default() += 1;
             match conn.send(&req) {
-                Ok(fut) => self.tasks.push(Box::pin(async move { Event::Produced { broker, sent, result: fut.await } })),
+                Ok(fut) => {
+                    self.tasks.push(Box::pin(async move { Event::Produced { broker, sent, result: fut.await } }))
+                }
                 Err(e) => self.tasks.push(Box::pin(async move { Event::Produced { broker, sent, result: Err(e) } })),
             }
         }
@@ -863,14 +950,25 @@ impl FlowDriver {
         }
         let now = Instant::now();
         for (tp, start) in d.new_partitions {
-            let target = TopicPartition { topic: Arc::from(self.flow.target_topic(&tp.topic)), partition: tp.partition };
+            let target =
+                TopicPartition { topic: Arc::from(self.flow.target_topic(&tp.topic)), partition: tp.partition };
             let source_offset = start.source_offset;
             match &start.resume {
-                Some(r) => info!(flow = %self.flow.name, partition = %tp, source_offset, target_offset = r.target_offset, target_batches_after_checkpoint = r.tail.len(), target = %target, "resuming partition from its checkpoint"),
-                None => info!(flow = %self.flow.name, partition = %tp, start_offset = source_offset, target = %target, "mirroring partition"),
+                Some(r) => {
+                    info!(flow = %self.flow.name, partition = %tp, source_offset, target_offset = r.target_offset, target_batches_after_checkpoint = r.tail.len(), target = %target, "resuming partition from its checkpoint")
+                }
+                None => {
+                    info!(flow = %self.flow.name, partition = %tp, start_offset = source_offset, target = %target, "mirroring partition")
+                }
             }
             let (target_next, last_timestamp, points, checkpointed, reconcile) = match start.resume {
-                Some(r) => (Some(r.target_offset), r.last_timestamp, r.points, Some((source_offset, r.target_offset)), r.tail.into()),
+                Some(r) => (
+                    Some(r.target_offset),
+                    r.last_timestamp,
+                    r.points,
+                    Some((source_offset, r.target_offset)),
+                    r.tail.into(),
+                ),
                 None => (None, -1, Vec::new(), None, VecDeque::new()),
             };
             self.parts.insert(
@@ -886,6 +984,7 @@ impl FlowDriver {
                     fetch_not_before: now,
                     stage: TxnStage::new(self.tuning.transaction_buffer_bytes as usize),
                     queue: VecDeque::new(),
+                    queue_bytes: 0,
                     in_flight: 0,
                     recovering: false,
                     produce_not_before: now,
@@ -910,7 +1009,9 @@ impl FlowDriver {
             if generation != self.target_generation {
                 continue; // the target failed while this round ran: wait for a fresh one
             }
-            if let Some(info) = d.target.topics.get(&*p.target.topic).and_then(|t| t.partitions.get(p.target.partition as usize)) {
+            if let Some(info) =
+                d.target.topics.get(&*p.target.topic).and_then(|t| t.partitions.get(p.target.partition as usize))
+            {
                 let leader = (info.leader >= 0).then_some(info.leader);
                 if leader != p.target_leader {
                     debug!(partition = %p.target, ?leader, "target leader");
@@ -922,7 +1023,13 @@ impl FlowDriver {
         }
     }
 
-    fn on_fetched(&mut self, broker: i32, requested: Vec<(TopicPartition, i64)>, result: Result<FetchResponse, NetError>, mut charge: Charge) {
+    fn on_fetched(
+        &mut self,
+        broker: i32,
+        requested: Vec<(TopicPartition, i64)>,
+        result: Result<FetchResponse, NetError>,
+        mut charge: Charge,
+    ) {
         let resp = match result {
             Ok(r) => r,
             Err(e) => {
@@ -1019,7 +1126,13 @@ impl FlowDriver {
         let split = match batch::split_batches(records) {
             Ok(s) => s,
             Err(e) => {
-                stop_partition(&flow, tp, p, Side::Source, format!("unreadable data at offset {requested_offset}: {e}"));
+                stop_partition(
+                    &flow,
+                    tp,
+                    p,
+                    Side::Source,
+                    format!("unreadable data at offset {requested_offset}: {e}"),
+                );
                 return;
             }
         };
@@ -1053,7 +1166,13 @@ impl FlowDriver {
                         continue;
                     }
                     Err(e) => {
-                        stop_partition(&flow, tp, p, Side::Source, format!("cannot cut batch at offset {} at position {}: {e}", h.base_offset, p.fetch_offset));
+                        stop_partition(
+                            &flow,
+                            tp,
+                            p,
+                            Side::Source,
+                            format!("cannot cut batch at offset {} at position {}: {e}", h.base_offset, p.fetch_offset),
+                        );
                         return;
                     }
                 }
@@ -1068,7 +1187,13 @@ impl FlowDriver {
                     Ok(Some(ControlType::Abort)) => p.stage.marker(h.producer_id, h.base_offset, Outcome::Abort),
                     Ok(_) => {}
                     Err(e) => {
-                        stop_partition(&flow, tp, p, Side::Source, format!("unreadable control batch at offset {}: {e}", h.base_offset));
+                        stop_partition(
+                            &flow,
+                            tp,
+                            p,
+                            Side::Source,
+                            format!("unreadable control batch at offset {}: {e}", h.base_offset),
+                        );
                         return;
                     }
                 }
@@ -1079,25 +1204,45 @@ impl FlowDriver {
                     Some(hop) => match hop.decide(&verified) {
                         Ok(batch::provenance::Decision::Skip { provenance }) => {
                             debug!(flow = %flow, partition = %tp, offset = h.base_offset, path = %provenance, "batch has been to the target already: skipped");
-                            stats.provenance_skipped_records.fetch_add(u64::try_from(h.records_count).unwrap_or(0), Ordering::Relaxed);
+                            stats
+                                .provenance_skipped_records
+                                .fetch_add(u64::try_from(h.records_count).unwrap_or(0), Ordering::Relaxed);
                             p.fetch_offset = h.next_offset();
                             continue;
                         }
                         Ok(batch::provenance::Decision::Forward { .. }) => match hop.stamp(verified) {
                             Ok(v) => v,
                             Err(e) => {
-                                stop_partition(&flow, tp, p, Side::Source, format!("cannot stamp provenance on the batch at offset {}: {e}", h.base_offset));
+                                stop_partition(
+                                    &flow,
+                                    tp,
+                                    p,
+                                    Side::Source,
+                                    format!("cannot stamp provenance on the batch at offset {}: {e}", h.base_offset),
+                                );
                                 return;
                             }
                         },
                         Err(e) => {
-                            stop_partition(&flow, tp, p, Side::Source, format!("unreadable provenance in the batch at offset {}: {e}", h.base_offset));
+                            stop_partition(
+                                &flow,
+                                tp,
+                                p,
+                                Side::Source,
+                                format!("unreadable provenance in the batch at offset {}: {e}", h.base_offset),
+                            );
                             return;
                         }
                     },
                 };
                 let first_offset = h.base_offset.max(p.fetch_offset);
-                let pending = Pending { id: self.next_pending_id, batch: verified, stamp: None, first_offset, _charge: charge.split(size as u64) };
+                let pending = Pending {
+                    id: self.next_pending_id,
+                    batch: verified,
+                    stamp: None,
+                    first_offset,
+                    _charge: charge.split(size as u64),
+                };
                 self.next_pending_id += 1;
                 p.stage.push(first_offset, size, h.is_transactional().then_some(h.producer_id), pending);
             }
@@ -1109,10 +1254,13 @@ impl FlowDriver {
                     if !p.reconcile.is_empty() && already_on_target(&flow, tp, p, &pending) {
                         continue;
                     }
+                    p.queue_bytes += pending.batch.bytes().len();
                     p.queue.push_back(pending);
                 }
                 Released::Drop(pending) => {
-                    stats.aborted_records.fetch_add(u64::try_from(pending.batch.header().records_count).unwrap_or(0), Ordering::Relaxed);
+                    stats
+                        .aborted_records
+                        .fetch_add(u64::try_from(pending.batch.header().records_count).unwrap_or(0), Ordering::Relaxed);
                 }
             }
         }
@@ -1127,7 +1275,12 @@ impl FlowDriver {
         p.stage.prune(p.fetch_offset);
     }
 
-    fn on_produced(&mut self, broker: i32, sent: Vec<(TopicPartition, u64)>, result: Result<ProduceResponse, NetError>) {
+    fn on_produced(
+        &mut self,
+        broker: i32,
+        sent: Vec<(TopicPartition, u64)>,
+        result: Result<ProduceResponse, NetError>,
+    ) {
         let resp = match result {
             Ok(r) => r,
             Err(e) => {
@@ -1185,6 +1338,7 @@ impl FlowDriver {
             error!(flow = %flow, partition = %tp, "target acknowledged a batch ahead of an unacknowledged one: the target broker does not enforce idempotent sequences");
         }
         let entry = p.queue.remove(pos).expect("position is valid");
+        p.queue_bytes -= entry.batch.bytes().len();
         let h = entry.batch.header();
         if target_base_offset >= 0 {
             if p.target_next.is_none() && p.points.is_empty() {
@@ -1320,7 +1474,10 @@ async fn discover(
     known_target_topics: HashSet<String>,
     first: bool,
 ) -> Event {
-    Event::Discovered { generation, result: discover_inner(&flow, &source, &target, &known, &known_target_topics, first, &checkpoint_topic).await }
+    Event::Discovered {
+        generation,
+        result: discover_inner(&flow, &source, &target, &known, &known_target_topics, first, &checkpoint_topic).await,
+    }
 }
 
 async fn discover_inner(
@@ -1341,7 +1498,8 @@ async fn discover_inner(
         .collect();
     matching.sort();
     let target_names: Vec<String> = matching.iter().map(|(n, ..)| flow.target_topic(n)).collect();
-    let mut tgt = if target_names.is_empty() { ClusterMetadata::default() } else { target.metadata(Some(&target_names)).await? };
+    let mut tgt =
+        if target_names.is_empty() { ClusterMetadata::default() } else { target.metadata(Some(&target_names)).await? };
     let mut refused = Vec::new();
     let mut changed = false;
     let mut usable = Vec::new();
@@ -1365,7 +1523,10 @@ async fn discover_inner(
                     // The source grew while we mirror: grow the target the same way.
                     info!(flow = %flow.name, "source topic '{name}' grew to {partitions} partitions; growing target topic '{tname}'");
                     if let Err(e) = target.create_partitions(tname, *partitions as i32).await {
-                        refused.push(((*name).clone(), format!("cannot grow target topic '{tname}' to {partitions} partitions: {e}")));
+                        refused.push((
+                            (*name).clone(),
+                            format!("cannot grow target topic '{tname}' to {partitions} partitions: {e}"),
+                        ));
                         continue;
                     }
                     changed = true;
@@ -1386,7 +1547,9 @@ async fn discover_inner(
         for _ in 0..20 {
             tgt = target.metadata(Some(&target_names)).await?;
             let ready = usable.iter().all(|(_, n, t)| {
-                tgt.topics.get(t).is_some_and(|ti| ti.error.is_none() && ti.partitions.len() >= *n && ti.partitions.iter().all(|p| p.leader >= 0))
+                tgt.topics.get(t).is_some_and(|ti| {
+                    ti.error.is_none() && ti.partitions.len() >= *n && ti.partitions.iter().all(|p| p.leader >= 0)
+                })
             });
             if ready {
                 break;
@@ -1441,7 +1604,12 @@ async fn discover_inner(
     for ((leader, topic), parts) in by_leader {
         let mut fresh = Vec::new();
         for partition in parts {
-            let key = CheckpointKey { source: flow.source.clone(), target: flow.target.clone(), topic: topic.clone(), partition };
+            let key = CheckpointKey {
+                source: flow.source.clone(),
+                target: flow.target.clone(),
+                topic: topic.clone(),
+                partition,
+            };
             match log.entries.get(&key) {
                 None => fresh.push(partition),
                 Some(Err(why)) => refused.push((
@@ -1468,7 +1636,8 @@ async fn discover_inner(
         }
         for (partition, result) in source.list_offsets(leader, &topic, &fresh, timestamp).await? {
             match result {
-                Ok(offset) => new_partitions.push((TopicPartition::new(&topic, partition), Start { source_offset: offset, resume: None })),
+                Ok(offset) => new_partitions
+                    .push((TopicPartition::new(&topic, partition), Start { source_offset: offset, resume: None })),
                 Err(e) => debug!("ListOffsets {topic}-{partition}: {e}; next round"),
             }
         }
@@ -1479,6 +1648,8 @@ async fn discover_inner(
 fn checkpoint_cluster_error(e: checkpoint::CheckpointError) -> ClusterError {
     match e {
         checkpoint::CheckpointError::Cluster(c) => c,
-        checkpoint::CheckpointError::Topic { cluster, topic, reason } => ClusterError::Other { cluster, what: format!("checkpoint topic '{topic}': {reason}") },
+        checkpoint::CheckpointError::Topic { cluster, topic, reason } => {
+            ClusterError::Other { cluster, what: format!("checkpoint topic '{topic}': {reason}") }
+        }
     }
 }

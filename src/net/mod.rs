@@ -68,7 +68,10 @@ impl NetError {
     pub fn is_retriable(&self) -> bool {
         !matches!(
             self,
-            NetError::UnsupportedVersion { .. } | NetError::Protocol { .. } | NetError::Tls { .. } | NetError::Authentication { .. }
+            NetError::UnsupportedVersion { .. }
+                | NetError::Protocol { .. }
+                | NetError::Tls { .. }
+                | NetError::Authentication { .. }
         )
     }
 }
@@ -230,7 +233,13 @@ impl Connection {
         Ok(conn)
     }
 
-    fn start(transport: Transport, addr: &str, client_id: &str, request_timeout: Duration, tls: Option<(String, bool)>) -> Self {
+    fn start(
+        transport: Transport,
+        addr: &str,
+        client_id: &str,
+        request_timeout: Duration,
+        tls: Option<(String, bool)>,
+    ) -> Self {
         let shared = Arc::new(Shared {
             addr: addr.to_owned(),
             tls,
@@ -383,7 +392,11 @@ impl Connection {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(NetError::Broken { addr: self.addr().to_owned(), reason: "connection closed".into() }),
             Err(_) => {
-                let err = NetError::Timeout { addr: self.addr().to_owned(), api: wire::api_key::<R>(), timeout: self.request_timeout };
+                let err = NetError::Timeout {
+                    addr: self.addr().to_owned(),
+                    api: wire::api_key::<R>(),
+                    timeout: self.request_timeout,
+                };
                 self.shared.poison(err.clone());
                 Err(err)
             }
@@ -391,7 +404,11 @@ impl Connection {
     }
 
     /// Registers a correlation id and hands the frame to the writer task.
-    fn enqueue<R: Request>(&self, request: &R, version: i16) -> Result<oneshot::Receiver<Result<Bytes, NetError>>, NetError> {
+    fn enqueue<R: Request>(
+        &self,
+        request: &R,
+        version: i16,
+    ) -> Result<oneshot::Receiver<Result<Bytes, NetError>>, NetError> {
         if let Some(err) = self.shared.poison.lock().unwrap().clone() {
             return Err(err);
         }
@@ -440,7 +457,11 @@ impl Drop for Connection {
     }
 }
 
-async fn write_loop(mut w: Box<dyn AsyncWrite + Send + Unpin>, mut rx: mpsc::UnboundedReceiver<Bytes>, shared: Arc<Shared>) {
+async fn write_loop(
+    mut w: Box<dyn AsyncWrite + Send + Unpin>,
+    mut rx: mpsc::UnboundedReceiver<Bytes>,
+    shared: Arc<Shared>,
+) {
     while let Some(frame) = rx.recv().await {
         let written = match w.write_all(&frame).await {
             Ok(()) => w.flush().await,
@@ -563,7 +584,8 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(5)).await;
             drop(s);
         });
-        let err = Connection::connect(&addr, "t", Duration::from_secs(2), Duration::from_millis(300)).await.err().unwrap();
+        let err =
+            Connection::connect(&addr, "t", Duration::from_secs(2), Duration::from_millis(300)).await.err().unwrap();
         assert!(matches!(err, NetError::Timeout { .. }), "{err}");
     }
 }

