@@ -124,7 +124,8 @@ fn encode_batch(n: i32, size: usize, codec: Compression, key_us: i64) -> Bytes {
             producer_epoch: -1,
             timestamp_type: TimestampType::Creation,
             offset: i64::from(i),
-            sequence: -1,
+            // constant offset - sequence keeps kafka-protocol's encoder to one batch
+            sequence: i - 1,
             timestamp: key_us / 1000,
             key: Some(Bytes::copy_from_slice(&key_us.to_be_bytes())),
             value: Some(value_bytes(size, i as u64)),

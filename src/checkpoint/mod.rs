@@ -386,7 +386,11 @@ pub fn encode_batch(records: &[(String, Checkpoint)]) -> Bytes {
             producer_epoch: -1,
             timestamp_type: TimestampType::Creation,
             offset: i as i64,
-            sequence: -1,
+            // kafka-protocol's encoder starts a new batch whenever offset - sequence
+            // changes; a Produce request may carry only one batch per partition. With
+            // sequence = offset - 1 the difference is constant and the batch's base
+            // sequence is -1, as for any producer without an id.
+            sequence: i as i32 - 1,
             timestamp: now,
             key: Some(Bytes::from(key.clone().into_bytes())),
             value: Some(Bytes::from(cp.to_json())),
@@ -443,6 +447,16 @@ pub fn now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn checkpoint_records_go_out_as_one_batch() {
+        let cp = Checkpoint { v: 1, source_offset: 1, target_offset: 1, last_timestamp: 0, updated_ms: 0, points: vec![] };
+        let records: Vec<(String, Checkpoint)> = (0..5).map(|i| (format!("k{i}"), cp.clone())).collect();
+        let split = crate::batch::split_batches(encode_batch(&records)).unwrap();
+        assert_eq!(split.batches.len(), 1, "one batch per partition per Produce request");
+        let h = split.batches[0].header();
+        assert_eq!((h.records_count, h.last_offset_delta, h.producer_id, h.base_sequence), (5, 4, -1, -1));
+    }
 
     #[test]
     fn keys_round_trip_and_foreign_keys_are_recognised() {
