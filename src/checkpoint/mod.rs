@@ -450,7 +450,8 @@ mod tests {
 
     #[test]
     fn checkpoint_records_go_out_as_one_batch() {
-        let cp = Checkpoint { v: 1, source_offset: 1, target_offset: 1, last_timestamp: 0, updated_ms: 0, points: vec![] };
+        let cp =
+            Checkpoint { v: 1, source_offset: 1, target_offset: 1, last_timestamp: 0, updated_ms: 0, points: vec![] };
         let records: Vec<(String, Checkpoint)> = (0..5).map(|i| (format!("k{i}"), cp.clone())).collect();
         let split = crate::batch::split_batches(encode_batch(&records)).unwrap();
         assert_eq!(split.batches.len(), 1, "one batch per partition per Produce request");

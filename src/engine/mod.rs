@@ -153,8 +153,20 @@ struct Pending {
     /// Stamp of the last send and the producer generation it belongs to; reused on
     /// retry so the broker can drop duplicates.
     stamp: Option<(u64, ProducerStamp)>,
+    state: SendState,
     first_offset: i64,
     _charge: Charge,
+}
+
+/// Where a queued batch is in its life on the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SendState {
+    Unsent,
+    InFlight,
+    /// Acknowledged at this target base offset (-1: not told). It leaves the queue
+    /// when every batch before it has too: completions of pipelined requests can be
+    /// handled out of order, but positions advance in order.
+    Acked(i64),
 }
 
 impl Pending {
@@ -206,6 +218,12 @@ struct PartState {
 }
 
 impl PartState {
+    /// Index of the first batch not sent yet (after a failure, the failed one: batches
+    /// are resent in order).
+    fn next_unsent(&self) -> Option<usize> {
+        self.queue.iter().position(|e| e.state == SendState::Unsent)
+    }
+
     fn queued_bytes(&self) -> usize {
         self.queue_bytes
     }
@@ -715,7 +733,7 @@ impl FlowDriver {
                 || p.recovering
                 || p.produce_not_before > now
                 || p.in_flight >= max_in_flight
-                || p.queue.len() <= p.in_flight
+                || p.next_unsent().is_none()
             {
                 continue;
             }
@@ -744,7 +762,7 @@ impl FlowDriver {
             for tp in tps {
                 let p = self.parts.get_mut(&tp).expect("partition exists");
                 let max_message = self.target_topics.get(&*tp.topic).and_then(|t| t.max_message_bytes);
-                let idx = p.in_flight;
+                let Some(idx) = p.next_unsent() else { continue };
                 let entry = &mut p.queue[idx];
                 let stamp = match entry.stamp {
                     Some((generation, s)) if generation == self.producer_generation => s,
@@ -785,6 +803,7 @@ impl FlowDriver {
                 }
                 request_bytes += outgoing.bytes().len();
                 p.in_flight += 1;
+                entry.state = SendState::InFlight;
                 sent.push((tp.clone(), entry.id));
                 topics.entry(p.target.topic.clone()).or_default().push(
                     PartitionProduceData::default()
@@ -1240,6 +1259,7 @@ impl FlowDriver {
                     id: self.next_pending_id,
                     batch: verified,
                     stamp: None,
+                    state: SendState::Unsent,
                     first_offset,
                     _charge: charge.split(size as u64),
                 };
@@ -1331,31 +1351,39 @@ impl FlowDriver {
     fn produce_acked(&mut self, tp: &TopicPartition, id: u64, target_base_offset: i64) {
         let flow = self.flow.name.clone();
         let Some(p) = self.parts.get_mut(tp) else { return };
-        p.in_flight = p.in_flight.saturating_sub(1);
-        let pos = p.queue.iter().position(|e| e.id == id);
-        let Some(pos) = pos else { return };
-        if pos != 0 {
-            error!(flow = %flow, partition = %tp, "target acknowledged a batch ahead of an unacknowledged one: the target broker does not enforce idempotent sequences");
+        let Some(pos) = p.queue.iter().position(|e| e.id == id) else { return };
+        if p.queue[pos].state != SendState::InFlight {
+            return; // answered twice: ignore
         }
-        let entry = p.queue.remove(pos).expect("position is valid");
-        p.queue_bytes -= entry.batch.bytes().len();
-        let h = entry.batch.header();
-        if target_base_offset >= 0 {
-            if p.target_next.is_none() && p.points.is_empty() {
-                // First batch on the target since this partition started from nothing:
-                // everything between the start offset and this batch was not copied, so
-                // (start, this batch's target offset) is the first mapping point.
-                p.points.push((p.start_offset, target_base_offset));
+        p.in_flight -= 1;
+        if p.queue.iter().take(pos).any(|e| e.state == SendState::Unsent) {
+            // An earlier batch failed and waits to be resent, yet this later one was
+            // written: a broker enforcing idempotent sequences refuses that.
+            error!(flow = %flow, partition = %tp, "target acknowledged a batch ahead of a failed one: the target broker does not enforce idempotent sequences, order on the target may differ from the source");
+        }
+        p.queue[pos].state = SendState::Acked(target_base_offset);
+        // Positions advance in order: pop every acknowledged batch at the front.
+        while let Some(SendState::Acked(base)) = p.queue.front().map(|e| e.state) {
+            let entry = p.queue.pop_front().expect("front exists");
+            p.queue_bytes -= entry.batch.bytes().len();
+            let h = entry.batch.header();
+            if base >= 0 {
+                if p.target_next.is_none() && p.points.is_empty() {
+                    // First batch on the target since this partition started from nothing:
+                    // everything between the start offset and this batch was not copied,
+                    // so (start, this batch's target offset) is the first mapping point.
+                    p.points.push((p.start_offset, base));
+                }
+                p.target_next = Some(base + i64::from(h.records_count));
+            } else {
+                // DUPLICATE_SEQUENCE_NUMBER may come without an offset: count on from the last.
+                p.target_next = p.target_next.map(|t| t + i64::from(h.records_count));
             }
-            p.target_next = Some(target_base_offset + i64::from(h.records_count));
-        } else {
-            // DUPLICATE_SEQUENCE_NUMBER may come without an offset: count on from the last.
-            p.target_next = p.target_next.map(|t| t + i64::from(h.records_count));
+            p.last_timestamp = p.last_timestamp.max(h.max_timestamp);
+            self.stats.records.fetch_add(u64::try_from(h.records_count).unwrap_or(0), Ordering::Relaxed);
+            self.stats.bytes.fetch_add(entry.batch.bytes().len() as u64, Ordering::Relaxed);
+            self.stats.batches.fetch_add(1, Ordering::Relaxed);
         }
-        p.last_timestamp = p.last_timestamp.max(h.max_timestamp);
-        self.stats.records.fetch_add(u64::try_from(h.records_count).unwrap_or(0), Ordering::Relaxed);
-        self.stats.bytes.fetch_add(entry.batch.bytes().len() as u64, Ordering::Relaxed);
-        self.stats.batches.fetch_add(1, Ordering::Relaxed);
         p.produce_backoff = Tuning::ms(self.tuning.retry_backoff_ms);
         if p.recovering && p.in_flight == 0 {
             p.recovering = false;
@@ -1366,8 +1394,13 @@ impl FlowDriver {
         let flow = self.flow.name.clone();
         let max_backoff = Tuning::ms(self.tuning.retry_backoff_max_ms);
         let Some(p) = self.parts.get_mut(tp) else { return };
-        p.in_flight = p.in_flight.saturating_sub(1);
-        let offset = p.queue.iter().find(|e| e.id == id).map_or(-1, Pending::base_offset);
+        let Some(entry) = p.queue.iter_mut().find(|e| e.id == id) else { return };
+        if entry.state != SendState::InFlight {
+            return;
+        }
+        entry.state = SendState::Unsent; // resent, in order, once in-flight requests drain
+        let offset = entry.base_offset();
+        p.in_flight -= 1;
         let mut reset_producer = false;
         if let Some((e, msg)) = &error {
             let detail = msg.map(|m| format!(" ({m})")).unwrap_or_default();
