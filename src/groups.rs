@@ -75,6 +75,13 @@ pub async fn committed(
     Ok(out)
 }
 
+/// Whether a group is consuming: it has members, or its state says it has (some brokers,
+/// tansu 0.6.0 among them, describe a Stable group with an empty member list).
+#[must_use]
+pub fn is_live(members: usize, state: &str) -> bool {
+    members > 0 || !matches!(state, "Empty" | "Dead" | "")
+}
+
 /// Number of live members of `group`, and its state ("Empty", "Stable", "Dead", ...).
 pub async fn members(cluster: &Cluster, group: &str) -> Result<(usize, String), ClusterError> {
     let conn = coordinator(cluster, group).await?;
@@ -116,7 +123,7 @@ pub async fn commit(
     offsets: &BTreeMap<TopicPartition, i64>,
 ) -> Result<(), ClusterError> {
     let (n, state) = members(cluster, group).await?;
-    if n > 0 {
+    if is_live(n, &state) {
         return Err(other(cluster, format!("group '{group}' has {n} active member(s) (state {state}): its offsets are not changed while it consumes")));
     }
     let mut topics: BTreeMap<&str, Vec<OffsetCommitRequestPartition>> = BTreeMap::new();

@@ -255,7 +255,7 @@ pub async fn sync_flow_group(
 ) -> Result<BTreeMap<TopicPartition, i64>, String> {
     let rows = translate_flow_group(flow, source, target, checkpoint_topic, group).await?;
     let (members, state) = groups::members(target, group).await.map_err(|e| e.to_string())?;
-    if members > 0 {
+    if groups::is_live(members, &state) {
         return Err(format!(
             "group '{group}' has {members} active member(s) on cluster '{}' (state {state}): not moved",
             flow.target

@@ -419,3 +419,40 @@ shutdown_timeout_ms = 2000
     }
     assert!(failback.stop().success());
 }
+
+#[test]
+fn a_live_group_on_the_target_is_never_moved() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let source = Broker::start();
+    let target = Broker::start();
+    create_topic(&source.bootstrap, "orders", 1);
+    let recs: Vec<TestRecord> = (0..30).map(|i| TestRecord::kv(0, &format!("k{i}"), "v")).collect();
+    produce(&source.bootstrap, "orders", &recs, "none", false);
+    let mut proxy = MirrorProxy::start(&config(&source.bootstrap, &target.bootstrap));
+    assert_eq!(consume_all(&target.bootstrap, "orders", 30, WAIT).len(), 30);
+    assert!(proxy.stop().success());
+    commit_offset(&source.bootstrap, "live", "orders", 0, 20);
+    // a consumer of the same group is running on the target
+    let consumer: BaseConsumer = rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", &target.bootstrap)
+        .set("group.id", "live")
+        .set("enable.auto.commit", "false")
+        .set("session.timeout.ms", "6000")
+        .create()
+        .unwrap();
+    consumer.subscribe(&["orders"]).unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    while consumer.assignment().map(|a| a.count()).unwrap_or(0) == 0 {
+        assert!(std::time::Instant::now() < deadline, "the consumer never joined its group on tansu");
+        let _ = consumer.poll(Duration::from_millis(200));
+    }
+    let before = committed_offset(&target.bootstrap, "live", "orders", 0);
+    let cfg = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(cfg.path(), config(&source.bootstrap, &target.bootstrap)).unwrap();
+    let (ok, _, stderr) =
+        cli(cfg.path(), &["offsets", "translate", "--flow", "edge->cloud", "--group", "live", "--commit"]);
+    let _ = consumer.poll(Duration::from_millis(10));
+    assert!(!ok, "a live group was moved");
+    assert!(stderr.contains("active") && stderr.contains("not moved"), "{stderr}");
+    assert_eq!(committed_offset(&target.bootstrap, "live", "orders", 0), before, "offset changed under a live group");
+}
