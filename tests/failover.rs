@@ -11,23 +11,7 @@ use support::*;
 const WAIT: Duration = Duration::from_secs(60);
 
 fn config(source: &str, target: &str) -> String {
-    format!(
-        r#"
-[clusters.edge]
-bootstrap = "{source}"
-[clusters.cloud]
-bootstrap = "{target}"
-[[flows]]
-source = "edge"
-target = "cloud"
-topics = "orders"
-[tuning]
-summary_interval_ms = 1000
-metadata_refresh_ms = 500
-fetch_max_wait_ms = 50
-checkpoint_interval_ms = 200
-"#
-    )
+    edge_to_cloud(source, target, "orders", "")
 }
 
 fn cli(config_path: &std::path::Path, args: &[&str]) -> (bool, String, String) {

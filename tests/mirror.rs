@@ -16,26 +16,7 @@ use support::*;
 const WAIT: Duration = Duration::from_secs(60);
 
 fn config(source: &str, target: &str, topics: &str, extra_flow: &str) -> String {
-    format!(
-        r#"
-[clusters.edge]
-bootstrap = "{source}"
-
-[clusters.cloud]
-bootstrap = "{target}"
-
-[[flows]]
-source = "edge"
-target = "cloud"
-topics = "{topics}"
-{extra_flow}
-
-[tuning]
-summary_interval_ms = 1000
-metadata_refresh_ms = 500
-fetch_max_wait_ms = 100
-"#
-    )
+    edge_to_cloud(source, target, topics, extra_flow)
 }
 
 /// Compression codec id of every batch in a target partition, read with a raw Fetch.

@@ -10,23 +10,7 @@ use std::time::{Duration, Instant};
 use support::*;
 
 fn config(source: &str, target: &str) -> String {
-    format!(
-        r#"
-[clusters.edge]
-bootstrap = "{source}"
-[clusters.cloud]
-bootstrap = "{target}"
-[[flows]]
-source = "edge"
-target = "cloud"
-topics = "orders"
-[tuning]
-summary_interval_ms = 1000
-metadata_refresh_ms = 500
-fetch_max_wait_ms = 50
-checkpoint_interval_ms = 150
-"#
-    )
+    edge_to_cloud(source, target, "orders", "")
 }
 
 fn record(i: usize, partitions: i32) -> TestRecord {

@@ -278,18 +278,12 @@ impl VerifiedBatch {
             return Ok(None);
         }
         let body = self.pack(plain)?;
-        let batch_length = i32::try_from(body.len() + HEADER_LEN - super::LOG_OVERHEAD).map_err(|_| {
-            BatchError::NotForwardable { base_offset, reason: "the trimmed batch would be larger than 2 GiB" }
-        })?;
-        let mut header = BatchHeader { batch_length, records_count: kept, ..self.header };
-        let mut head = [0u8; HEADER_LEN];
-        header.write_into(&mut head);
-        let mut out = BytesMut::with_capacity(HEADER_LEN + body.len());
-        out.extend_from_slice(&head);
-        out.extend_from_slice(&body);
-        header.crc = crc32c::crc32c(&out[CRC_START..]);
-        out[CRC..CRC + 4].copy_from_slice(&header.crc.to_be_bytes());
-        Ok(Some(VerifiedBatch::new(header, out.freeze())))
+        let (header, bytes) = assemble(
+            BatchHeader { records_count: kept, ..self.header },
+            &body,
+            "the trimmed batch would be larger than 2 GiB",
+        )?;
+        Ok(Some(VerifiedBatch::new(header, bytes)))
     }
 
     /// Slow path: rewrite offset deltas to 0..n-1 and re-compress.
@@ -309,18 +303,28 @@ impl VerifiedBatch {
                 .map_err(|reason| BatchError::Corrupt { base_offset, reason: reason.to_owned() })?;
             Cow::Owned(self.pack(plain)?)
         };
-        let batch_length = i32::try_from(body.len() + HEADER_LEN - super::LOG_OVERHEAD).map_err(|_| {
-            BatchError::NotForwardable { base_offset, reason: "the renumbered batch would be larger than 2 GiB" }
-        })?;
-        let mut header = BatchHeader { batch_length, last_offset_delta: count - 1, ..self.stamped_header(stamp) };
-        let mut head = [0u8; HEADER_LEN];
-        header.write_into(&mut head);
-        let mut out = BytesMut::with_capacity(HEADER_LEN + body.len());
-        out.extend_from_slice(&head);
-        out.extend_from_slice(&body);
-        header.crc = crc32c::crc32c(&out[CRC_START..]);
-        out[CRC..CRC + 4].copy_from_slice(&header.crc.to_be_bytes());
-        debug_assert_eq!(&out[LAST_OFFSET_DELTA..LAST_OFFSET_DELTA + 4], &(count - 1).to_be_bytes());
-        Ok(OutgoingBatch { header, bytes: out.freeze() })
+        let (header, bytes) = assemble(
+            BatchHeader { last_offset_delta: count - 1, ..self.stamped_header(stamp) },
+            &body,
+            "the renumbered batch would be larger than 2 GiB",
+        )?;
+        debug_assert_eq!(&bytes[LAST_OFFSET_DELTA..LAST_OFFSET_DELTA + 4], &(count - 1).to_be_bytes());
+        Ok(OutgoingBatch { header, bytes })
     }
+}
+
+/// Builds a batch from a header and a new records section: sets `batchLength`, writes
+/// the header and computes the CRC. `too_large` is the error when it exceeds 2 GiB.
+fn assemble(mut header: BatchHeader, body: &[u8], too_large: &'static str) -> Result<(BatchHeader, Bytes), BatchError> {
+    let base_offset = header.base_offset;
+    header.batch_length = i32::try_from(body.len() + HEADER_LEN - super::LOG_OVERHEAD)
+        .map_err(|_| BatchError::NotForwardable { base_offset, reason: too_large })?;
+    let mut head = [0u8; HEADER_LEN];
+    header.write_into(&mut head);
+    let mut out = BytesMut::with_capacity(HEADER_LEN + body.len());
+    out.extend_from_slice(&head);
+    out.extend_from_slice(body);
+    header.crc = crc32c::crc32c(&out[CRC_START..]);
+    out[CRC..CRC + 4].copy_from_slice(&header.crc.to_be_bytes());
+    Ok((header, out.freeze()))
 }

@@ -989,3 +989,31 @@ pub fn first_record_for_group(
     let all = consume_all(bootstrap, topic, usize::MAX, timeout);
     all.into_iter().filter(|r| r.partition == partition && r.offset >= offset).min_by_key(|r| r.offset)
 }
+
+// ------------------------------------------------------------------ configs
+
+/// A config with clusters `edge` (source) and `cloud` (target), one flow of `topics`
+/// with `flow_extra` lines, and tuning for quick tests.
+pub fn edge_to_cloud(source: &str, target: &str, topics: &str, flow_extra: &str) -> String {
+    format!(
+        r#"
+[clusters.edge]
+bootstrap = "{source}"
+
+[clusters.cloud]
+bootstrap = "{target}"
+
+[[flows]]
+source = "edge"
+target = "cloud"
+topics = "{topics}"
+{flow_extra}
+
+[tuning]
+summary_interval_ms = 1000
+metadata_refresh_ms = 500
+fetch_max_wait_ms = 50
+checkpoint_interval_ms = 150
+"#
+    )
+}
