@@ -77,7 +77,7 @@ enum OffsetsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// The first offset at or after a time, per partition (ListOffsets by timestamp).
+    /// The first offset at or after a time, per partition (`ListOffsets` by timestamp).
     At {
         #[arg(long)]
         config: PathBuf,

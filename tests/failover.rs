@@ -267,7 +267,7 @@ fn foreign_and_corrupt_checkpoint_records_are_reported_and_left_alone() {
     let latest_p1 = cps
         .iter()
         .filter(|r| r.key.as_deref() == Some(b"mirrorproxy/v1/edge/cloud/orders/1".as_slice()))
-        .last()
+        .next_back()
         .unwrap();
     assert_eq!(latest_p1.value.as_deref(), Some(b"{not json".as_slice()));
     assert!(cps.iter().any(|r| r.key.as_deref() == Some(b"someone-else".as_slice())));
@@ -426,7 +426,7 @@ fn a_live_group_on_the_target_is_never_moved() {
         .unwrap();
     consumer.subscribe(&["orders"]).unwrap();
     let deadline = std::time::Instant::now() + WAIT;
-    while consumer.assignment().map(|a| a.count()).unwrap_or(0) == 0 {
+    while consumer.assignment().map_or(0, |a| a.count()) == 0 {
         assert!(std::time::Instant::now() < deadline, "the consumer never joined its group on tansu");
         let _ = consumer.poll(Duration::from_millis(200));
     }

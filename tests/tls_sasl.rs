@@ -12,9 +12,9 @@
 //! without OpenSSL) reads the same broker in plaintext to check what arrived.
 //!
 //! SASL: `tansu broker --authentication` implements SCRAM-SHA-256/512 (via rsasl)
-//! against credentials stored with AlterUserScramCredentials, but with memory storage
+//! against credentials stored with `AlterUserScramCredentials`, but with memory storage
 //! (the only storage usable here) no user can be created once authentication is on:
-//! AlterUserScramCredentials is itself refused before authentication, and a restart
+//! `AlterUserScramCredentials` is itself refused before authentication, and a restart
 //! loses the memory. tansu 0.6.0 has no PLAIN. So against tansu only refusals are
 //! shown; the exchanges themselves are checked against RFC 7677 / RFC 4616 vectors in
 //! `src/net/sasl.rs`.
@@ -314,7 +314,7 @@ fn tls_failures_are_named_by_check() {
     let edge = Broker::start();
     let plain = free_port();
     let _tansu = tansu(plain, plain, false);
-    let port = |_: ()| free_port();
+    let port = |(): ()| free_port();
 
     // (name, stunnel cert, client CA required by stunnel, client ca, client cert, extra, expected reason)
     let cases: [(&str, &str, Option<&str>, &str, Option<&str>, &str, &str); 5] = [
@@ -407,7 +407,7 @@ fn sasl_table(mech: &str, user: &str, env: &str) -> String {
 }
 
 /// SCRAM-SHA-256 and -512 against tansu's SCRAM (rsasl). With memory storage no user
-/// can be created on a broker that requires authentication (AlterUserScramCredentials
+/// can be created on a broker that requires authentication (`AlterUserScramCredentials`
 /// itself needs an authenticated connection, and tansu 0.6.0 offers no other way), so
 /// only refusals can be shown here: each gives one clear error line naming the
 /// cluster, the broker, the user and the mechanism, and the password appears nowhere
@@ -439,7 +439,7 @@ fn scram_refusals_against_tansu_and_secrets_stay_secret() {
     }
 }
 
-/// tansu 0.6.0 is built without PLAIN (rsasl answers NoSharedMechanism and the broker
+/// tansu 0.6.0 is built without PLAIN (rsasl answers `NoSharedMechanism` and the broker
 /// closes the connection): the refusal is clear. PLAIN's message itself is checked
 /// against RFC 4616 in the unit tests; no server with PLAIN is available here.
 #[test]

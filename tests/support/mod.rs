@@ -491,7 +491,7 @@ impl ReceivedRecord {
             && self.key == r.key
             && self.value == r.value
             && self.headers == r.headers
-            && r.timestamp.map_or(true, |t| self.timestamp == Some(t))
+            && r.timestamp.is_none_or(|t| self.timestamp == Some(t))
     }
 }
 
