@@ -8,8 +8,8 @@ use proptest::prelude::*;
 
 use super::super::testutil::{control_batch, TestBatch, TestRecord};
 use super::super::{
-    compress, compress_snappy, decompress, records, split_batches, BatchError, Compression, ProducerStamp,
-    SnappyFraming, VerifiedBatch, HEADER_LEN,
+    compress, compress_snappy, decompress, split_batches, BatchError, Compression, ProducerStamp, SnappyFraming,
+    VerifiedBatch, HEADER_LEN,
 };
 use super::*;
 
@@ -67,31 +67,7 @@ fn app_records() -> Vec<TestRecord> {
 
 /// Records decoded with our walker, every header kept.
 fn records_of(v: &VerifiedBatch) -> Vec<TestRecord> {
-    let (data, spans) = v.record_spans().expect("walk");
-    spans
-        .iter()
-        .map(|s| {
-            let mut pos = s.headers.start;
-            let _ = records::read_varint(&data, &mut pos);
-            let mut headers = Vec::new();
-            for _ in 0..s.headers_count {
-                let kl = records::read_varint(&data, &mut pos).unwrap() as usize;
-                let k = data[pos..pos + kl].to_vec();
-                pos += kl;
-                let vl = records::read_varint(&data, &mut pos).unwrap();
-                let val = (vl >= 0).then(|| data[pos..pos + vl as usize].to_vec());
-                pos += usize::try_from(vl).unwrap_or(0);
-                headers.push((k, val));
-            }
-            TestRecord {
-                offset_delta: s.offset_delta,
-                timestamp_delta: s.timestamp_delta,
-                key: s.key.clone().map(|r| data[r].to_vec()),
-                value: s.value.clone().map(|r| data[r].to_vec()),
-                headers,
-            }
-        })
-        .collect()
+    super::super::testutil::decode_records(v)
 }
 
 /// `want` with a provenance header appended to every record.

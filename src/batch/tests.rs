@@ -31,32 +31,7 @@ fn all_framings() -> Vec<(Compression, SnappyFraming)> {
 
 /// Decodes records out of a batch with our own walker.
 fn walked(batch: &[u8]) -> Vec<TestRecord> {
-    let verified = one(batch.to_vec()).verify().expect("verify");
-    let (data, spans) = verified.record_spans().expect("walk");
-    spans
-        .iter()
-        .map(|s| {
-            let mut pos = s.headers.start;
-            let _ = records::read_varint(&data, &mut pos);
-            let mut headers = Vec::new();
-            for _ in 0..s.headers_count {
-                let kl = records::read_varint(&data, &mut pos).unwrap() as usize;
-                let k = data[pos..pos + kl].to_vec();
-                pos += kl;
-                let vl = records::read_varint(&data, &mut pos).unwrap();
-                let v = (vl >= 0).then(|| data[pos..pos + vl as usize].to_vec());
-                pos += usize::try_from(vl).unwrap_or(0);
-                headers.push((k, v));
-            }
-            TestRecord {
-                offset_delta: s.offset_delta,
-                timestamp_delta: s.timestamp_delta,
-                key: s.key.clone().map(|r| data[r].to_vec()),
-                value: s.value.clone().map(|r| data[r].to_vec()),
-                headers,
-            }
-        })
-        .collect()
+    super::testutil::decode_records(&one(batch.to_vec()).verify().expect("verify"))
 }
 
 #[test]

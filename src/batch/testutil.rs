@@ -176,3 +176,32 @@ pub(crate) fn control_batch(kind: i16) -> TestBatch {
         ..TestBatch::default()
     }
 }
+
+/// Records decoded with our walker, every header kept.
+pub fn decode_records(v: &super::VerifiedBatch) -> Vec<TestRecord> {
+    let (data, spans) = v.record_spans().expect("walk");
+    spans
+        .iter()
+        .map(|s| {
+            let mut pos = s.headers.start;
+            let _ = super::records::read_varint(&data, &mut pos);
+            let mut headers = Vec::new();
+            for _ in 0..s.headers_count {
+                let kl = super::records::read_varint(&data, &mut pos).unwrap() as usize;
+                let k = data[pos..pos + kl].to_vec();
+                pos += kl;
+                let vl = super::records::read_varint(&data, &mut pos).unwrap();
+                let val = (vl >= 0).then(|| data[pos..pos + vl as usize].to_vec());
+                pos += usize::try_from(vl).unwrap_or(0);
+                headers.push((k, val));
+            }
+            TestRecord {
+                offset_delta: s.offset_delta,
+                timestamp_delta: s.timestamp_delta,
+                key: s.key.clone().map(|r| data[r].to_vec()),
+                value: s.value.clone().map(|r| data[r].to_vec()),
+                headers,
+            }
+        })
+        .collect()
+}
