@@ -204,8 +204,6 @@ struct PartState {
     stopped: Option<String>,
     /// Next target offset after the acknowledged data; None until known.
     target_next: Option<i64>,
-    /// Source offset this partition started at in this run.
-    start_offset: i64,
     /// Timestamp of the newest record on the target.
     last_timestamp: i64,
     /// Mapping history written with each checkpoint.
@@ -285,6 +283,8 @@ struct Start {
 }
 
 struct Resume {
+    /// True for a checkpoint written just now, before the partition's first batch.
+    fresh: bool,
     target_offset: i64,
     tail: Vec<TailBatch>,
     last_timestamp: i64,
@@ -973,10 +973,10 @@ impl FlowDriver {
                 TopicPartition { topic: Arc::from(self.flow.target_topic(&tp.topic)), partition: tp.partition };
             let source_offset = start.source_offset;
             match &start.resume {
-                Some(r) => {
+                Some(r) if !r.fresh => {
                     info!(flow = %self.flow.name, partition = %tp, source_offset, target_offset = r.target_offset, target_batches_after_checkpoint = r.tail.len(), target = %target, "resuming partition from its checkpoint")
                 }
-                None => {
+                _ => {
                     info!(flow = %self.flow.name, partition = %tp, start_offset = source_offset, target = %target, "mirroring partition")
                 }
             }
@@ -1011,7 +1011,6 @@ impl FlowDriver {
                     next_sequence: 0,
                     stopped: None,
                     target_next,
-                    start_offset: source_offset,
                     last_timestamp,
                     points,
                     checkpointed,
@@ -1368,12 +1367,6 @@ impl FlowDriver {
             p.queue_bytes -= entry.batch.bytes().len();
             let h = entry.batch.header();
             if base >= 0 {
-                if p.target_next.is_none() && p.points.is_empty() {
-                    // First batch on the target since this partition started from nothing:
-                    // everything between the start offset and this batch was not copied,
-                    // so (start, this batch's target offset) is the first mapping point.
-                    p.points.push((p.start_offset, base));
-                }
                 p.target_next = Some(base + i64::from(h.records_count));
             } else {
                 // DUPLICATE_SEQUENCE_NUMBER may come without an offset: count on from the last.
@@ -1634,6 +1627,7 @@ async fn discover_inner(
     if log.foreign > 0 {
         warn!(flow = %flow.name, "checkpoint topic '{checkpoint_topic}' on '{}' holds {} records that are not mirrorproxy checkpoints; they are ignored and left alone", target.alias(), log.foreign);
     }
+    let mut starting = Vec::new();
     for ((leader, topic), parts) in by_leader {
         let mut fresh = Vec::new();
         for partition in parts {
@@ -1658,7 +1652,7 @@ async fn discover_inner(
                         TopicPartition::new(&topic, partition),
                         Start {
                             source_offset: cp.source_offset,
-                            resume: Some(Resume { target_offset: cp.target_offset, tail, last_timestamp: cp.last_timestamp, points: cp.points.clone() }),
+                            resume: Some(Resume { fresh: false, target_offset: cp.target_offset, tail, last_timestamp: cp.last_timestamp, points: cp.points.clone() }),
                         },
                     ));
                 }
@@ -1669,13 +1663,85 @@ async fn discover_inner(
         }
         for (partition, result) in source.list_offsets(leader, &topic, &fresh, timestamp).await? {
             match result {
-                Ok(offset) => new_partitions
-                    .push((TopicPartition::new(&topic, partition), Start { source_offset: offset, resume: None })),
+                Ok(offset) => starting.push((TopicPartition::new(&topic, partition), offset)),
                 Err(e) => debug!("ListOffsets {topic}-{partition}: {e}; next round"),
             }
         }
     }
+    new_partitions.extend(first_checkpoints(flow, target, &tgt, checkpoint_topic, starting).await?);
     Ok(Discovery { source: src, target: tgt, new_partitions, target_topics, refused })
+}
+
+/// Partitions without a checkpoint get one *before* anything is produced for them: the
+/// start offset paired with the target partition's current end. Without it, a crash
+/// before the first periodic checkpoint would leave batches on the target that no
+/// checkpoint covers, and the restart would copy them again.
+async fn first_checkpoints(
+    flow: &Flow,
+    target: &Cluster,
+    tgt: &ClusterMetadata,
+    checkpoint_topic: &str,
+    starting: Vec<(TopicPartition, i64)>,
+) -> Result<Vec<(TopicPartition, Start)>, ClusterError> {
+    let mut by_leader: BTreeMap<(i32, String), Vec<(TopicPartition, i64)>> = BTreeMap::new();
+    for (tp, offset) in starting {
+        let tname = flow.target_topic(&tp.topic);
+        let Some(leader) =
+            tgt.topics.get(&tname).and_then(|t| t.partitions.get(tp.partition as usize)).map(|p| p.leader)
+        else {
+            continue; // target partition not there yet: next round
+        };
+        if leader >= 0 {
+            by_leader.entry((leader, tname)).or_default().push((tp, offset));
+        }
+    }
+    let mut out = Vec::new();
+    let mut records = Vec::new();
+    let now = checkpoint::now_ms();
+    for ((leader, tname), parts) in by_leader {
+        let ids: Vec<i32> = parts.iter().map(|(tp, _)| tp.partition).collect();
+        let ends: HashMap<i32, i64> = target
+            .list_offsets(leader, &tname, &ids, -1)
+            .await?
+            .into_iter()
+            .filter_map(|(p, r)| r.ok().map(|o| (p, o)))
+            .collect();
+        for (tp, source_offset) in parts {
+            let Some(&target_offset) = ends.get(&tp.partition) else { continue };
+            let key = CheckpointKey {
+                source: flow.source.clone(),
+                target: flow.target.clone(),
+                topic: tp.topic.to_string(),
+                partition: tp.partition,
+            };
+            records.push((
+                key.encode(),
+                Checkpoint {
+                    v: 1,
+                    source_offset,
+                    target_offset,
+                    last_timestamp: -1,
+                    updated_ms: now,
+                    points: Vec::new(),
+                },
+            ));
+            out.push((
+                tp,
+                Start {
+                    source_offset,
+                    resume: Some(Resume {
+                        fresh: true,
+                        target_offset,
+                        tail: Vec::new(),
+                        last_timestamp: -1,
+                        points: Vec::new(),
+                    }),
+                },
+            ));
+        }
+    }
+    checkpoint::write(target, checkpoint_topic, &records).await.map_err(checkpoint_cluster_error)?;
+    Ok(out)
 }
 
 fn checkpoint_cluster_error(e: checkpoint::CheckpointError) -> ClusterError {
