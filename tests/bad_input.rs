@@ -321,6 +321,9 @@ fn tls_listener_instead_of_plaintext_is_named() {
 
 // ------------------------------------------------------------------ synthetic brokers
 
+/// The checkpoint topic the mirror writes on its target.
+const CHECKPOINTS: &str = mirrorproxy::checkpoint::DEFAULT_TOPIC;
+
 /// What a synthetic broker answers to Fetch.
 #[derive(Clone, Copy)]
 enum FetchAnswer {
@@ -427,8 +430,10 @@ impl SynthBroker {
             }
             ApiKey::Metadata => {
                 let req = MetadataRequest::decode(&mut body, v).ok()?;
-                let orders = || {
-                    MetadataResponseTopic::default().with_name(Some(topic_name("orders"))).with_partitions(vec![
+                // "orders" and the mirror's checkpoint topic exist, led by this broker.
+                let known = |n: &str| n == "orders" || n == CHECKPOINTS;
+                let orders = |n: &str| {
+                    MetadataResponseTopic::default().with_name(Some(topic_name(n))).with_partitions(vec![
                         MetadataResponsePartition::default()
                             .with_partition_index(0)
                             .with_leader_id(BrokerId(1))
@@ -438,13 +443,13 @@ impl SynthBroker {
                     ])
                 };
                 let topics = match req.topics {
-                    None => vec![orders()],
+                    None => vec![orders("orders")],
                     Some(ts) => ts
                         .iter()
                         .filter_map(|t| t.name.as_ref())
                         .map(|n| {
-                            if n.0.as_str() == "orders" {
-                                orders()
+                            if known(n.0.as_str()) {
+                                orders(n.0.as_str())
                             } else {
                                 MetadataResponseTopic::default().with_name(Some(n.clone())).with_error_code(3)
                             }
@@ -484,7 +489,13 @@ impl SynthBroker {
                 encode_response::<ListOffsetsRequest>(&ListOffsetsResponse::default().with_topics(topics), v, id).ok()
             }
             ApiKey::Fetch => {
-                FetchRequest::decode(&mut body, v).ok()?;
+                let req = FetchRequest::decode(&mut body, v).ok()?;
+                if req.topics.iter().all(|t| t.topic.0.as_str() == CHECKPOINTS) {
+                    // The mirror's own checkpoint topic reads as empty; the bad answers are
+                    // for the data it mirrors.
+                    return encode_response::<FetchRequest>(&kafka_protocol::messages::FetchResponse::default(), v, id)
+                        .ok();
+                }
                 let n = self.fetches.fetch_add(1, Ordering::Relaxed);
                 let mut frame_body = BytesMut::new();
                 frame_body.put_i32(id);
