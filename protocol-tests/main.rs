@@ -187,7 +187,7 @@ fn compacted_batch_is_renumbered_for_every_codec() {
         let out = v.into_outgoing(STAMP).expect("rewrite");
         assert_eq!(out.header().last_offset_delta, 2, "{ours}");
         assert_eq!(out.header().compression().unwrap(), ours);
-        let decoded = decode_one(out.bytes());
+        let decoded = decode_one(&out.to_bytes());
         let offsets: Vec<i64> = decoded.iter().map(|r| r.offset).collect();
         assert_eq!(offsets, [0, 1, 2], "{ours}");
         assert_same_payload(&decoded, &input);
@@ -240,7 +240,7 @@ fn transactional_batch_is_forwarded_as_idempotent() {
         assert!(!h.is_transactional(), "{ours}");
         assert_eq!(h.compression().unwrap(), ours);
         assert_eq!((h.base_offset, h.producer_id, h.producer_epoch, h.base_sequence), (0, 777, 2, 40));
-        let decoded = decode_one(out.bytes());
+        let decoded = decode_one(&out.to_bytes());
         assert!(decoded.iter().all(|r| !r.transactional && r.producer_id == 777));
         assert_eq!(decoded[2].sequence, 42);
         assert_same_payload(&decoded, &input);
@@ -269,8 +269,8 @@ fn kafka_protocol_batches_round_trip_for_every_codec() {
         let out = v.into_outgoing(STAMP).unwrap();
         assert_eq!(out.record_count(), 10);
         assert_eq!(out.header().partition_leader_epoch, 11, "not touched");
-        assert_eq!(&out.bytes()[HEADER_LEN..], &bytes[HEADER_LEN..], "{ours}: records untouched");
-        let decoded = decode_one(out.bytes());
+        assert_eq!(&out.to_bytes()[HEADER_LEN..], &bytes[HEADER_LEN..], "{ours}: records untouched");
+        let decoded = decode_one(&out.to_bytes());
         assert_same_payload(&decoded, &input);
         assert_eq!(decoded[0].offset, 0);
         assert_eq!(decoded[9].offset, 9);
@@ -282,8 +282,8 @@ fn rewrite_is_idempotent() {
     let input = [record(0, Some("a"), Some("1")), record(3, Some("b"), Some("2"))];
     for (kp, ours) in KP_CODECS {
         let once = verified(encode(&input, kp)).into_outgoing(STAMP).unwrap();
-        let twice = verified(once.bytes().clone()).into_outgoing(STAMP).unwrap();
-        assert_eq!(once.bytes(), twice.bytes(), "{ours}");
+        let twice = verified(once.to_bytes()).into_outgoing(STAMP).unwrap();
+        assert_eq!(once.to_bytes(), twice.to_bytes(), "{ours}");
     }
 }
 
@@ -659,7 +659,7 @@ mod round_trip {
         let batch = super::verified(super::encode(&[super::record(0, Some("k"), Some("v"))], KpCompression::Lz4))
             .into_outgoing(super::STAMP)
             .unwrap()
-            .into_bytes();
+            .to_bytes();
         for v in negotiable::<ProduceRequest>() {
             let req = ProduceRequest::default()
                 .with_transactional_id(None)
@@ -902,7 +902,7 @@ mod provenance {
             assert_stamped(&decode_one(stamped.bytes()), &input(), "v1:east,west");
             // And the usual Produce rewrite applies unchanged.
             let out = stamped.into_outgoing(STAMP).unwrap();
-            let decoded = decode_one(out.bytes());
+            let decoded = decode_one(&out.to_bytes());
             assert_eq!(decoded[0].offset, 0);
             assert_eq!(decoded[0].producer_id, 777);
         }
@@ -1019,10 +1019,10 @@ mod librdkafka_fixtures {
                 );
                 assert_eq!(h.compression().unwrap(), codec, "{name}: codec kept");
                 // the records section is the same bytes: nothing was re-encoded
-                assert_eq!(&out.bytes()[61..], &b.bytes()[61..], "{name}: records bytes changed");
-                assert_eq!(decoded(out.bytes()), before, "{name}");
+                assert_eq!(&out.to_bytes()[61..], &b.bytes()[61..], "{name}: records bytes changed");
+                assert_eq!(decoded(&out.to_bytes()), before, "{name}");
                 // and the result verifies
-                split_batches(out.bytes().clone()).unwrap().batches.into_iter().next().unwrap().verify().unwrap();
+                split_batches(out.to_bytes()).unwrap().batches.into_iter().next().unwrap().verify().unwrap();
             }
             assert_eq!(records, 20, "{name}: librdkafka wrote 20 records");
         }
@@ -1046,7 +1046,7 @@ mod librdkafka_fixtures {
         for b in data {
             let out = (*b).clone().into_outgoing(STAMP).unwrap();
             assert!(!out.header().is_transactional());
-            assert_eq!(decoded(out.bytes()), decoded(b.bytes()));
+            assert_eq!(decoded(&out.to_bytes()), decoded(b.bytes()));
         }
         let control = all.iter().find(|b| b.header().is_control()).unwrap().clone();
         assert!(control.into_outgoing(STAMP).is_err(), "control batches are never forwarded");

@@ -292,7 +292,7 @@ fn stamped_compacted_batch_goes_through_into_outgoing() {
         assert_eq!(stamped.header().last_offset_delta, 9, "offsets untouched");
         assert_eq!(records_of(&stamped), with_appended(&recs, "v1:a,b"));
         let out = stamped.into_outgoing(stamp).unwrap();
-        let mut buf = out.bytes().clone();
+        let mut buf = out.to_bytes().clone();
         let set = kafka_protocol::records::RecordBatchDecoder::decode(&mut buf).unwrap();
         assert_eq!(set.records.len(), 4, "{codec}");
         for (i, r) in set.records.iter().enumerate() {

@@ -153,6 +153,17 @@ fn every_bit_flip_after_byte_17_is_detected() {
 }
 
 #[test]
+fn pass_through_does_not_copy_the_records() {
+    let input = Bytes::from(TestBatch::with_records(sample_records()).build());
+    let split = split_batches(input.clone()).expect("split");
+    let v = split.batches.into_iter().next().unwrap().verify().unwrap();
+    let out = v.into_outgoing(STAMP).unwrap();
+    assert_eq!(out.body().as_ptr(), input[HEADER_LEN..].as_ptr(), "a view of the fetched bytes");
+    assert_eq!(out.len(), input.len());
+    assert_eq!(&out.head()[..], &out.to_bytes()[..HEADER_LEN]);
+}
+
+#[test]
 fn pass_through_patches_header_only() {
     let tb = TestBatch {
         compression: Compression::Snappy,
@@ -165,11 +176,11 @@ fn pass_through_patches_header_only() {
     let v = one(input.clone()).verify().unwrap();
     assert!(!v.needs_renumbering());
     let out = v.into_outgoing(STAMP).unwrap();
-    let b = out.bytes();
+    let b = out.to_bytes();
     assert_eq!(b.len(), input.len());
     assert_eq!(&b[HEADER_LEN..], &input[HEADER_LEN..], "records untouched");
     let h = out.header();
-    assert_eq!(BatchHeader::parse(b).unwrap(), h);
+    assert_eq!(BatchHeader::parse(&b).unwrap(), h);
     assert_eq!(h.base_offset, 0);
     assert_eq!(h.partition_leader_epoch, 7);
     assert_eq!((h.producer_id, h.producer_epoch, h.base_sequence), (99, 1, 500));
@@ -193,8 +204,8 @@ fn unchanged_crc_covered_bytes_keep_the_crc() {
     };
     let input = tb.build();
     let out = one(input.clone()).verify().unwrap().into_outgoing(STAMP).unwrap();
-    assert_eq!(&out.bytes()[8..], &input[8..], "only the base offset differs");
-    assert_eq!(&out.bytes()[..8], &[0; 8]);
+    assert_eq!(&out.to_bytes()[8..], &input[8..], "only the base offset differs");
+    assert_eq!(&out.to_bytes()[..8], &[0; 8]);
 }
 
 #[test]
@@ -221,13 +232,13 @@ fn renumbers_compacted_batch_for_every_codec() {
         assert!(!h.is_transactional() && h.is_log_append_time());
         assert_eq!(h.base_timestamp, tb.base_timestamp);
         if compression == Compression::Snappy {
-            assert_eq!(snappy_framing(&out.bytes()[HEADER_LEN..]), framing);
+            assert_eq!(snappy_framing(&out.to_bytes()[HEADER_LEN..]), framing);
         }
-        let got = walked(out.bytes());
+        let got = walked(&out.to_bytes());
         let want: Vec<_> =
             recs.into_iter().enumerate().map(|(i, r)| TestRecord { offset_delta: i as i32, ..r }).collect();
         assert_eq!(got, want, "{compression} {framing:?}");
-        let re = one(out.bytes().to_vec()).verify().unwrap();
+        let re = one(out.to_bytes().to_vec()).verify().unwrap();
         assert!(!re.needs_renumbering());
     }
 }
@@ -239,8 +250,8 @@ fn renumbering_shrinks_multibyte_offset_deltas() {
     let input = TestBatch::with_records(recs.clone()).build();
     let out = one(input.clone()).verify().unwrap().into_outgoing(STAMP).unwrap();
     // Deltas 200, 70000 and 20M take 2, 3 and 4 bytes; 1, 2, 3 take one.
-    assert_eq!(out.bytes().len(), input.len() - 1 - 2 - 3);
-    let got = walked(out.bytes());
+    assert_eq!(out.to_bytes().len(), input.len() - 1 - 2 - 3);
+    let got = walked(&out.to_bytes());
     for (i, (g, r)) in got.iter().zip(&recs).enumerate() {
         assert_eq!(g.offset_delta, i as i32);
         assert_eq!((&g.key, &g.value, g.timestamp_delta), (&r.key, &r.value, r.timestamp_delta));
@@ -257,8 +268,8 @@ fn trailing_compaction_only_fixes_the_header() {
     let input = tb.build();
     let out = one(input.clone()).verify().unwrap().into_outgoing(STAMP).unwrap();
     assert_eq!(out.header().last_offset_delta, 2);
-    assert_eq!(&out.bytes()[HEADER_LEN..], &input[HEADER_LEN..], "not re-compressed");
-    one(out.bytes().to_vec()).verify().unwrap();
+    assert_eq!(&out.to_bytes()[HEADER_LEN..], &input[HEADER_LEN..], "not re-compressed");
+    one(out.to_bytes().to_vec()).verify().unwrap();
 }
 
 #[test]
@@ -429,9 +440,9 @@ proptest! {
         let stamp = ProducerStamp { producer_id: stamp.0, producer_epoch: stamp.1, base_sequence: stamp.2 };
         let out = v.into_outgoing(stamp).unwrap();
         prop_assert_eq!(out.header().last_offset_delta, out.record_count() - 1);
-        prop_assert_eq!(out.header().crc, crc32c::crc32c(&out.bytes()[21..]));
+        prop_assert_eq!(out.header().crc, crc32c::crc32c(&out.to_bytes()[21..]));
 
-        let mut buf = out.bytes().clone();
+        let mut buf = out.to_bytes().clone();
         let set = kafka_protocol::records::RecordBatchDecoder::decode(&mut buf).unwrap();
         prop_assert!(buf.is_empty());
         prop_assert_eq!(set.compression as i16, codec.0.id());
@@ -538,7 +549,7 @@ fn trimming_a_batch_keeps_only_records_at_or_after_the_position() {
         let again = one(trimmed.bytes().to_vec()).verify().expect("trimmed batch verifies");
         assert_eq!(again.header().compression().unwrap(), codec);
         let out = trimmed.into_outgoing(STAMP).unwrap();
-        let records = walked(out.bytes());
+        let records = walked(&out.to_bytes());
         let want = &sample_records()[1..];
         assert_eq!(records.len(), 2);
         for (i, (got, w)) in records.iter().zip(want).enumerate() {

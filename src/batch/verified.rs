@@ -67,24 +67,45 @@ pub struct VerifiedBatch {
     bytes: Bytes,
 }
 
-/// Bytes ready for a Produce request, with the header they carry.
+/// A batch ready for a Produce request, with the header it carries: its own
+/// (patched) 61 header bytes and, apart from them, the records section, which on the
+/// pass-through path is still a view of the fetched bytes. The two parts go to the
+/// socket as they are (vectored write), so forwarding a batch copies nothing in user
+/// space; [`OutgoingBatch::to_bytes`] joins them where one buffer is needed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutgoingBatch {
     header: BatchHeader,
-    bytes: Bytes,
+    head: [u8; HEADER_LEN],
+    body: Bytes,
 }
 
 impl OutgoingBatch {
-    /// The batch bytes to send.
+    /// The 61 header bytes as sent.
     #[must_use]
-    pub fn bytes(&self) -> &Bytes {
-        &self.bytes
+    pub fn head(&self) -> &[u8; HEADER_LEN] {
+        &self.head
     }
 
-    /// Consumes the batch, returning its bytes.
+    /// The records section as sent (everything after the header).
     #[must_use]
-    pub fn into_bytes(self) -> Bytes {
-        self.bytes
+    pub fn body(&self) -> &Bytes {
+        &self.body
+    }
+
+    /// Size of the batch on the wire.
+    #[must_use]
+    #[allow(clippy::len_without_is_empty)] // an outgoing batch is never empty
+    pub fn len(&self) -> usize {
+        HEADER_LEN + self.body.len()
+    }
+
+    /// The batch as one buffer (a copy).
+    #[must_use]
+    pub fn to_bytes(&self) -> Bytes {
+        let mut out = BytesMut::with_capacity(self.len());
+        out.extend_from_slice(&self.head);
+        out.extend_from_slice(&self.body);
+        out.freeze()
     }
 
     /// Number of records in the batch (the sequence numbers it uses).
@@ -220,21 +241,23 @@ impl VerifiedBatch {
         }
     }
 
-    /// Fast path: copy, patch header fields, fix the CRC if needed.
+    /// Fast path: patch the header fields in a copy of the 61 header bytes, fix the
+    /// CRC if a covered byte changed; the records section is not copied.
     fn patched(self, stamp: ProducerStamp) -> OutgoingBatch {
         let mut header = self.stamped_header(stamp);
-        let mut out = BytesMut::with_capacity(self.bytes.len());
-        out.extend_from_slice(&self.bytes);
-        out[BASE_OFFSET..BASE_OFFSET + 8].copy_from_slice(&header.base_offset.to_be_bytes());
-        out[ATTRIBUTES..ATTRIBUTES + 2].copy_from_slice(&header.attributes.to_be_bytes());
-        out[PRODUCER_ID..PRODUCER_ID + 8].copy_from_slice(&header.producer_id.to_be_bytes());
-        out[PRODUCER_EPOCH..PRODUCER_EPOCH + 2].copy_from_slice(&header.producer_epoch.to_be_bytes());
-        out[BASE_SEQUENCE..BASE_SEQUENCE + 4].copy_from_slice(&header.base_sequence.to_be_bytes());
-        if out[CRC_START..HEADER_LEN] != self.bytes[CRC_START..HEADER_LEN] {
-            header.crc = crc32c::crc32c(&out[CRC_START..]);
-            out[CRC..CRC + 4].copy_from_slice(&header.crc.to_be_bytes());
+        let mut head = [0u8; HEADER_LEN];
+        head.copy_from_slice(&self.bytes[..HEADER_LEN]);
+        head[BASE_OFFSET..BASE_OFFSET + 8].copy_from_slice(&header.base_offset.to_be_bytes());
+        head[ATTRIBUTES..ATTRIBUTES + 2].copy_from_slice(&header.attributes.to_be_bytes());
+        head[PRODUCER_ID..PRODUCER_ID + 8].copy_from_slice(&header.producer_id.to_be_bytes());
+        head[PRODUCER_EPOCH..PRODUCER_EPOCH + 2].copy_from_slice(&header.producer_epoch.to_be_bytes());
+        head[BASE_SEQUENCE..BASE_SEQUENCE + 4].copy_from_slice(&header.base_sequence.to_be_bytes());
+        let body = self.bytes.slice(HEADER_LEN..);
+        if head[CRC_START..] != self.bytes[CRC_START..HEADER_LEN] {
+            header.crc = crc32c::crc32c_append(crc32c::crc32c(&head[CRC_START..]), &body);
+            head[CRC..CRC + 4].copy_from_slice(&header.crc.to_be_bytes());
         }
-        OutgoingBatch { header, bytes: out.freeze() }
+        OutgoingBatch { header, head, body }
     }
 
     /// Compresses plain records data with this batch's codec (and snappy framing).
@@ -309,7 +332,9 @@ impl VerifiedBatch {
             "the renumbered batch would be larger than 2 GiB",
         )?;
         debug_assert_eq!(&bytes[LAST_OFFSET_DELTA..LAST_OFFSET_DELTA + 4], &(count - 1).to_be_bytes());
-        Ok(OutgoingBatch { header, bytes })
+        let mut head = [0u8; HEADER_LEN];
+        head.copy_from_slice(&bytes[..HEADER_LEN]);
+        Ok(OutgoingBatch { header, head, body: bytes.slice(HEADER_LEN..) })
     }
 }
 

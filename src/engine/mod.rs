@@ -40,18 +40,18 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::{
     fetch_request::{FetchPartition, FetchTopic},
-    produce_request::{PartitionProduceData, TopicProduceData},
-    BrokerId, FetchRequest, FetchResponse, ProduceRequest, ProduceResponse, TopicName,
+    BrokerId, FetchRequest, FetchResponse, ProduceResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
-use crate::batch::{self, ControlType, ProducerStamp, VerifiedBatch};
+use crate::batch::{self, ControlType, OutgoingBatch, ProducerStamp, VerifiedBatch};
 use crate::checkpoint::{self, Checkpoint, CheckpointKey, Fingerprint, TailBatch};
 use crate::cluster::{Cluster, ClusterError, ClusterMetadata, TopicPartition};
 use crate::config::{Flow, StartAt, Tuning};
 use crate::net::{Connection, NetError};
+use crate::wire::produce::{PartitionRecords, ProduceFields, TopicRecords};
 use txn::{Outcome, Released, TxnStage};
 
 /// Which side of a flow something happened on.
@@ -756,7 +756,7 @@ impl FlowDriver {
                     continue;
                 }
             };
-            let mut topics: BTreeMap<Arc<str>, Vec<PartitionProduceData>> = BTreeMap::new();
+            let mut topics: BTreeMap<Arc<str>, Vec<(i32, OutgoingBatch)>> = BTreeMap::new();
             let mut sent = Vec::new();
             let mut request_bytes = 0usize;
             for tp in tps {
@@ -785,51 +785,51 @@ impl FlowDriver {
                     }
                 };
                 if let Some(max) = max_message {
-                    if outgoing.bytes().len() > max {
+                    if outgoing.len() > max {
                         let why = format!(
                             "batch at source offset {source_offset} is {} bytes, larger than max.message.bytes={max} of target topic '{}'; raise it on the target topic",
-                            outgoing.bytes().len(),
+                            outgoing.len(),
                             p.target.topic
                         );
                         stop_partition(&self.flow.name, &tp, p, Side::Target, why);
                         continue;
                     }
                 }
-                if request_bytes > 0 && request_bytes + outgoing.bytes().len() > self.tuning.produce_max_bytes as usize
-                {
+                if request_bytes > 0 && request_bytes + outgoing.len() > self.tuning.produce_max_bytes as usize {
                     // Undo the stamp's sequence only if it was fresh: simpler to keep it (the
                     // batch is sent next time with the same stamp, which is still in order).
                     break;
                 }
-                request_bytes += outgoing.bytes().len();
+                request_bytes += outgoing.len();
                 p.in_flight += 1;
                 entry.state = SendState::InFlight;
                 sent.push((tp.clone(), entry.id));
-                topics.entry(p.target.topic.clone()).or_default().push(
-                    PartitionProduceData::default()
-                        .with_index(p.target.partition)
-                        .with_records(Some(outgoing.into_bytes())),
-                );
+                topics.entry(p.target.topic.clone()).or_default().push((p.target.partition, outgoing));
             }
             if sent.is_empty() {
                 continue;
             }
-            let req = ProduceRequest::default()
-                .with_transactional_id(None)
-                .with_acks(self.tuning.acks)
-                .with_timeout_ms(self.tuning.request_timeout_ms.min(i32::MAX as u64) as i32)
-                .with_topic_data(
-                    topics
-                        .into_iter()
-                        .map(|(t, ps)| {
-                            TopicProduceData::default()
-                                .with_name(TopicName(StrBytes::from_string(t.to_string())))
-                                .with_partition_data(ps)
+            let fields = ProduceFields {
+                transactional_id: None,
+                acks: self.tuning.acks,
+                timeout_ms: self.tuning.request_timeout_ms.min(i32::MAX as u64) as i32,
+            };
+            let topics: Vec<TopicRecords<'_>> = topics
+                .iter()
+                .map(|(t, ps)| TopicRecords {
+                    name: t,
+                    partitions: ps
+                        .iter()
+                        .map(|(partition, b)| PartitionRecords {
+                            partition: *partition,
+                            head: b.head(),
+                            body: b.body().clone(),
                         })
                         .collect(),
-                );
+                })
+                .collect();
             *self.producing.entry(broker).or_default() += 1;
-            match conn.send(&req) {
+            match conn.send_produce(&fields, &topics) {
                 Ok(fut) => {
                     self.tasks.push(Box::pin(async move { Event::Produced { broker, sent, result: fut.await } }))
                 }

@@ -27,12 +27,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use kafka_protocol::messages::{ApiKey, ApiVersionsRequest};
+use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, ProduceRequest};
 use kafka_protocol::protocol::{Request, StrBytes};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::wire::produce::{FrameParts, ProduceFields, TopicRecords};
 use crate::wire::{self, WireError};
 
 /// Largest response frame accepted. Fetch responses are bounded by our own max_bytes
@@ -137,6 +138,8 @@ pub fn our_max_version(api: ApiKey) -> i16 {
 pub fn our_min_version(api: ApiKey) -> i16 {
     match api {
         ApiKey::Metadata => 4,
+        // Below v3 Produce carries the old message sets, not record batch v2.
+        ApiKey::Produce => *wire::produce::PRODUCE_VERSIONS.start(),
         // v0 sends the SASL tokens as raw frames outside Kafka's framing (pre KIP-152).
         ApiKey::SaslHandshake => 1,
         _ => 0,
@@ -179,7 +182,7 @@ impl Shared {
 /// A pipelined connection to one broker.
 pub struct Connection {
     shared: Arc<Shared>,
-    tx: mpsc::UnboundedSender<Bytes>,
+    tx: mpsc::UnboundedSender<FrameParts>,
     next_correlation: AtomicI32,
     versions: HashMap<i16, (i16, i16)>,
     client_id: String,
@@ -351,15 +354,42 @@ impl Connection {
         self.send_at(request, version)
     }
 
+    /// Queues a Produce request *now* (like [`Connection::send`]), encoded so that the
+    /// records sections of the batches are written from where they are, not copied
+    /// ([`wire::produce`]).
+    pub fn send_produce(
+        &self,
+        fields: &ProduceFields<'_>,
+        topics: &[TopicRecords<'_>],
+    ) -> Result<
+        impl std::future::Future<Output = Result<<ProduceRequest as Request>::Response, NetError>> + Send + 'static,
+        NetError,
+    > {
+        let version = self.version_for::<ProduceRequest>()?;
+        let reply = self.enqueue_parts(|correlation_id| {
+            wire::produce::encode_produce(version, correlation_id, &self.client_id, fields, topics)
+        })?;
+        Ok(self.awaiting::<ProduceRequest>(reply, version))
+    }
+
     fn send_at<R: Request>(
         &self,
         request: &R,
         version: i16,
     ) -> Result<impl std::future::Future<Output = Result<R::Response, NetError>> + Send + 'static, NetError> {
         let reply = self.enqueue(request, version)?;
+        Ok(self.awaiting::<R>(reply, version))
+    }
+
+    /// The future of a queued request's decoded response.
+    fn awaiting<R: Request>(
+        &self,
+        reply: oneshot::Receiver<Result<Bytes, NetError>>,
+        version: i16,
+    ) -> impl std::future::Future<Output = Result<R::Response, NetError>> + Send + 'static {
         let shared = self.shared.clone();
         let timeout = self.request_timeout;
-        Ok(async move {
+        async move {
             let api = wire::api_key::<R>();
             let frame = match tokio::time::timeout(timeout, reply).await {
                 Ok(Ok(result)) => result?,
@@ -379,7 +409,7 @@ impl Connection {
                 shared.poison(err.clone());
                 err
             })
-        })
+        }
     }
 
     fn protocol_error(&self, e: &WireError) -> NetError {
@@ -409,12 +439,21 @@ impl Connection {
         request: &R,
         version: i16,
     ) -> Result<oneshot::Receiver<Result<Bytes, NetError>>, NetError> {
+        self.enqueue_parts(|correlation_id| {
+            wire::encode_request(request, version, correlation_id, &self.client_id).map(|f| vec![f])
+        })
+    }
+
+    /// Registers a correlation id, encodes the frame with it and hands it to the writer.
+    fn enqueue_parts(
+        &self,
+        encode: impl FnOnce(i32) -> Result<FrameParts, WireError>,
+    ) -> Result<oneshot::Receiver<Result<Bytes, NetError>>, NetError> {
         if let Some(err) = self.shared.poison.lock().unwrap().clone() {
             return Err(err);
         }
         let correlation_id = self.next_correlation.fetch_add(1, Ordering::Relaxed);
-        let frame = wire::encode_request(request, version, correlation_id, &self.client_id)
-            .map_err(|e| self.protocol_error(&e))?;
+        let frame = encode(correlation_id).map_err(|e| self.protocol_error(&e))?;
         let (reply_tx, reply_rx) = oneshot::channel();
         self.shared.pending.lock().unwrap().insert(correlation_id, reply_tx);
         // Re-check: the reader may have poisoned the connection between the two locks.
@@ -457,13 +496,32 @@ impl Drop for Connection {
     }
 }
 
+/// Most buffers handed to one vectored write (Linux's `IOV_MAX` is 1024).
+const MAX_IOV: usize = 256;
+/// Most bytes gathered for one write: frames queued together go out together.
+const MAX_GATHER: usize = 4 << 20;
+
+/// Writes queued frames in order. Frames queued while a write was in progress are
+/// gathered into the next write (fewer system calls under load). A plain TCP stream
+/// takes the parts as one vectored write, so record batches are written from the
+/// fetched buffers; a TLS stream gets them joined, since it copies into TLS records
+/// anyway and a record per part would waste bytes on the wire.
 async fn write_loop(
     mut w: Box<dyn AsyncWrite + Send + Unpin>,
-    mut rx: mpsc::UnboundedReceiver<Bytes>,
+    mut rx: mpsc::UnboundedReceiver<FrameParts>,
     shared: Arc<Shared>,
 ) {
+    let vectored = w.is_write_vectored();
+    let mut parts: std::collections::VecDeque<Bytes> = std::collections::VecDeque::new();
     while let Some(frame) = rx.recv().await {
-        let written = match w.write_all(&frame).await {
+        parts.extend(frame);
+        let mut gathered: usize = parts.iter().map(Bytes::len).sum();
+        while parts.len() < MAX_IOV && gathered < MAX_GATHER {
+            let Ok(frame) = rx.try_recv() else { break };
+            gathered += frame.iter().map(Bytes::len).sum::<usize>();
+            parts.extend(frame);
+        }
+        let written = match write_parts(&mut w, &mut parts, vectored).await {
             Ok(()) => w.flush().await,
             Err(e) => Err(e),
         };
@@ -535,6 +593,40 @@ async fn read_loop(mut r: Box<dyn AsyncRead + Send + Unpin>, shared: Arc<Shared>
             }
         }
     }
+}
+
+/// Writes all of `parts` (emptying it).
+async fn write_parts(
+    w: &mut Box<dyn AsyncWrite + Send + Unpin>,
+    parts: &mut std::collections::VecDeque<Bytes>,
+    vectored: bool,
+) -> std::io::Result<()> {
+    if !vectored {
+        let mut joined = BytesMut::with_capacity(parts.iter().map(Bytes::len).sum());
+        for p in parts.drain(..) {
+            joined.extend_from_slice(&p);
+        }
+        return w.write_all(&joined).await;
+    }
+    while !parts.is_empty() {
+        let slices: Vec<std::io::IoSlice<'_>> = parts.iter().take(MAX_IOV).map(|p| std::io::IoSlice::new(p)).collect();
+        let mut n = w.write_vectored(&slices).await?;
+        drop(slices);
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while n > 0 {
+            let first = parts.front_mut().expect("wrote no more than was queued");
+            if n >= first.len() {
+                n -= first.len();
+                parts.pop_front();
+            } else {
+                bytes::Buf::advance(first, n);
+                n = 0;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Total bytes of the frame being received, when its length prefix is known.

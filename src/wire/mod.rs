@@ -13,6 +13,8 @@
 //! HTTP server answers `HTTP/1.1 ...`, whose first four bytes read as a length of
 //! about 1.2 GB).
 
+pub mod produce;
+
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
