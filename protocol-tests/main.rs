@@ -827,6 +827,25 @@ mod round_trip {
         max.put_i32(MAX_FRAME as i32);
         assert!(check_frame(&max, MAX_FRAME).unwrap().is_none());
     }
+
+    /// tansu 0.6.0 (sqlite storage) sends `NodeEndpoints` (tag 0, defined from v16) in
+    /// Fetch v12 responses. Tagged fields are optional by design (KIP-482): a tag the
+    /// version does not define is skipped like an unknown one, not a decode error.
+    #[test]
+    fn fetch_response_with_a_tag_from_a_later_version_decodes() {
+        let resp = FetchResponse::default().with_throttle_time_ms(7);
+        let frame = encode_response::<FetchRequest>(&resp, 12, 9).unwrap();
+        let mut body = BytesMut::from(&frame[LENGTH_PREFIX..]);
+        // The body ends with the top-level tagged-field count (0): make it one field,
+        // tag 0, 1 byte: an empty compact array of node endpoints.
+        assert_eq!(body.last(), Some(&0));
+        body.truncate(body.len() - 1);
+        body.extend_from_slice(&[1, 0, 1, 1]);
+        let back = decode_response::<FetchRequest>(body.freeze(), 12).expect("an extra tag is not an error");
+        assert_eq!(back.throttle_time_ms, 7);
+        assert!(back.node_endpoints.is_empty());
+        assert_eq!(back.unknown_tagged_fields.get(&0).map(|b| b.to_vec()), Some(vec![1]));
+    }
 }
 
 // ===========================================================================
