@@ -12,12 +12,14 @@
 //! without OpenSSL) reads the same broker in plaintext to check what arrived.
 //!
 //! SASL: `tansu broker --authentication` implements SCRAM-SHA-256/512 (via rsasl)
-//! against credentials stored with `AlterUserScramCredentials`, but with memory storage
-//! (the only storage usable here) no user can be created once authentication is on:
-//! `AlterUserScramCredentials` is itself refused before authentication, and a restart
-//! loses the memory. tansu 0.6.0 has no PLAIN. So against tansu only refusals are
-//! shown; the exchanges themselves are checked against RFC 7677 / RFC 4616 vectors in
-//! `src/net/sasl.rs`.
+//! against credentials stored with `AlterUserScramCredentials`. With memory storage no
+//! user can be created once authentication is on (`AlterUserScramCredentials` is itself
+//! refused before authentication, and a restart loses the memory), so the SCRAM logins
+//! run against a second tansu 0.6.0 built with its sqlite storage engine (`tansu-sqlite`,
+//! built by `tools/install-deps.sh`): users are created while authentication is off,
+//! then the broker restarts on the same database with authentication on. tansu 0.6.0
+//! has no PLAIN: PLAIN is checked against RFC 4616 exchanges in `src/net/sasl.rs`, and
+//! the SCRAM exchanges also against the RFC 7677 vectors there.
 
 mod support;
 
@@ -437,6 +439,176 @@ fn scram_refusals_against_tansu_and_secrets_stay_secret() {
             "{mech}: part of the password leaked"
         );
     }
+}
+
+/// The tansu built with sqlite storage (`$TANSU_SQLITE_BIN`, else `tansu-sqlite` on PATH).
+fn tansu_sqlite_bin() -> PathBuf {
+    let hint = "run `bash tools/install-deps.sh` (builds tansu 0.6.0 with its sqlite storage as tansu-sqlite) \
+                or set TANSU_SQLITE_BIN";
+    if let Some(p) = std::env::var_os("TANSU_SQLITE_BIN") {
+        let p = PathBuf::from(p);
+        assert!(p.is_file(), "TANSU_SQLITE_BIN={} is not a file; {hint}", p.display());
+        return p;
+    }
+    let found = std::env::var_os("PATH")
+        .and_then(|path| std::env::split_paths(&path).map(|d| d.join("tansu-sqlite")).find(|p| p.is_file()));
+    found.unwrap_or_else(|| panic!("tansu-sqlite (tansu 0.6.0 with the libsql feature) not found; {hint}"))
+}
+
+/// A tansu with sqlite storage in `dir`, so users survive a restart.
+fn tansu_sqlite(dir: &Path, port: u16, authentication: bool) -> Child {
+    let log = dir.join(format!("tansu-{}.log", if authentication { "auth" } else { "open" }));
+    let f = std::fs::File::create(&log).unwrap();
+    let mut cmd = Command::new(tansu_sqlite_bin());
+    cmd.current_dir(dir)
+        .arg("broker")
+        .args(["--listener-url", &format!("tcp://127.0.0.1:{port}")])
+        .args(["--advertised-listener-url", &format!("tcp://127.0.0.1:{port}")])
+        // tansu reads the URL's host and path as a path relative to its working directory
+        .args(["--storage-engine", "sqlite://tansu.db"])
+        .env_remove("LISTENER_URL")
+        .env_remove("ADVERTISED_LISTENER_URL")
+        .env_remove("STORAGE_ENGINE")
+        .env("RUST_LOG", std::env::var("TANSU_LOG").unwrap_or_else(|_| "warn".into()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(f.try_clone().unwrap()))
+        .stderr(Stdio::from(f));
+    if authentication {
+        cmd.arg("--authentication");
+    }
+    let mut child = cmd.spawn().expect("spawn tansu-sqlite");
+    wait_port(port, "tansu-sqlite", &mut child, &log);
+    child
+}
+
+/// A child process killed on drop; its log is printed when a test fails.
+struct Killed(Child, PathBuf);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        if thread::panicking() {
+            eprintln!("log {}:\n{}", self.1.display(), tail(&std::fs::read_to_string(&self.1).unwrap_or_default(), 30));
+        }
+    }
+}
+
+/// tansu with SCRAM users: created while authentication is off, then the broker
+/// restarts on the same database requiring authentication.
+fn tansu_with_users(users: &[(&str, &str, &str)]) -> (tempfile::TempDir, Killed, u16) {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut open = tansu_sqlite(dir.path(), port, false);
+    for (mechanism, user, password) in users {
+        let out = Command::new(tansu_sqlite_bin())
+            .current_dir(dir.path())
+            .args(["user", "create", "--broker", &format!("tcp://127.0.0.1:{port}"), "--mechanism", mechanism])
+            .args([user, password])
+            .output()
+            .expect("tansu user create");
+        assert!(out.status.success(), "tansu user create {user}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let _ = open.kill();
+    let _ = open.wait();
+    let child = tansu_sqlite(dir.path(), port, true);
+    let log = dir.path().join("tansu-auth.log");
+    (dir, Killed(child, log), port)
+}
+
+fn sasl_file_table(mech: &str, user: &str, password_file: &Path) -> String {
+    format!(
+        "[clusters.cloud.sasl]\nmechanism = \"{mech}\"\nusername = \"{user}\"\npassword_file = \"{}\"\n",
+        password_file.display()
+    )
+}
+
+/// SCRAM-SHA-256 and -512 logins against a real server: the right password is
+/// accepted, a wrong password and an unknown user are refused with one clear line,
+/// and no password appears in any output. Then a mirror authenticating with
+/// SCRAM-SHA-512 copies data to the authenticated cluster; what arrived is read back
+/// by librdkafka (built here without SCRAM) after the broker restarts on the same
+/// database without authentication.
+#[test]
+fn scram_logins_and_mirroring_against_tansu_with_users() {
+    const PW256: &str = "alice-pw-256-Kx81";
+    const PW512: &str = "bob-pw-512-Vq27";
+    let (db_dir, cloud_auth, port) = tansu_with_users(&[("scram256", "alice", PW256), ("scram512", "bob", PW512)]);
+    let cloud = format!("127.0.0.1:{port}");
+    let edge = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let pw = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let cases = [
+        ("SCRAM-SHA-256", "alice", PW256, "right"),
+        ("SCRAM-SHA-512", "bob", PW512, "right"),
+        ("SCRAM-SHA-256", "alice", "alice-wrong-Zq9x", "wrong password"),
+        ("SCRAM-SHA-512", "bob", "bob-wrong-Zq9x", "wrong password"),
+        ("SCRAM-SHA-512", "nobody", "nobody-pw-Zq9x", "unknown user"),
+        // a user's credential exists for one mechanism only
+        ("SCRAM-SHA-512", "alice", PW256, "other mechanism"),
+    ];
+    for (i, (mech, user, password, case)) in cases.iter().enumerate() {
+        let file = pw(&format!("pw{i}"), password);
+        let (ok, out, err) = check(&two_clusters(&edge.bootstrap, &cloud, &sasl_file_table(mech, user, &file)), &[]);
+        assert!(
+            !out.contains(password) && !err.contains(password),
+            "{mech} {case}: the password leaked:\n{out}\n{err}"
+        );
+        if *case == "right" {
+            assert!(ok, "{mech} as {user} with the right password was refused:\n{out}\n{err}");
+            continue;
+        }
+        assert!(!ok, "{mech} as {user} ({case}) passed:\n{out}");
+        let line = err.lines().find(|l| l.starts_with("error:")).unwrap_or_else(|| panic!("no error line:\n{err}"));
+        assert!(
+            line.contains("cluster 'cloud'") && line.contains(&cloud) && line.contains("SASL authentication"),
+            "{mech} {case}: {line}"
+        );
+        assert!(line.contains(&format!("'{user}'")) && line.contains(mech), "{mech} {case}: {line}");
+        let reason = if *case == "wrong password" { "wrong password" } else { "no such user" };
+        assert!(line.contains(reason), "{mech} {case}: the reason is named: {line}");
+    }
+
+    // Mirroring into the authenticated cluster.
+    create_topic(&edge.bootstrap, "tls.orders", 2);
+    let records = varied_records(300, 2, "scram");
+    produce(&edge.bootstrap, "tls.orders", &records, "lz4", true);
+    let cfg = two_clusters(&edge.bootstrap, &cloud, &sasl_file_table("SCRAM-SHA-512", "bob", &pw("bob", PW512)));
+    let cfg_path = dir.path().join("m.toml");
+    std::fs::write(&cfg_path, &cfg).unwrap();
+    let mut proxy = MirrorProxy::start(&cfg);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let out =
+            Command::new(MirrorProxy::bin()).args(["status", "--json", "--config"]).arg(&cfg_path).output().unwrap();
+        let caught_up = out.status.success()
+            && serde_json::from_slice::<serde_json::Value>(&out.stdout).is_ok_and(|rows| {
+                let rows = rows.as_array().cloned().unwrap_or_default();
+                rows.len() == 2 && rows.iter().all(|r| r["lag_records"] == 0 && r["mirrored"].as_i64() > Some(0))
+            });
+        if caught_up {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline && proxy.is_running(),
+            "the mirror did not catch up over SCRAM:\n{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            tail(&proxy.log(), 30)
+        );
+        thread::sleep(Duration::from_millis(300));
+    }
+    assert!(proxy.stop().success(), "{}", tail(&proxy.log(), 30));
+    assert!(!proxy.log().contains(PW512), "the password leaked into the log");
+
+    // Read back without authentication (same database).
+    drop(cloud_auth);
+    let _open = Killed(tansu_sqlite(db_dir.path(), port, false), db_dir.path().join("tansu-open.log"));
+    let got = consume_all(&cloud, "tls.orders", records.len(), WAIT);
+    assert_same("tls.orders", &records, &got);
 }
 
 /// tansu 0.6.0 is built without PLAIN (rsasl answers `NoSharedMechanism` and the broker

