@@ -599,13 +599,27 @@ impl Synth {
 }
 
 async fn serve(listener: TcpListener, synth: Arc<Synth>) {
+    serve_maybe_tls(listener, synth, None).await;
+}
+
+/// Accepts connections, over TLS when `tls` is given (the sink of the TLS runs: the
+/// broker side of the handshake and decryption run here, as on a real broker).
+async fn serve_maybe_tls(listener: TcpListener, synth: Arc<Synth>, tls: Option<tokio_rustls::TlsAcceptor>) {
     loop {
         let Ok((sock, _)) = listener.accept().await else { return };
         let _ = sock.set_nodelay(true);
         let synth = synth.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            if let Err(e) = serve_conn(sock, &synth).await {
-                if !e.contains("early eof") && !e.contains("reset") {
+            let result = match tls {
+                Some(acceptor) => match acceptor.accept(sock).await {
+                    Ok(s) => serve_conn(s, &synth).await,
+                    Err(e) => Err(format!("TLS handshake: {e}")),
+                },
+                None => serve_conn(sock, &synth).await,
+            };
+            if let Err(e) = result {
+                if !e.contains("early eof") && !e.contains("reset") && !e.contains("close_notify") {
                     eprintln!("synthetic broker: {e}");
                 }
             }
@@ -613,8 +627,30 @@ async fn serve(listener: TcpListener, synth: Arc<Synth>) {
     }
 }
 
-async fn serve_conn(sock: TcpStream, synth: &Synth) -> Result<(), String> {
-    let (mut r, mut w) = sock.into_split();
+/// A rustls server configuration from `dir/broker.pem` and `dir/broker.key`
+/// (as made by `tls/make-certs.sh`).
+fn tls_acceptor(dir: &Path) -> tokio_rustls::TlsAcceptor {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(dir.join("broker.pem"))
+        .expect("broker.pem")
+        .collect::<Result<_, _>>()
+        .expect("broker.pem");
+    let key = PrivateKeyDer::from_pem_file(dir.join("broker.key")).expect("broker.key");
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .expect("broker certificate");
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+async fn serve_conn<S>(sock: S, synth: &Synth) -> Result<(), String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite,
+{
+    let (mut r, mut w) = tokio::io::split(sock);
     let mut buf = BytesMut::with_capacity(1 << 20);
     loop {
         while let Some(total) = wire::check_frame(&buf, 1 << 30).map_err(|e| e.to_string())? {
@@ -1063,6 +1099,9 @@ struct Ctx {
     proxy_tuning: String,
     /// extra environment for the proxy (`--proxy-env K=V,K2=V2`)
     proxy_env: Vec<(String, String)>,
+    /// when set, the synthetic sink speaks TLS with the certificates in this directory
+    /// (from `tls/make-certs.sh`) and the proxy's target cluster is `link = "remote"` + tls
+    target_tls: Option<PathBuf>,
     rt: tokio::runtime::Runtime,
     results: Vec<Value>,
     seq: usize,
@@ -1092,12 +1131,15 @@ impl Peer {
     }
 }
 
-fn proxy_config(dir: &Path, source: &str, target: &str, extra_tuning: &str) -> PathBuf {
+fn proxy_config(dir: &Path, source: &str, target: &str, extra_tuning: &str, target_tls: Option<&Path>) -> PathBuf {
     let path = dir.join(format!("mirror-{}.toml", free_port()));
+    let tls = target_tls.map_or(String::new(), |d| {
+        format!("link = \"remote\"\n\n[clusters.dst.tls]\nca = \"{}\"\n", d.join("ca.pem").display())
+    });
     std::fs::write(
         &path,
         format!(
-            "[clusters.src]\nbootstrap = \"{source}\"\n\n[clusters.dst]\nbootstrap = \"{target}\"\n\n[[flows]]\nsource = \"src\"\ntarget = \"dst\"\ntopics = \"bench\\\\..*\"\nstart = \"earliest\"\n\n[tuning]\nsummary_interval_ms = 2000\nmetadata_refresh_ms = 5000\n{extra_tuning}\n"
+            "[clusters.src]\nbootstrap = \"{source}\"\n\n[clusters.dst]\nbootstrap = \"{target}\"\n{tls}\n[[flows]]\nsource = \"src\"\ntarget = \"dst\"\ntopics = \"bench\\\\..*\"\nstart = \"earliest\"\n\n[tuning]\nsummary_interval_ms = 2000\nmetadata_refresh_ms = 5000\n{extra_tuning}\n"
         ),
     )
     .unwrap();
@@ -1123,6 +1165,7 @@ fn run(args: &[String]) {
             .split(',')
             .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned())))
             .collect(),
+        target_tls: None,
         rt: tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap(),
         results: Vec::new(),
         seq: 0,
@@ -1146,6 +1189,31 @@ fn run(args: &[String]) {
                 }
                 ctx.results.push(summarize("isolation", peer, size, codec, &reps));
             }
+        }
+    }
+    if modes.contains("tls") {
+        // The same isolation run with the target link plaintext and TLS, interleaved
+        // rep by rep so both see the same machine; the proxy's CPU per GB includes its
+        // side of TLS (encryption), the sink's decryption runs in this process.
+        let dir = out.join("certs");
+        let made = Command::new("bash").arg("tls/make-certs.sh").arg(&dir).stdout(Stdio::null()).status();
+        assert!(matches!(made, Ok(s) if s.success()), "tls/make-certs.sh {} failed (needs openssl)", dir.display());
+        for size in &sizes {
+            let (mut plain, mut tls) = (Vec::new(), Vec::new());
+            for rep in 0..ctx.reps {
+                ctx.target_tls = None;
+                let r = isolation_run(&mut ctx, Peer::Proxy, *size, "none", None, rep);
+                eprintln!("  plain {r}");
+                plain.push(r);
+                ctx.target_tls = Some(dir.clone());
+                let mut r = isolation_run(&mut ctx, Peer::Proxy, *size, "none", None, rep);
+                r["mode"] = json!("tls-target");
+                eprintln!("  tls   {r}");
+                tls.push(r);
+            }
+            ctx.target_tls = None;
+            ctx.results.push(summarize("plain-target", Peer::Proxy, *size, "none", &plain));
+            ctx.results.push(summarize("tls-target", Peer::Proxy, *size, "none", &tls));
         }
     }
     if modes.contains("latency") {
@@ -1267,13 +1335,15 @@ fn measure(
         *sink.sink.latency.lock().unwrap() = Some(Histogram::new_with_bounds(1, 60_000_000, 3).unwrap());
     }
     let listener = ctx.rt.block_on(TcpListener::bind(&sink_addr)).unwrap();
-    let sink_task = ctx.rt.spawn(serve(listener, sink.clone()));
+    let acceptor = ctx.target_tls.as_deref().map(tls_acceptor);
+    let sink_task = ctx.rt.spawn(serve_maybe_tls(listener, sink.clone(), acceptor));
     let relay_bytes = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let log = ctx.log(peer.name());
     let mut proc = match peer {
         Peer::Proxy => {
-            let cfg = proxy_config(&ctx.out.join("logs"), src_addr, &sink_addr, &ctx.proxy_tuning);
+            let cfg =
+                proxy_config(&ctx.out.join("logs"), src_addr, &sink_addr, &ctx.proxy_tuning, ctx.target_tls.as_deref());
             Proc::spawn(
                 "mirrorproxy",
                 Command::new(&ctx.proxy_bin)
@@ -1593,7 +1663,7 @@ fn real_run(ctx: &mut Ctx, tansu: &Path, peer: Peer, args: &[String]) -> Value {
     let t0 = Instant::now();
     let mut proc = match peer {
         Peer::Proxy => {
-            let cfg = proxy_config(&ctx.out.join("logs"), &src, &dst, &ctx.proxy_tuning);
+            let cfg = proxy_config(&ctx.out.join("logs"), &src, &dst, &ctx.proxy_tuning, None);
             Proc::spawn(
                 "mirrorproxy",
                 Command::new(&ctx.proxy_bin)
@@ -1683,7 +1753,7 @@ fn print_table(results: &[Value]) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
-        "\n{:<10} {:<18} {:>6} {:<5} {:>9} {:>11} {:>9} {:>8} {:>8} {:>9} {:>9}",
+        "\n{:<12} {:<18} {:>6} {:<5} {:>9} {:>11} {:>9} {:>8} {:>8} {:>9} {:>9}",
         "mode", "peer", "size", "codec", "MB/s", "records/s", "CPU-s/GB", "CPU %", "RSS MB", "p50 ms", "p99 ms"
     );
     for r in results {
@@ -1696,7 +1766,7 @@ fn print_table(results: &[Value]) {
             r.get("latency_us").and_then(|l| l[q].as_f64()).map_or("-".to_string(), |v| format!("{:.2}", v / 1000.0))
         };
         let mut line = format!(
-            "{:<10} {:<18} {:>6} {:<5} {:>9.1} {:>11.0} {:>9.3} {:>8.0} {:>8.1} {:>9} {:>9}",
+            "{:<12} {:<18} {:>6} {:<5} {:>9.1} {:>11.0} {:>9.3} {:>8.0} {:>8.1} {:>9} {:>9}",
             r["mode"].as_str().unwrap_or(""),
             r["peer"].as_str().unwrap_or(""),
             r["size"],
@@ -1753,6 +1823,26 @@ fn print_table(results: &[Value]) {
             "  peak RSS:                       {:.1} MB (target <= 64 MB + buffer_bytes 268 MB)",
             g(p, "peak_rss_mb")
         );
+    }
+    let sizes: std::collections::BTreeSet<u64> =
+        results.iter().filter(|r| r["mode"] == "tls-target").filter_map(|r| r["size"].as_u64()).collect();
+    for size in sizes {
+        if let (Some(p), Some(t)) =
+            (find("plain-target", "mirrorproxy", size, "none"), find("tls-target", "mirrorproxy", size, "none"))
+        {
+            let g = |v: &Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+            let _ = writeln!(
+                out,
+                "\nTLS on the target link ({size} B records, medians): throughput {:.0}% of plaintext \
+                 ({:.1} vs {:.1} MB/s); proxy CPU-s per GB {:.3} vs {:.3} (+{:.3})",
+                100.0 * g(t, "mb_per_s") / g(p, "mb_per_s"),
+                g(t, "mb_per_s"),
+                g(p, "mb_per_s"),
+                g(t, "cpu_s_per_gb"),
+                g(p, "cpu_s_per_gb"),
+                g(t, "cpu_s_per_gb") - g(p, "cpu_s_per_gb")
+            );
+        }
     }
 }
 
