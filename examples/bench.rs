@@ -8,6 +8,7 @@
 //!       [--size BYTES] [--codec none|lz4|...] [--batch-records N] [--rate RECORDS_PER_S]
 //! bench rdmirror --source H:P --target H:P --topic T [--partitions P] [--codec C]
 //! bench relay --listen H:P --upstream H:P
+//! bench link --listen H:P --upstream H:P [--rate 200mbit] [--rtt-ms 50]
 //! bench produce --bootstrap H:P --topic T [--records N] [--rate R] [--size B]
 //!       [--codec C] [--partitions P] [--keys seq|random|none] [--key-space K]
 //! ```
@@ -21,6 +22,10 @@
 //! * `rdmirror` is the decode/re-encode peer (librdkafka consumer + producer per
 //!   record: the MirrorMaker model); `relay` is a tokio TCP copy relay (the physical
 //!   limit for bytes through one process).
+//! * `link` emulates a WAN link in user space where the kernel has no `sch_netem`: a TCP
+//!   relay that delivers each chunk half an RTT after it was read, paced at the link
+//!   rate, with a bounded queue (about one bandwidth-delay product plus 1 MB) so a fast
+//!   sender is held back by TCP flow control as on a real link.
 #![allow(clippy::pedantic, clippy::too_many_arguments)]
 
 use std::collections::{BTreeMap, HashMap};
@@ -75,6 +80,7 @@ fn main() {
         "synth-source" => synth_source_main(&args),
         "rdmirror" => rdmirror(&args),
         "relay" => relay_main(&args),
+        "link" => link_main(&args),
         "produce" => {
             let p = ProduceSpec::from_args(&args);
             let out = produce(&p, None);
@@ -693,6 +699,74 @@ fn synth_source_main(args: &[String]) {
     });
 }
 
+// ------------------------------------------------------------------ WAN link emulator
+
+fn link_main(args: &[String]) {
+    let listen = text(args, "--listen", "127.0.0.1:0");
+    let upstream = arg(args, "--upstream").expect("--upstream H:P");
+    let bytes_per_s = parse_rate(&text(args, "--rate", "200mbit"));
+    let one_way = Duration::from_secs_f64(num(args, "--rtt-ms", 50.0) / 2000.0);
+    let queue_limit = (bytes_per_s * one_way.as_secs_f64() * 2.0) as usize + (1 << 20);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async move {
+        let listener = TcpListener::bind(&listen).await.unwrap_or_else(|e| panic!("bind {listen}: {e}"));
+        println!("link {listen} -> {upstream}: {bytes_per_s} B/s, {one_way:?} each way, queue {queue_limit} B");
+        loop {
+            let Ok((down, _)) = listener.accept().await else { return };
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                let Ok(up) = TcpStream::connect(&upstream).await else { return };
+                let _ = (down.set_nodelay(true), up.set_nodelay(true));
+                let (dr, dw) = down.into_split();
+                let (ur, uw) = up.into_split();
+                tokio::spawn(link_direction(dr, uw, one_way, bytes_per_s, queue_limit));
+                link_direction(ur, dw, one_way, bytes_per_s, queue_limit).await;
+            });
+        }
+    });
+}
+
+/// One direction of the emulated link: what is read at t leaves the queue when the
+/// link has serialised it (rate) and arrives `one_way` later.
+async fn link_direction(
+    mut r: tokio::net::tcp::OwnedReadHalf,
+    mut w: tokio::net::tcp::OwnedWriteHalf,
+    one_way: Duration,
+    bytes_per_s: f64,
+    queue_limit: usize,
+) {
+    const CHUNK: usize = 16 << 10;
+    let queued = Arc::new(tokio::sync::Semaphore::new(queue_limit));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Bytes, u32)>();
+    let q = queued.clone();
+    let reader = tokio::spawn(async move {
+        let mut serialised_until = tokio::time::Instant::now();
+        loop {
+            let mut buf = BytesMut::with_capacity(CHUNK);
+            match r.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    let permit = q.clone().acquire_many_owned(n as u32).await.unwrap();
+                    permit.forget();
+                    let now = tokio::time::Instant::now();
+                    serialised_until = serialised_until.max(now) + Duration::from_secs_f64(n as f64 / bytes_per_s);
+                    if tx.send((serialised_until + one_way, buf.freeze(), n as u32)).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    while let Some((at, chunk, n)) = rx.recv().await {
+        tokio::time::sleep_until(at).await;
+        if w.write_all(&chunk).await.is_err() {
+            break;
+        }
+        queued.add_permits(n as usize);
+    }
+    reader.abort();
+}
+
 // ------------------------------------------------------------------ relay
 
 fn relay_main(args: &[String]) {
@@ -1227,18 +1301,22 @@ fn run(args: &[String]) {
     if modes.contains("wan") {
         let link = text(args, "--wan-rate", "200mbit");
         let delay = num(args, "--wan-delay-ms", 50.0);
-        match Netns::create(&link, delay) {
-            Ok(ns) => {
-                for &peer in &peers {
-                    let r = wan_run(&mut ctx, &ns, peer, 1000, "none");
-                    eprintln!("  {r}");
-                    ctx.results.push(summarize("wan", peer, 1000, "none", &[r]));
+        // netem in a network namespace where the kernel has it, else the user-space link.
+        let wan = if text(args, "--wan-link", "auto") == "userspace" {
+            WanLink::UserSpace { rate: link.clone(), rtt_ms: delay }
+        } else {
+            match Netns::create(&link, delay) {
+                Ok(ns) => WanLink::Netem(ns),
+                Err(e) => {
+                    eprintln!("netem unavailable ({e}); emulating the link in user space (bench link)");
+                    WanLink::UserSpace { rate: link.clone(), rtt_ms: delay }
                 }
             }
-            Err(e) => {
-                eprintln!("WAN mode skipped: {e}");
-                ctx.results.push(json!({"mode": "wan", "error": e}));
-            }
+        };
+        for &peer in &peers {
+            let r = wan_run(&mut ctx, &wan, peer, 1000, "none");
+            eprintln!("  {r}");
+            ctx.results.push(summarize("wan", peer, 1000, "none", &[r]));
         }
     }
     if modes.contains("real") {
@@ -1476,7 +1554,6 @@ const NS_PEER_IP: &str = "10.213.7.2";
 /// delay (half the RTT each way) and a rate cap on the source → proxy direction.
 /// Removed on drop.
 struct Netns {
-    link_bytes_per_s: f64,
     rate: String,
     delay_ms: f64,
 }
@@ -1509,7 +1586,7 @@ impl Netns {
             ),
             format!("tc qdisc add dev {NS_HOST_IF} root netem delay {half}ms limit 100000"),
         ];
-        let ns = Netns { link_bytes_per_s: parse_rate(rate), rate: rate.to_owned(), delay_ms: rtt_ms };
+        let ns = Netns { rate: rate.to_owned(), delay_ms: rtt_ms };
         for s in &steps {
             sh(s)?;
         }
@@ -1541,29 +1618,58 @@ fn parse_rate(r: &str) -> f64 {
     n.parse::<f64>().unwrap_or(0.0) * mult / 8.0
 }
 
-fn wan_run(ctx: &mut Ctx, ns: &Netns, peer: Peer, size: usize, codec: &str) -> Value {
+/// How the WAN is made: netem in a network namespace, or the user-space `bench link`.
+enum WanLink {
+    Netem(Netns),
+    UserSpace { rate: String, rtt_ms: f64 },
+}
+
+fn wan_run(ctx: &mut Ctx, wan: &WanLink, peer: Peer, size: usize, codec: &str) -> Value {
     let topic = "bench.t";
-    let src_addr = format!("{NS_PEER_IP}:{}", 19092);
     let log = ctx.log("synth-source-wan");
+    let (mut cmd, src_addr, listen, link_addr) = match wan {
+        WanLink::Netem(_) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", NS]).arg(&ctx.exe);
+            let a = format!("{NS_PEER_IP}:{}", 19092);
+            (c, a.clone(), a, None)
+        }
+        WanLink::UserSpace { .. } => {
+            let listen = format!("127.0.0.1:{}", free_port());
+            let link = format!("127.0.0.1:{}", free_port());
+            (Command::new(&ctx.exe), link.clone(), listen, Some(link))
+        }
+    };
     let _source = Proc::spawn(
         "synth-source",
-        Command::new("ip")
-            .args(["netns", "exec", NS])
-            .arg(&ctx.exe)
-            .args(["synth-source", "--listen", &src_addr, "--topic", topic])
-            .args([
-                "--partitions",
-                &ctx.partitions.to_string(),
-                "--size",
-                &size.to_string(),
-                "--codec",
-                codec,
-                "--batch-records",
-                &ctx.batch_records.to_string(),
-            ]),
+        cmd.args(["synth-source", "--listen", &listen, "--advertise", &src_addr, "--topic", topic]).args([
+            "--partitions",
+            &ctx.partitions.to_string(),
+            "--size",
+            &size.to_string(),
+            "--codec",
+            codec,
+            "--batch-records",
+            &ctx.batch_records.to_string(),
+        ]),
         &log,
     );
-    assert!(wait_port(&src_addr, Duration::from_secs(10)), "synth-source in the namespace did not start");
+    assert!(wait_port(&listen, Duration::from_secs(10)), "synth-source for the WAN run did not start");
+    let _link = match (wan, &link_addr) {
+        (WanLink::UserSpace { rate, rtt_ms }, Some(link)) => {
+            let log = ctx.log("link");
+            let p = Proc::spawn(
+                "link",
+                Command::new(&ctx.exe)
+                    .args(["link", "--listen", link, "--upstream", &listen, "--rate", rate])
+                    .args(["--rtt-ms", &rtt_ms.to_string()]),
+                &log,
+            );
+            assert!(wait_port(link, Duration::from_secs(10)), "bench link did not start");
+            Some(p)
+        }
+        _ => None,
+    };
     let saved = (ctx.secs, ctx.warmup);
     ctx.secs = ctx.secs.max(10.0);
     ctx.warmup = ctx.warmup.max(3.0);
@@ -1571,9 +1677,14 @@ fn wan_run(ctx: &mut Ctx, ns: &Netns, peer: Peer, size: usize, codec: &str) -> V
     (ctx.secs, ctx.warmup) = saved;
     // the link carries fetch responses; the sink counts batches: near-equal byte counts
     let mbps = v["mb_per_s"].as_f64().unwrap_or(0.0);
-    v["link_mb_per_s"] = json!(ns.link_bytes_per_s / 1e6);
-    v["link_utilization"] = json!(mbps * 1e6 / ns.link_bytes_per_s);
-    v["link"] = json!(format!("{} , {} ms RTT", ns.rate, ns.delay_ms));
+    let (rate, rtt, how) = match wan {
+        WanLink::Netem(ns) => (ns.rate.clone(), ns.delay_ms, "netem"),
+        WanLink::UserSpace { rate, rtt_ms } => (rate.clone(), *rtt_ms, "user-space link emulator"),
+    };
+    let link_bytes_per_s = parse_rate(&rate);
+    v["link_mb_per_s"] = json!(link_bytes_per_s / 1e6);
+    v["link_utilization"] = json!(mbps * 1e6 / link_bytes_per_s);
+    v["link"] = json!(format!("{rate}, {rtt} ms RTT ({how})"));
     v
 }
 
