@@ -65,6 +65,7 @@
 //! that carry the batch's base offset where known.
 
 mod compression;
+pub mod crc;
 mod error;
 mod header;
 pub mod provenance;

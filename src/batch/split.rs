@@ -51,7 +51,12 @@ impl RawBatch {
     pub fn verify(self) -> Result<VerifiedBatch, BatchError> {
         let header = self.header;
         let base_offset = header.base_offset;
-        let computed = crc32c::crc32c(self.bytes.get(super::CRC_START..).unwrap_or_default());
+        // Header part and records part separately: the records' CRC is kept so that a
+        // patched header's CRC can be derived without reading the records again.
+        let head = crc32c::crc32c(self.bytes.get(super::CRC_START..super::HEADER_LEN).unwrap_or_default());
+        let records = self.bytes.get(super::HEADER_LEN..).unwrap_or_default();
+        let records_crc = crc32c::crc32c(records);
+        let computed = super::crc::combine(head, records_crc, records.len());
         if computed != header.crc {
             return Err(BatchError::CrcMismatch { base_offset, stored: header.crc, computed });
         }
@@ -68,7 +73,7 @@ impl RawBatch {
                 reason: format!("negative last offset delta {}", header.last_offset_delta),
             });
         }
-        Ok(VerifiedBatch::new(header, self.bytes))
+        Ok(VerifiedBatch::with_records_crc(header, self.bytes, records_crc))
     }
 }
 

@@ -61,10 +61,14 @@ pub struct ProducerStamp {
 }
 
 /// A batch whose CRC matched. Produced by [`super::RawBatch::verify`] only.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Two are equal when their bytes are (the cached records CRC does not count).
+#[derive(Debug, Clone)]
 pub struct VerifiedBatch {
     header: BatchHeader,
     bytes: Bytes,
+    /// CRC-32C of the records section (bytes 61..), when verification computed it:
+    /// the CRC of a patched header is derived from it ([`super::crc`]).
+    records_crc: Option<u32>,
 }
 
 /// A batch ready for a Produce request, with the header it carries: its own
@@ -121,9 +125,21 @@ impl OutgoingBatch {
     }
 }
 
+impl PartialEq for VerifiedBatch {
+    fn eq(&self, other: &Self) -> bool {
+        self.header == other.header && self.bytes == other.bytes
+    }
+}
+
+impl Eq for VerifiedBatch {}
+
 impl VerifiedBatch {
     pub(crate) fn new(header: BatchHeader, bytes: Bytes) -> Self {
-        Self { header, bytes }
+        Self { header, bytes, records_crc: None }
+    }
+
+    pub(crate) fn with_records_crc(header: BatchHeader, bytes: Bytes, records_crc: u32) -> Self {
+        Self { header, bytes, records_crc: Some(records_crc) }
     }
 
     /// The verified header.
@@ -254,7 +270,10 @@ impl VerifiedBatch {
         head[BASE_SEQUENCE..BASE_SEQUENCE + 4].copy_from_slice(&header.base_sequence.to_be_bytes());
         let body = self.bytes.slice(HEADER_LEN..);
         if head[CRC_START..] != self.bytes[CRC_START..HEADER_LEN] {
-            header.crc = crc32c::crc32c_append(crc32c::crc32c(&head[CRC_START..]), &body);
+            header.crc = match self.records_crc {
+                Some(records) => super::crc::combine(crc32c::crc32c(&head[CRC_START..]), records, body.len()),
+                None => crc32c::crc32c_append(crc32c::crc32c(&head[CRC_START..]), &body),
+            };
             head[CRC..CRC + 4].copy_from_slice(&header.crc.to_be_bytes());
         }
         OutgoingBatch { header, head, body }
