@@ -104,7 +104,16 @@ fn main() -> ExitCode {
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Command::Run { config } = &cli.command {
+        // A config that does not load is reported by `run` itself, with its reasons.
+        if let Ok(c) = Config::load(config) {
+            if c.tuning.worker_threads > 0 {
+                builder.worker_threads(c.tuning.worker_threads);
+            }
+        }
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
