@@ -114,11 +114,11 @@ pub struct Charge {
 }
 
 impl Charge {
-    /// Splits off `bytes` (or what is left) into a charge of its own.
-    fn split(&mut self, bytes: u64) -> Charge {
-        let take = bytes.min(self.bytes);
-        self.bytes -= take;
-        Charge { budget: self.budget.clone(), bytes: take }
+    /// Returns what exceeds `bytes` to the budget now.
+    fn shrink_to(&mut self, bytes: u64) {
+        let back = self.bytes.saturating_sub(bytes);
+        self.budget.used.fetch_sub(back, Ordering::AcqRel);
+        self.bytes -= back;
     }
 
     /// Takes more bytes from the budget even beyond its limit: a broker may return one
@@ -155,7 +155,11 @@ struct Pending {
     stamp: Option<(u64, ProducerStamp)>,
     state: SendState,
     first_offset: i64,
-    _charge: Charge,
+    /// The budget share of the whole Fetch response this batch came from: the batch
+    /// is a view of that response's buffer, which stays allocated until its last batch
+    /// is gone, so the budget is returned then too (per-batch shares undercounted by
+    /// the retained buffers when thousands of partitions drain unevenly).
+    _charge: Arc<Charge>,
 }
 
 /// Where a queued batch is in its life on the target.
@@ -1099,9 +1103,12 @@ impl FlowDriver {
         if fetched_bytes > charge.bytes {
             charge.grow(fetched_bytes - charge.bytes);
         }
+        // What the response did not use goes back now; the rest stays charged until
+        // the last batch of this response is acknowledged (see `Pending::_charge`).
+        charge.shrink_to(fetched_bytes);
+        let charge = Arc::new(charge);
         for (tp, records, offset) in holds {
-            let part_charge = charge.split(records.len() as u64);
-            self.accept_records(&tp, records, offset, part_charge);
+            self.accept_records(&tp, records, offset, &charge);
         }
     }
 
@@ -1136,7 +1143,7 @@ impl FlowDriver {
     }
 
     /// Takes a partition's fetched bytes apart and stages them.
-    fn accept_records(&mut self, tp: &TopicPartition, records: Bytes, requested_offset: i64, mut charge: Charge) {
+    fn accept_records(&mut self, tp: &TopicPartition, records: Bytes, requested_offset: i64, charge: &Arc<Charge>) {
         let flow = self.flow.name.clone();
         let stats = self.stats.clone();
         let hop = self.flow.provenance.clone();
@@ -1260,7 +1267,7 @@ impl FlowDriver {
                     stamp: None,
                     state: SendState::Unsent,
                     first_offset,
-                    _charge: charge.split(size as u64),
+                    _charge: charge.clone(),
                 };
                 self.next_pending_id += 1;
                 p.stage.push(first_offset, size, h.is_transactional().then_some(h.producer_id), pending);
