@@ -1272,6 +1272,8 @@ fn run(args: &[String]) {
         let dir = out.join("certs");
         let made = Command::new("bash").arg("tls/make-certs.sh").arg(&dir).stdout(Stdio::null()).status();
         assert!(matches!(made, Ok(s) if s.success()), "tls/make-certs.sh {} failed (needs openssl)", dir.display());
+        // the proxy resolves relative paths against its config file's directory
+        let dir = dir.canonicalize().unwrap();
         for size in &sizes {
             let (mut plain, mut tls) = (Vec::new(), Vec::new());
             for rep in 0..ctx.reps {
@@ -1532,6 +1534,9 @@ fn summarize(mode: &str, peer: Peer, size: usize, codec: &str, reps: &[Value]) -
         "cpu_util": m("cpu_util"), "peak_rss_mb": reps.iter().filter_map(|r| r["peak_rss_mb"].as_f64()).fold(0.0, f64::max),
         "runs": reps,
     });
+    if reps.iter().any(|r| r["alive"] == false) {
+        v["peer_exited"] = json!(true);
+    }
     if let Some(l) = reps.first().and_then(|r| r.get("latency_us")) {
         v["latency_us"] = l.clone();
     }
@@ -1899,6 +1904,9 @@ fn print_table(results: &[Value]) {
                 s["p50"].as_f64().unwrap_or(0.0) / 1000.0,
                 s["p99"].as_f64().unwrap_or(0.0) / 1000.0
             );
+        }
+        if r.get("peer_exited").and_then(Value::as_bool) == Some(true) {
+            line += "  PEER EXITED during a run (see logs/)";
         }
         if r.get("drained").and_then(Value::as_bool) == Some(false) {
             line += "  NOT DRAINED";
