@@ -835,7 +835,7 @@ impl FlowDriver {
             *self.producing.entry(broker).or_default() += 1;
             match conn.send_produce(&fields, &topics) {
                 Ok(fut) => {
-                    self.tasks.push(Box::pin(async move { Event::Produced { broker, sent, result: fut.await } }))
+                    self.tasks.push(Box::pin(async move { Event::Produced { broker, sent, result: fut.await } }));
                 }
                 Err(e) => self.tasks.push(Box::pin(async move { Event::Produced { broker, sent, result: Err(e) } })),
             }

@@ -198,6 +198,9 @@ mod tests {
     use kafka_protocol::protocol::StrBytes;
     use proptest::prelude::*;
 
+    /// A topic name and its partitions: (index, head, body).
+    type TestTopic = (String, Vec<(i32, Vec<u8>, Bytes)>);
+
     fn joined(parts: &FrameParts) -> Vec<u8> {
         parts.iter().flat_map(|b| b.iter().copied()).collect()
     }
@@ -248,7 +251,7 @@ mod tests {
                 0..4,
             ),
         ) {
-            let data: Vec<(String, Vec<(i32, Vec<u8>, Bytes)>)> = topics
+            let data: Vec<TestTopic> = topics
                 .into_iter()
                 .map(|(n, ps)| {
                     let ps = ps
