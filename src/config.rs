@@ -198,7 +198,7 @@ pub struct Tuning {
     pub group_sync_interval_ms: u64,
     /// Threads of the async runtime; 0 = one per core. Each flow is one task with its
     /// connections, so a single flow gains little from more threads, while every extra
-    /// thread costs wake-ups: 1 used about 15 % less CPU per GB than 2 in the isolation
+    /// thread costs wake-ups: 1 used about a quarter less CPU per GB than 2 in the isolation
     /// benchmark (`tools/bench/README.md`). Takes effect at start.
     pub worker_threads: usize,
 }
