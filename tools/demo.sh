@@ -12,7 +12,7 @@ RECORDS=${RECORDS:-200000}
 RATE=${RATE:-20000}
 CODEC=${CODEC:-lz4}
 
-TANSU=$(bash tools/install-deps.sh | tail -n 1)
+TANSU=$(bash tools/install-deps.sh --no-sqlite | tail -n 1)
 echo "[demo] building (release)"
 cargo build --release --quiet --bin mirrorproxy --example loadgen
 BIN=target/release/mirrorproxy

