@@ -63,11 +63,12 @@ fn wait_port(port: u16, what: &str, child: &mut Child, log: &Path) {
     }
 }
 
-/// A process killed on drop, with its log kept when a test fails.
+/// A process killed on drop, with its log kept when a test fails. `_dir` (its log and
+/// state) is removed with it, unless the caller keeps the directory (`None`).
 struct Proc {
     child: Child,
     log: PathBuf,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Drop for Proc {
@@ -88,12 +89,28 @@ impl Drop for Proc {
 fn tansu(listen: u16, advertise: u16, authentication: bool) -> Proc {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("tansu.log");
-    let f = std::fs::File::create(&log).unwrap();
-    let mut cmd = Command::new(tansu_bin());
-    cmd.arg("broker")
+    let child = spawn_tansu(&tansu_bin(), dir.path(), listen, advertise, "memory://tansu/", authentication, &log);
+    Proc { child, log, _dir: Some(dir) }
+}
+
+/// Starts `bin broker` in `cwd` on 127.0.0.1:`listen` advertising `advertise`, with
+/// `storage`, its output in `log`, and waits until it listens.
+fn spawn_tansu(
+    bin: &Path,
+    cwd: &Path,
+    listen: u16,
+    advertise: u16,
+    storage: &str,
+    authentication: bool,
+    log: &Path,
+) -> Child {
+    let f = std::fs::File::create(log).unwrap();
+    let mut cmd = Command::new(bin);
+    cmd.current_dir(cwd)
+        .arg("broker")
         .args(["--listener-url", &format!("tcp://127.0.0.1:{listen}")])
         .args(["--advertised-listener-url", &format!("tcp://127.0.0.1:{advertise}")])
-        .args(["--storage-engine", "memory://tansu/"])
+        .args(["--storage-engine", storage])
         .env_remove("LISTENER_URL")
         .env_remove("ADVERTISED_LISTENER_URL")
         .env_remove("STORAGE_ENGINE")
@@ -104,9 +121,9 @@ fn tansu(listen: u16, advertise: u16, authentication: bool) -> Proc {
     if authentication {
         cmd.arg("--authentication");
     }
-    let mut child = cmd.spawn().expect("spawn tansu");
-    wait_port(listen, "tansu", &mut child, &log);
-    Proc { child, log, _dir: dir }
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
+    wait_port(listen, "tansu", &mut child, log);
+    child
 }
 
 fn stunnel_bin() -> &'static str {
@@ -143,7 +160,7 @@ fn stunnel(accept: u16, connect: u16, certs: &Path, cert: &str, client_ca: Optio
         .spawn()
         .expect("spawn stunnel");
     wait_port(accept, "stunnel", &mut child, &log);
-    Proc { child, log, _dir: dir }
+    Proc { child, log, _dir: Some(dir) }
 }
 
 /// Listens on `port`: TLS connections go to `tls_port`, plaintext ones to `plain_port`.
@@ -455,51 +472,21 @@ fn tansu_sqlite_bin() -> PathBuf {
     found.unwrap_or_else(|| panic!("tansu-sqlite (tansu 0.6.0 with the libsql feature) not found; {hint}"))
 }
 
-/// A tansu with sqlite storage in `dir`, so users survive a restart.
-fn tansu_sqlite(dir: &Path, port: u16, authentication: bool) -> Child {
+/// A tansu with sqlite storage in `dir`, so users survive a restart; `dir` is the
+/// caller's (it outlives the broker).
+fn tansu_sqlite(dir: &Path, port: u16, authentication: bool) -> Proc {
     let log = dir.join(format!("tansu-{}.log", if authentication { "auth" } else { "open" }));
-    let f = std::fs::File::create(&log).unwrap();
-    let mut cmd = Command::new(tansu_sqlite_bin());
-    cmd.current_dir(dir)
-        .arg("broker")
-        .args(["--listener-url", &format!("tcp://127.0.0.1:{port}")])
-        .args(["--advertised-listener-url", &format!("tcp://127.0.0.1:{port}")])
-        // tansu reads the URL's host and path as a path relative to its working directory
-        .args(["--storage-engine", "sqlite://tansu.db"])
-        .env_remove("LISTENER_URL")
-        .env_remove("ADVERTISED_LISTENER_URL")
-        .env_remove("STORAGE_ENGINE")
-        .env("RUST_LOG", std::env::var("TANSU_LOG").unwrap_or_else(|_| "warn".into()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(f.try_clone().unwrap()))
-        .stderr(Stdio::from(f));
-    if authentication {
-        cmd.arg("--authentication");
-    }
-    let mut child = cmd.spawn().expect("spawn tansu-sqlite");
-    wait_port(port, "tansu-sqlite", &mut child, &log);
-    child
-}
-
-/// A child process killed on drop; its log is printed when a test fails.
-struct Killed(Child, PathBuf);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-        if thread::panicking() {
-            eprintln!("log {}:\n{}", self.1.display(), tail(&std::fs::read_to_string(&self.1).unwrap_or_default(), 30));
-        }
-    }
+    // tansu reads the URL's host and path as a path relative to its working directory
+    let child = spawn_tansu(&tansu_sqlite_bin(), dir, port, port, "sqlite://tansu.db", authentication, &log);
+    Proc { child, log, _dir: None }
 }
 
 /// tansu with SCRAM users: created while authentication is off, then the broker
 /// restarts on the same database requiring authentication.
-fn tansu_with_users(users: &[(&str, &str, &str)]) -> (tempfile::TempDir, Killed, u16) {
+fn tansu_with_users(users: &[(&str, &str, &str)]) -> (tempfile::TempDir, Proc, u16) {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut open = tansu_sqlite(dir.path(), port, false);
+    let open = tansu_sqlite(dir.path(), port, false);
     for (mechanism, user, password) in users {
         let out = Command::new(tansu_sqlite_bin())
             .current_dir(dir.path())
@@ -509,11 +496,9 @@ fn tansu_with_users(users: &[(&str, &str, &str)]) -> (tempfile::TempDir, Killed,
             .expect("tansu user create");
         assert!(out.status.success(), "tansu user create {user}: {}", String::from_utf8_lossy(&out.stderr));
     }
-    let _ = open.kill();
-    let _ = open.wait();
-    let child = tansu_sqlite(dir.path(), port, true);
-    let log = dir.path().join("tansu-auth.log");
-    (dir, Killed(child, log), port)
+    drop(open); // killed and waited for: the database is closed before the restart
+    let auth = tansu_sqlite(dir.path(), port, true);
+    (dir, auth, port)
 }
 
 fn sasl_file_table(mech: &str, user: &str, password_file: &Path) -> String {
@@ -606,7 +591,7 @@ fn scram_logins_and_mirroring_against_tansu_with_users() {
 
     // Read back without authentication (same database).
     drop(cloud_auth);
-    let _open = Killed(tansu_sqlite(db_dir.path(), port, false), db_dir.path().join("tansu-open.log"));
+    let _open = tansu_sqlite(db_dir.path(), port, false);
     let got = consume_all(&cloud, "tls.orders", records.len(), WAIT);
     assert_same("tls.orders", &records, &got);
 }
