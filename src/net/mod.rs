@@ -601,6 +601,10 @@ async fn write_parts(
     parts: &mut std::collections::VecDeque<Bytes>,
     vectored: bool,
 ) -> std::io::Result<()> {
+    if !vectored && parts.len() == 1 {
+        let only = parts.pop_front().expect("one part");
+        return w.write_all(&only).await; // nothing to join
+    }
     if !vectored {
         let mut joined = BytesMut::with_capacity(parts.iter().map(Bytes::len).sum());
         for p in parts.drain(..) {
