@@ -172,6 +172,10 @@ pub struct Tuning {
     pub fetch_partition_max_bytes: u32,
     /// How long a broker may hold a Fetch when there is no new data.
     pub fetch_max_wait_ms: u32,
+    /// Use incremental fetch sessions (KIP-227) where the source broker offers them:
+    /// requests then name only partitions whose position changed, and responses only
+    /// partitions with news. Off: every Fetch names every partition (sessionless).
+    pub fetch_sessions: bool,
     /// Produce requests in flight per target partition (1..=5; 5 is Kafka's limit for idempotent producers).
     pub max_in_flight_per_partition: u32,
     /// Largest Produce request (bytes of batches in one request).
@@ -210,6 +214,7 @@ impl Default for Tuning {
             fetch_max_bytes: 32 << 20,
             fetch_partition_max_bytes: 4 << 20,
             fetch_max_wait_ms: 500,
+            fetch_sessions: true,
             max_in_flight_per_partition: 5,
             produce_max_bytes: 16 << 20,
             acks: -1,

@@ -25,6 +25,7 @@
 //! fix (a corrupt batch, a batch larger than the target accepts) is *stopped*: nothing
 //! is skipped, the rest of the flow goes on, and the summary keeps reporting it.
 
+mod fetch_session;
 pub mod txn;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -39,7 +40,7 @@ use bytes::Bytes;
 use futures::stream::{FuturesUnordered, StreamExt};
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::{
-    fetch_request::{FetchPartition, FetchTopic},
+    fetch_request::{FetchPartition, FetchTopic, ForgottenTopic},
     BrokerId, FetchRequest, FetchResponse, ProduceResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
@@ -52,6 +53,7 @@ use crate::cluster::{Cluster, ClusterError, ClusterMetadata, TopicPartition};
 use crate::config::{Flow, StartAt, Tuning};
 use crate::net::{Connection, NetError};
 use crate::wire::produce::{PartitionRecords, ProduceFields, TopicRecords};
+use fetch_session::{FetchSession, PartitionFetch, SessionOutcome, Ticket};
 use txn::{Outcome, Released, TxnStage};
 
 /// Which side of a flow something happened on.
@@ -238,6 +240,9 @@ impl PartState {
 
 type Task = Pin<Box<dyn Future<Output = Event> + Send>>;
 
+// Each event is moved once, from its task into `handle`; boxing the large variants
+// would cost an allocation per request instead.
+#[allow(clippy::large_enum_variant)]
 enum Event {
     Discovered {
         generation: u64,
@@ -245,7 +250,9 @@ enum Event {
     },
     Fetched {
         broker: i32,
-        requested: Vec<(TopicPartition, i64)>,
+        /// The request's session fields; the partitions the broker reads (with an
+        /// incremental session, more than the request names) are the session's.
+        ticket: Ticket,
         result: Result<FetchResponse, NetError>,
         charge: Charge,
     },
@@ -356,6 +363,8 @@ struct FlowDriver {
     target_conns: HashMap<i32, Arc<Connection>>,
     connecting: HashSet<i32>,
     fetching: HashSet<i32>,
+    /// KIP-227 fetch session per source broker.
+    fetch_sessions: HashMap<i32, FetchSession>,
     /// Leaders of the partitions on each side, as of the last discovery (the only place
     /// leaders are set). With them, `schedule` skips scanning every partition after every
     /// event when no broker could take a request anyway: with 10,000 partitions that scan
@@ -438,6 +447,7 @@ impl FlowDriver {
             target_conns: HashMap::new(),
             connecting: HashSet::new(),
             fetching: HashSet::new(),
+            fetch_sessions: HashMap::new(),
             source_brokers: HashSet::new(),
             target_brokers: HashSet::new(),
             produce_candidates: std::collections::BTreeSet::new(),
@@ -682,7 +692,7 @@ impl FlowDriver {
         }
         let now = Instant::now();
         let per_partition_cap = self.tuning.fetch_partition_max_bytes as usize * 2;
-        let mut by_broker: BTreeMap<i32, Vec<(TopicPartition, i64, i32, i32)>> = BTreeMap::new();
+        let mut by_broker: BTreeMap<i32, Vec<(TopicPartition, PartitionFetch)>> = BTreeMap::new();
         for (tp, p) in &self.parts {
             let Some(leader) = p.source_leader else { continue };
             if p.stopped.is_some() || p.fetch_not_before > now || self.fetching.contains(&leader) {
@@ -693,9 +703,11 @@ impl FlowDriver {
             }
             by_broker.entry(leader).or_default().push((
                 tp.clone(),
-                p.fetch_offset,
-                p.partition_max_bytes,
-                p.source_leader_epoch,
+                PartitionFetch {
+                    fetch_offset: p.fetch_offset,
+                    partition_max_bytes: p.partition_max_bytes,
+                    current_leader_epoch: p.source_leader_epoch,
+                },
             ));
         }
         for (broker, partitions) in by_broker {
@@ -703,36 +715,46 @@ impl FlowDriver {
                 return; // budget spent: wait for acknowledgements
             };
             let max_bytes = charge.bytes as i32;
+            let enabled = self.tuning.fetch_sessions;
+            let session = self.fetch_sessions.entry(broker).or_insert_with(|| FetchSession::new(enabled));
+            let next = session.build(partitions);
             let mut topics: BTreeMap<Arc<str>, Vec<FetchPartition>> = BTreeMap::new();
-            for (tp, offset, pmax, epoch) in &partitions {
+            for (tp, f) in &next.send {
                 topics.entry(tp.topic.clone()).or_default().push(
                     FetchPartition::default()
                         .with_partition(tp.partition)
-                        .with_current_leader_epoch(*epoch)
-                        .with_fetch_offset(*offset)
+                        .with_current_leader_epoch(f.current_leader_epoch)
+                        .with_fetch_offset(f.fetch_offset)
                         .with_log_start_offset(-1)
-                        .with_partition_max_bytes(*pmax),
+                        .with_partition_max_bytes(f.partition_max_bytes),
                 );
             }
+            let mut forgotten: BTreeMap<Arc<str>, Vec<i32>> = BTreeMap::new();
+            for tp in &next.forget {
+                forgotten.entry(tp.topic.clone()).or_default().push(tp.partition);
+            }
+            let topic_name = |t: &Arc<str>| TopicName(StrBytes::from_string(t.to_string()));
             let req = FetchRequest::default()
                 .with_replica_id(BrokerId(-1))
                 .with_max_wait_ms(self.tuning.fetch_max_wait_ms as i32)
                 .with_min_bytes(1)
                 .with_max_bytes(max_bytes)
                 .with_isolation_level(0) // read_uncommitted: markers decide (see txn.rs)
-                .with_session_id(0)
-                .with_session_epoch(-1)
+                .with_session_id(next.ticket.session_id)
+                .with_session_epoch(next.ticket.session_epoch)
                 .with_topics(
                     topics
                         .into_iter()
-                        .map(|(t, ps)| {
-                            FetchTopic::default()
-                                .with_topic(TopicName(StrBytes::from_string(t.to_string())))
-                                .with_partitions(ps)
-                        })
+                        .map(|(t, ps)| FetchTopic::default().with_topic(topic_name(&t)).with_partitions(ps))
+                        .collect(),
+                )
+                .with_forgotten_topics_data(
+                    forgotten
+                        .into_iter()
+                        .map(|(t, ps)| ForgottenTopic::default().with_topic(topic_name(&t)).with_partitions(ps))
                         .collect(),
                 );
-            let requested = partitions.into_iter().map(|(tp, o, _, _)| (tp, o)).collect();
+            let ticket = next.ticket;
             let source = self.source.clone();
             self.fetching.insert(broker);
             self.tasks.push(Box::pin(async move {
@@ -741,7 +763,7 @@ impl FlowDriver {
                     Err(ClusterError::Net { source, .. }) => Err(source),
                     Err(e) => Err(NetError::Broken { addr: format!("broker {broker}"), reason: e.to_string() }),
                 };
-                Event::Fetched { broker, requested, result, charge }
+                Event::Fetched { broker, ticket, result, charge }
             }));
         }
     }
@@ -876,9 +898,9 @@ impl FlowDriver {
     fn handle(&mut self, event: Event) {
         match event {
             Event::Discovered { generation, result } => self.on_discovered(generation, result),
-            Event::Fetched { broker, requested, result, charge } => {
+            Event::Fetched { broker, ticket, result, charge } => {
                 self.fetching.remove(&broker);
-                self.on_fetched(broker, requested, result, charge);
+                self.on_fetched(broker, ticket, result, charge);
             }
             Event::Produced { broker, sent, result } => {
                 if let Some(n) = self.producing.get_mut(&broker) {
@@ -1081,41 +1103,53 @@ impl FlowDriver {
         self.produce_scan_all = true;
     }
 
-    fn on_fetched(
-        &mut self,
-        broker: i32,
-        requested: Vec<(TopicPartition, i64)>,
-        result: Result<FetchResponse, NetError>,
-        mut charge: Charge,
-    ) {
+    fn on_fetched(&mut self, broker: i32, ticket: Ticket, result: Result<FetchResponse, NetError>, mut charge: Charge) {
         let resp = match result {
             Ok(r) => r,
             Err(e) => {
-                self.source_unreachable(&e.to_string());
-                self.discover_now = true;
                 let until = Instant::now() + Tuning::ms(self.tuning.retry_backoff_max_ms.min(1000));
-                for (tp, _) in &requested {
-                    if let Some(p) = self.parts.get_mut(tp) {
-                        p.fetch_not_before = until;
+                if let Some(session) = self.fetch_sessions.get_mut(&broker) {
+                    session.transport_failed();
+                    for tp in session.partitions() {
+                        if let Some(p) = self.parts.get_mut(tp) {
+                            p.fetch_not_before = until;
+                        }
                     }
                 }
+                self.source_unreachable(&e.to_string());
+                self.discover_now = true;
                 return;
             }
         };
         self.source_ok();
+        let session = self.fetch_sessions.entry(broker).or_insert_with(|| FetchSession::new(false));
+        if session.on_response(ticket, resp.error_code, resp.session_id) == SessionOutcome::Restart
+            && matches!(resp.error_code, fetch_session::SESSION_NOT_FOUND | fetch_session::INVALID_EPOCH)
+        {
+            // The broker evicted or restarted the session: the next request is full.
+            debug!(flow = %self.flow.name, side = "source", broker, "fetch session ended by the broker (error {}); next fetch is full", resp.error_code);
+            return;
+        }
         if let Some(e) = ResponseError::try_from_code(resp.error_code) {
             warn!(flow = %self.flow.name, side = "source", broker, retrying = true, "Fetch failed as a whole: {e}");
             self.discover_now = true;
             return;
         }
-        let requested: HashMap<TopicPartition, i64> = requested.into_iter().collect();
         let mut fetched_bytes = 0u64;
         let mut holds: Vec<(TopicPartition, Bytes, i64)> = Vec::new();
         for topic in resp.responses {
             let name = topic.topic.0.as_str().to_owned();
             for pd in topic.partitions {
                 let tp = TopicPartition::new(&name, pd.partition_index);
-                let Some(&offset) = requested.get(&tp) else { continue };
+                let Some(offset) = self.fetch_sessions.get(&broker).and_then(|s| s.fetch_offset(&tp)) else {
+                    // Not read for this request: the broker's session holds something
+                    // else than ours. Start a new one; the data is not used.
+                    if let Some(session) = self.fetch_sessions.get_mut(&broker) {
+                        session.diverged();
+                    }
+                    warn!(flow = %self.flow.name, side = "source", broker, partition = %tp, "Fetch response names a partition that was not asked for; starting a new fetch session");
+                    continue;
+                };
                 let Some(p) = self.parts.get_mut(&tp) else { continue };
                 if p.fetch_offset != offset || p.stopped.is_some() {
                     continue; // moved since the request was sent
