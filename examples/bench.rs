@@ -6,6 +6,7 @@
 //! bench run [--modes isolation,latency,wan,real] [--secs S] [--reps N] [--out DIR] ...
 //! bench synth-source --listen H:P [--advertise H:P] [--topic T] [--partitions P]
 //!       [--size BYTES] [--codec none|lz4|...] [--batch-records N] [--rate RECORDS_PER_S]
+//!       [--batches N] [--no-sessions] [--evict-sessions-ms MS]
 //! bench rdmirror --source H:P --target H:P --topic T [--partitions P] [--codec C]
 //! bench relay --listen H:P --upstream H:P
 //! bench link --listen H:P --upstream H:P [--rate 200mbit] [--rtt-ms 50]
@@ -16,7 +17,11 @@
 //! * `synth-source` is a Kafka broker that has one topic and answers Fetch from a
 //!   pre-built record batch (base offset patched per response; the CRC does not cover
 //!   it) at memory speed; with `--rate` it makes batches available at that rate, each
-//!   record's key carrying the wall-clock microsecond it became readable.
+//!   record's key carrying the wall-clock microsecond it became readable (partitions
+//!   take turns; `--batches` ends each partition after N batches). It keeps KIP-227
+//!   fetch sessions like a Kafka broker (`--no-sessions`: like tansu, never) and prints
+//!   what it saw of them (`synth-source fetch-sessions {...}`), including fetches that
+//!   re-read data it had served already.
 //! * the synthetic sink (inside `run`) acknowledges Produce, counts bytes and records,
 //!   and, for uncompressed batches, reads each record's key back to measure latency.
 //! * `rdmirror` is the decode/re-encode peer (librdkafka consumer + producer per
@@ -216,7 +221,13 @@ struct Synth {
     start_us: i64,
     /// false for the sink: its topic reads as empty
     serves_data: bool,
-    cache: Mutex<BTreeMap<i64, Bytes>>,
+    cache: Mutex<BTreeMap<(i32, i64), Bytes>>,
+    /// Batches made available per partition in rate mode before the source goes idle
+    /// (0: no end).
+    batches_limit: i64,
+    /// Answer KIP-227 fetch sessions (false: like a broker without them, id 0).
+    sessions_enabled: bool,
+    sessions: Mutex<SynthSessions>,
     // sink side
     sink: SinkStats,
     /// topics created through CreateTopics (name → partitions), e.g. the proxy's own
@@ -254,6 +265,9 @@ impl Synth {
             start_us: now_us(),
             serves_data: true,
             cache: Mutex::new(BTreeMap::new()),
+            batches_limit: 0,
+            sessions_enabled: true,
+            sessions: Mutex::new(SynthSessions::default()),
             sink: SinkStats::default(),
             created: Mutex::new(HashMap::new()),
             next_offsets: Mutex::new(HashMap::new()),
@@ -265,28 +279,46 @@ impl Synth {
         f64::from(self.batch_records) * f64::from(self.partitions) / self.rate
     }
 
-    /// Batches readable per partition now (rate mode), or unbounded.
-    fn available(&self) -> i64 {
+    /// Offset (in intervals) of `partition`'s batches: partitions take turns, so that at
+    /// many partitions the data arrives evenly rather than in one burst per interval.
+    fn phase(&self, partition: i32) -> f64 {
+        f64::from(partition.max(0)) / f64::from(self.partitions.max(1))
+    }
+
+    /// Batches of `partition` readable now (rate mode), or unbounded.
+    fn available(&self, partition: i32) -> i64 {
         if !self.serves_data {
             return 0;
         }
         if self.rate <= 0.0 {
             return i64::MAX;
         }
-        (self.start.elapsed().as_secs_f64() / self.interval()) as i64
+        let made = (self.start.elapsed().as_secs_f64() / self.interval() - self.phase(partition)).max(0.0) as i64;
+        if self.batches_limit > 0 {
+            made.min(self.batches_limit)
+        } else {
+            made
+        }
     }
 
-    fn batch(&self, k: i64) -> Bytes {
+    /// When the next batch of any partition becomes readable (rate mode).
+    fn next_batch_at(&self) -> Instant {
+        let turns = self.start.elapsed().as_secs_f64() / self.interval() * f64::from(self.partitions.max(1));
+        let next = (turns.floor() + 1.0) / f64::from(self.partitions.max(1));
+        self.start + Duration::from_secs_f64(next * self.interval())
+    }
+
+    fn batch(&self, partition: i32, k: i64) -> Bytes {
         if self.rate <= 0.0 {
             return self.template.clone();
         }
         let mut cache = self.cache.lock().unwrap();
-        if let Some(b) = cache.get(&k) {
+        if let Some(b) = cache.get(&(partition, k)) {
             return b.clone();
         }
-        let ready_us = self.start_us + ((k + 1) as f64 * self.interval() * 1e6) as i64;
+        let ready_us = self.start_us + ((k as f64 + 1.0 + self.phase(partition)) * self.interval() * 1e6) as i64;
         let b = encode_batch(self.batch_records, self.size, self.codec, ready_us);
-        cache.insert(k, b.clone());
+        cache.insert((partition, k), b.clone());
         while cache.len() > 4096 {
             let first = *cache.keys().next().unwrap();
             cache.remove(&first);
@@ -378,7 +410,6 @@ impl Synth {
             }
             ApiKey::ListOffsets => {
                 let req = ListOffsetsRequest::decode(&mut body, v).map_err(dec)?;
-                let avail = self.available();
                 let topics = req
                     .topics
                     .into_iter()
@@ -387,6 +418,7 @@ impl Synth {
                             .partitions
                             .iter()
                             .map(|p| {
+                                let avail = self.available(p.partition_index);
                                 let offset = if p.timestamp == -1 && avail != i64::MAX {
                                     avail * i64::from(self.batch_records)
                                 } else {
@@ -513,46 +545,157 @@ impl Synth {
         }))
     }
 
+    /// Which partitions a Fetch reads, per KIP-227: a sessionless request reads what it
+    /// names; a full request (epoch 0) also starts a session holding them; an
+    /// incremental one updates the session (forgotten, then named partitions) and reads
+    /// all of it. Err: the top-level error to answer (unknown session, wrong epoch).
+    fn session_for(&self, req: &FetchRequest) -> Result<SessionRead, i16> {
+        let named: Vec<(String, ReadPart)> = req
+            .topics
+            .iter()
+            .flat_map(|t| {
+                t.partitions
+                    .iter()
+                    .map(|p| (t.topic.0.to_string(), (p.partition, p.fetch_offset, p.partition_max_bytes)))
+            })
+            .collect();
+        let mut s = self.sessions.lock().unwrap();
+        s.stats.named += named.len() as u64;
+        if !self.sessions_enabled || req.session_epoch < 0 {
+            s.stats.sessionless += 1;
+            if req.session_id != 0 {
+                s.map.remove(&req.session_id);
+            }
+            return Ok((0, named, false));
+        }
+        if req.session_epoch == 0 {
+            if req.session_id != 0 {
+                s.map.remove(&req.session_id);
+            }
+            s.next_id += 1;
+            let id = s.next_id;
+            let parts = named.iter().map(|(t, (p, o, m))| ((t.clone(), *p), (*o, *m))).collect();
+            s.map.insert(id, SynthSession { expected_epoch: 1, parts, sent_hwm: HashMap::new() });
+            s.stats.full += 1;
+            s.stats.created += 1;
+            return Ok((id, named, false));
+        }
+        let Some(session) = s.map.get_mut(&req.session_id) else {
+            s.stats.refused += 1;
+            return Err(70); // FETCH_SESSION_ID_NOT_FOUND
+        };
+        if session.expected_epoch != req.session_epoch {
+            s.stats.refused += 1;
+            return Err(71); // INVALID_FETCH_SESSION_EPOCH
+        }
+        for f in &req.forgotten_topics_data {
+            for p in &f.partitions {
+                session.parts.remove(&(f.topic.0.to_string(), *p));
+                session.sent_hwm.remove(&(f.topic.0.to_string(), *p));
+            }
+        }
+        for (t, (p, o, m)) in &named {
+            session.parts.insert((t.clone(), *p), (*o, *m));
+        }
+        session.expected_epoch = if req.session_epoch == i32::MAX { 1 } else { req.session_epoch + 1 };
+        let reads = session.parts.iter().map(|((t, p), (o, m))| (t.clone(), (*p, *o, *m))).collect();
+        s.stats.incremental += 1;
+        Ok((req.session_id, reads, true))
+    }
+
     /// Fetch v4..=11 response, encoded by hand so that batch bytes are copied once
     /// (pre-built batch → response buffer, base offset patched in place).
     async fn fetch(&self, req: &FetchRequest, v: i16, corr: i32) -> Bytes {
+        let (session_id, reads, incremental) = match self.session_for(req) {
+            Ok(x) => x,
+            Err(code) => {
+                let mut out = BytesMut::new();
+                out.put_i32(4 + 4 + 2 + 4 + 4);
+                out.put_i32(corr);
+                out.put_i32(0); // throttle_time_ms
+                out.put_i16(code);
+                out.put_i32(0); // session id
+                out.put_i32(0); // no topics
+                return out.freeze();
+            }
+        };
+        let sent_hwm = if incremental {
+            self.sessions.lock().unwrap().map.get(&session_id).map(|s| s.sent_hwm.clone())
+        } else {
+            None
+        };
         let deadline = Instant::now() + Duration::from_millis(req.max_wait_ms.max(0) as u64);
         loop {
-            let avail = self.available();
-            let (frame, bytes) = self.fetch_once(&req.topics, req.max_bytes, v, corr, avail);
-            if bytes > 0 || Instant::now() >= deadline || self.rate <= 0.0 {
-                return frame;
+            let answer = self.fetch_once(&reads, req.max_bytes, v, corr, session_id, sent_hwm.as_ref());
+            if answer.bytes > 0 || Instant::now() >= deadline || self.rate <= 0.0 {
+                let mut guard = self.sessions.lock().unwrap();
+                let SynthSessions { map, served_end, stats, .. } = &mut *guard;
+                stats.answered += answer.partitions.len() as u64;
+                for (key, hwm, served) in &answer.partitions {
+                    if let Some((from, to)) = served {
+                        let end = served_end.entry(key.clone()).or_insert(0);
+                        if *from < *end {
+                            stats.reread += 1;
+                        }
+                        *end = (*end).max(*to);
+                    }
+                    if session_id != 0 {
+                        if let Some(session) = map.get_mut(&session_id) {
+                            session.sent_hwm.insert(key.clone(), *hwm);
+                        }
+                    }
+                }
+                return answer.frame;
             }
             // Long poll: wait for the next batch (or the deadline).
-            let next = self.start + Duration::from_secs_f64((avail + 1) as f64 * self.interval());
-            tokio::time::sleep_until(tokio::time::Instant::from_std(next.min(deadline))).await;
+            tokio::time::sleep_until(tokio::time::Instant::from_std(self.next_batch_at().min(deadline))).await;
         }
     }
 
-    fn fetch_once(&self, topics: &[FetchTopic], max_bytes: i32, v: i16, corr: i32, avail: i64) -> (Bytes, usize) {
+    /// One Fetch response over `reads`. With `sent_hwm` (an incremental session) a
+    /// partition is answered only when it has data or its high watermark moved since
+    /// the session last told it.
+    fn fetch_once(
+        &self,
+        reads: &[(String, ReadPart)],
+        max_bytes: i32,
+        v: i16,
+        corr: i32,
+        session_id: i32,
+        sent_hwm: Option<&HashMap<(String, i32), i64>>,
+    ) -> FetchAnswer {
         let b = i64::from(self.batch_records);
         let mut remaining = max_bytes.max(0) as usize;
         let mut total = 0usize;
-        let mut out = BytesMut::with_capacity(1024 + self.estimate(topics, max_bytes));
+        let mut answered = Vec::new();
+        let mut out = BytesMut::with_capacity(1024 + self.estimate(reads, max_bytes));
         out.put_i32(0); // length, patched below
         out.put_i32(corr);
         out.put_i32(0); // throttle_time_ms
         if v >= 7 {
             out.put_i16(0);
-            out.put_i32(0); // session id
+            out.put_i32(session_id);
         }
-        out.put_i32(topics.len() as i32);
-        for t in topics {
-            let name = t.topic.0.as_str();
+        let topics_at = out.len();
+        out.put_i32(0); // topic count, patched
+        let mut topic_count = 0i32;
+        let mut i = 0;
+        while i < reads.len() {
+            let name = reads[i].0.as_str();
+            let topic_start = out.len();
             out.put_i16(name.len() as i16);
             out.put_slice(name.as_bytes());
-            out.put_i32(t.partitions.len() as i32);
-            for p in &t.partitions {
-                let p: &FetchPartition = p;
-                let known = self.serves_data && name == self.topic && p.partition >= 0 && p.partition < self.partitions;
+            let parts_at = out.len();
+            out.put_i32(0); // partition count, patched
+            let mut part_count = 0i32;
+            while i < reads.len() && reads[i].0 == name {
+                let (partition, fetch_offset, partition_max_bytes) = reads[i].1;
+                i += 1;
+                let known = self.serves_data && name == self.topic && partition >= 0 && partition < self.partitions;
                 // a sink's topics (and topics created on it, e.g. the proxy's checkpoints) read as empty
                 let exists = known || name == self.topic || self.created.lock().unwrap().contains_key(name);
-                out.put_i32(p.partition);
+                let part_start = out.len();
+                out.put_i32(partition);
                 out.put_i16(if exists { 0 } else { 3 });
                 let hwm_at = out.len();
                 out.put_i64(0); // high watermark, patched
@@ -566,12 +709,13 @@ impl Synth {
                 }
                 let len_at = out.len();
                 out.put_i32(0); // records length, patched
-                let mut k = p.fetch_offset.max(0) / b;
+                let avail = self.available(partition);
+                let mut k = fetch_offset.max(0) / b;
                 let mut part_bytes = 0usize;
-                let limit = (p.partition_max_bytes.max(0) as usize).min(remaining);
+                let limit = (partition_max_bytes.max(0) as usize).min(remaining);
                 if known {
                     while k < avail {
-                        let batch = self.batch(k);
+                        let batch = self.batch(partition, k);
                         // KIP-74: the first batch of the response goes out even if larger
                         if part_bytes + batch.len() > limit && !(total == 0 && part_bytes == 0) {
                             break;
@@ -583,24 +727,96 @@ impl Synth {
                         k += 1;
                     }
                 }
+                let hwm = if avail == i64::MAX { k * b } else { avail * b };
+                let key = (name.to_owned(), partition);
+                if let Some(sent) = sent_hwm {
+                    if part_bytes == 0 && exists && sent.get(&key) == Some(&hwm) {
+                        out.truncate(part_start); // nothing new: an incremental answer leaves it out
+                        continue;
+                    }
+                }
                 total += part_bytes;
                 remaining = remaining.saturating_sub(part_bytes);
-                let hwm = if avail == i64::MAX { k * b } else { avail * b };
                 out[hwm_at..hwm_at + 8].copy_from_slice(&hwm.to_be_bytes());
                 out[hwm_at + 8..hwm_at + 16].copy_from_slice(&hwm.to_be_bytes());
                 out[len_at..len_at + 4].copy_from_slice(&(part_bytes as i32).to_be_bytes());
+                let served = (part_bytes > 0).then(|| ((fetch_offset.max(0) / b) * b, k * b));
+                answered.push((key, hwm, served));
+                part_count += 1;
+            }
+            if part_count == 0 && sent_hwm.is_some() {
+                out.truncate(topic_start);
+            } else {
+                out[parts_at..parts_at + 4].copy_from_slice(&part_count.to_be_bytes());
+                topic_count += 1;
             }
         }
+        out[topics_at..topics_at + 4].copy_from_slice(&topic_count.to_be_bytes());
         let len = (out.len() - 4) as i32;
         out[0..4].copy_from_slice(&len.to_be_bytes());
-        (out.freeze(), total)
+        FetchAnswer { frame: out.freeze(), bytes: total, partitions: answered }
     }
 
-    fn estimate(&self, topics: &[FetchTopic], max_bytes: i32) -> usize {
-        let parts: usize =
-            topics.iter().flat_map(|t| t.partitions.iter()).map(|p| p.partition_max_bytes.max(0) as usize).sum();
+    fn estimate(&self, reads: &[(String, ReadPart)], max_bytes: i32) -> usize {
+        let parts: usize = reads.iter().map(|(_, (_, _, m))| (*m).max(0) as usize).sum();
         let avail = if self.rate > 0.0 { 1 << 20 } else { usize::MAX };
-        parts.min(max_bytes.max(0) as usize).min(avail) + self.template.len()
+        parts.min(max_bytes.max(0) as usize).min(avail) + self.template.len() + reads.len() * 64
+    }
+}
+
+/// One partition a Fetch reads: (partition, fetch offset, partition max bytes).
+type ReadPart = (i32, i64, i32);
+
+/// What a Fetch reads: session id to answer, partitions (by topic), incremental or not.
+type SessionRead = (i32, Vec<(String, ReadPart)>, bool);
+
+struct FetchAnswer {
+    frame: Bytes,
+    bytes: usize,
+    /// Partitions in the answer: key, high watermark, offsets served `[from, to)`.
+    partitions: Vec<((String, i32), i64, Option<(i64, i64)>)>,
+}
+
+/// The synthetic source's KIP-227 session cache and what it saw.
+#[derive(Default)]
+struct SynthSessions {
+    next_id: i32,
+    map: HashMap<i32, SynthSession>,
+    /// Per partition, the end of the data served last: a Fetch from before it re-reads
+    /// data already served (the client's and the session's positions disagree).
+    served_end: HashMap<(String, i32), i64>,
+    stats: SessionStats,
+}
+
+struct SynthSession {
+    expected_epoch: i32,
+    parts: BTreeMap<(String, i32), (i64, i32)>,
+    /// High watermark last told per partition (an incremental answer names a partition
+    /// only when it changed or there is data).
+    sent_hwm: HashMap<(String, i32), i64>,
+}
+
+#[derive(Default, Clone, Copy)]
+struct SessionStats {
+    sessionless: u64,
+    full: u64,
+    incremental: u64,
+    refused: u64,
+    created: u64,
+    /// Partitions named in requests, and in responses.
+    named: u64,
+    answered: u64,
+    /// Fetches that re-read data already served.
+    reread: u64,
+}
+
+impl SessionStats {
+    fn json(&self) -> Value {
+        json!({
+            "sessionless": self.sessionless, "full": self.full, "incremental": self.incremental,
+            "refused": self.refused, "created": self.created, "named": self.named,
+            "answered": self.answered, "reread": self.reread,
+        })
     }
 }
 
@@ -685,7 +901,7 @@ fn synth_source_main(args: &[String]) {
         let local = listener.local_addr().unwrap();
         let adv = text(args, "--advertise", &local.to_string());
         let (h, p) = adv.rsplit_once(':').expect("--advertise H:P");
-        let synth = Arc::new(Synth::new(
+        let mut synth = Synth::new(
             (h.to_owned(), p.parse().unwrap()),
             &text(args, "--topic", "bench.t"),
             num(args, "--partitions", 4.0) as i32,
@@ -693,8 +909,37 @@ fn synth_source_main(args: &[String]) {
             codec_of(&text(args, "--codec", "none")),
             num(args, "--batch-records", 16.0) as i32,
             num(args, "--rate", 0.0),
-        ));
+        );
+        synth.batches_limit = num(args, "--batches", 0.0) as i64;
+        synth.sessions_enabled = !args.iter().any(|a| a == "--no-sessions");
+        let synth = Arc::new(synth);
         println!("synth-source listening on {local} (advertised {adv})");
+        // `--evict-sessions-ms`: forget every fetch session that often, as a broker does
+        // when its session cache is full or it restarts (clients must start over).
+        let evict_ms = num(args, "--evict-sessions-ms", 0.0) as u64;
+        if evict_ms > 0 {
+            let evicted = synth.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(evict_ms)).await;
+                    evicted.sessions.lock().unwrap().map.clear();
+                }
+            });
+        }
+        // What the fetch-session side saw, once a second when it changed (read by
+        // tests/fetch_sessions.rs and by whoever sizes a deployment).
+        let watched = synth.clone();
+        tokio::spawn(async move {
+            let mut last = String::new();
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let line = watched.sessions.lock().unwrap().stats.json().to_string();
+                if line != last {
+                    println!("synth-source fetch-sessions {line}");
+                    last = line;
+                }
+            }
+        });
         serve(listener, synth).await;
     });
 }
