@@ -26,7 +26,7 @@
 //!   request costs one large round trip, never data: positions come from the mirror's
 //!   own state, not from the broker's memory.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::cluster::TopicPartition;
 
@@ -90,6 +90,8 @@ pub struct FetchSession {
     next_epoch: i32,
     /// The partitions as the broker knows them once the last request was applied.
     partitions: HashMap<TopicPartition, PartitionFetch>,
+    /// Partitions to forget with the next incremental request (their leader moved).
+    forget_next: HashSet<TopicPartition>,
 }
 
 impl FetchSession {
@@ -101,6 +103,7 @@ impl FetchSession {
             session_id: INVALID_SESSION_ID,
             next_epoch: if enabled { INITIAL_EPOCH } else { FINAL_EPOCH },
             partitions: HashMap::new(),
+            forget_next: HashSet::new(),
         }
     }
 
@@ -119,6 +122,7 @@ impl FetchSession {
     /// makes the next one full anyway.
     pub fn build(&mut self, wanted: Vec<(TopicPartition, PartitionFetch)>) -> SessionRequest {
         if !self.is_established() {
+            self.forget_next.clear();
             self.partitions.clear();
             self.partitions.extend(wanted.iter().cloned());
             return SessionRequest { ticket: self.ticket(), send: wanted, forget: Vec::new() };
@@ -153,6 +157,58 @@ impl FetchSession {
             forget.sort();
         }
         SessionRequest { ticket: self.ticket(), send, forget }
+    }
+
+    /// Builds the next incremental request from changes only: `Some` = fetch this
+    /// partition so, `None` = stop fetching it; every other partition stays as it is.
+    /// This is what keeps a Fetch at many partitions from costing a walk over all of
+    /// them. None (and the next request is full) when the session would hold nothing.
+    ///
+    /// # Panics
+    /// If the session is not established (use [`FetchSession::build`]).
+    pub fn build_incremental(
+        &mut self,
+        changes: Vec<(TopicPartition, Option<PartitionFetch>)>,
+    ) -> Option<SessionRequest> {
+        assert!(self.is_established(), "incremental fetch without a session");
+        let mut send = Vec::new();
+        let mut forget = Vec::new();
+        for (tp, change) in changes {
+            match change {
+                Some(f) => {
+                    self.forget_next.remove(&tp);
+                    if self.partitions.insert(tp.clone(), f) != Some(f) {
+                        send.push((tp, f));
+                    }
+                }
+                None => {
+                    if self.partitions.remove(&tp).is_some() {
+                        self.forget_next.remove(&tp);
+                        forget.push(tp);
+                    }
+                }
+            }
+        }
+        for tp in self.forget_next.drain() {
+            if self.partitions.remove(&tp).is_some() {
+                forget.push(tp);
+            }
+        }
+        if self.partitions.is_empty() {
+            // Nothing to read: let the next request, when there is one, start over.
+            self.next_epoch = INITIAL_EPOCH;
+            return None;
+        }
+        forget.sort();
+        Some(SessionRequest { ticket: self.ticket(), send, forget })
+    }
+
+    /// Forget `tp` with the next incremental request (its leader is another broker now).
+    /// The current request's view is left alone: its response may still name `tp`.
+    pub fn forget_later(&mut self, tp: &TopicPartition) {
+        if self.partitions.contains_key(tp) {
+            self.forget_next.insert(tp.clone());
+        }
     }
 
     /// The offset the broker reads `tp` from for the request just built (None: the
@@ -271,38 +327,63 @@ mod tests {
         }
     }
 
+    type Want = BTreeMap<u8, (u8, u8)>;
+
     #[derive(Debug, Clone)]
     enum Step {
-        /// Partitions wanted now: index → (offset, leader epoch).
-        Fetch(BTreeMap<u8, (u8, u8)>),
+        /// Partitions wanted now: index → (offset, leader epoch); with `true`, an
+        /// established session gets only the changes (as the engine's dirty set).
+        Fetch(Want, bool),
         /// The request is lost in transport; whether the broker applied it is the flag.
-        Lost(BTreeMap<u8, (u8, u8)>, bool),
+        Lost(Want, bool),
+        /// The partition's leader moved to another broker.
+        Moved(u8),
         /// The broker forgets every session (restart, eviction).
         Evict,
         RefuseNew(bool),
     }
 
-    fn wanted(m: &BTreeMap<u8, (u8, u8)>) -> Vec<(TopicPartition, PartitionFetch)> {
-        m.iter()
-            .map(|(p, (o, e))| {
-                let f = PartitionFetch {
-                    fetch_offset: i64::from(*o),
-                    partition_max_bytes: 1 << 20,
-                    current_leader_epoch: i32::from(*e % 2),
-                };
-                (TopicPartition::new(if p % 2 == 0 { "a" } else { "b" }, i32::from(*p)), f)
-            })
-            .collect()
+    fn tp_of(p: u8) -> TopicPartition {
+        TopicPartition::new(if p % 2 == 0 { "a" } else { "b" }, i32::from(p))
+    }
+
+    fn fetch_of((o, e): (u8, u8)) -> PartitionFetch {
+        PartitionFetch {
+            fetch_offset: i64::from(o),
+            partition_max_bytes: 1 << 20,
+            current_leader_epoch: i32::from(e % 2),
+        }
+    }
+
+    fn wanted(m: &Want) -> Vec<(TopicPartition, PartitionFetch)> {
+        m.iter().map(|(p, v)| (tp_of(*p), fetch_of(*v))).collect()
     }
 
     fn step() -> impl Strategy<Value = Step> {
         let set = || prop::collection::btree_map(0u8..16, (0u8..4, 0u8..3), 0..10);
         prop_oneof![
-            6 => set().prop_map(Step::Fetch),
+            6 => (set(), any::<bool>()).prop_map(|(s, inc)| Step::Fetch(s, inc)),
             1 => (set(), any::<bool>()).prop_map(|(s, applied)| Step::Lost(s, applied)),
+            1 => (0u8..16).prop_map(Step::Moved),
             1 => Just(Step::Evict),
             1 => any::<bool>().prop_map(Step::RefuseNew),
         ]
+    }
+
+    /// The request for `w`: full, or only the partitions that differ from `current` (plus
+    /// one unchanged one, as a dirty set may hold).
+    fn request(client: &mut FetchSession, current: &Want, w: &Want, incremental: bool) -> Option<SessionRequest> {
+        if !(incremental && client.is_established()) {
+            return Some(client.build(wanted(w)));
+        }
+        let mut changes = Vec::new();
+        let keys: std::collections::BTreeSet<u8> = current.keys().chain(w.keys()).copied().collect();
+        for (i, p) in keys.into_iter().enumerate() {
+            if current.get(&p) != w.get(&p) || i == 0 {
+                changes.push((tp_of(p), w.get(&p).copied().map(fetch_of)));
+            }
+        }
+        client.build_incremental(changes)
     }
 
     proptest! {
@@ -314,22 +395,35 @@ mod tests {
         fn broker_reads_what_the_client_wants(steps in prop::collection::vec(step(), 1..60)) {
             let mut broker = ModelBroker::default();
             let mut client = FetchSession::new(true);
+            // What the client last asked this broker for.
+            let mut current = Want::new();
             for s in steps {
                 match s {
                     Step::Evict => broker.sessions.clear(),
                     Step::RefuseNew(r) => broker.refuse_new = r,
+                    Step::Moved(p) => {
+                        if current.remove(&p).is_some() {
+                            client.forget_later(&tp_of(p));
+                        }
+                    }
                     Step::Lost(w, applied) => {
                         let req = client.build(wanted(&w));
                         if applied {
                             broker.apply(&req);
                         }
                         client.transport_failed();
+                        current = w;
                     }
-                    Step::Fetch(w) => {
+                    Step::Fetch(w, incremental) => {
                         let want: HashMap<_, _> = wanted(&w).into_iter().collect();
                         // A refusal costs one round trip: the retry must succeed.
                         for attempt in 0..2 {
-                            let req = client.build(wanted(&w));
+                            let Some(req) = request(&mut client, &current, &w, incremental && attempt == 0) else {
+                                prop_assert!(w.is_empty(), "no request although partitions are wanted");
+                                prop_assert!(!client.is_established());
+                                break;
+                            };
+                            current.clone_from(&w);
                             let (err, id, read) = broker.apply(&req);
                             match client.on_response(req.ticket, err, id) {
                                 SessionOutcome::Use => {

@@ -365,6 +365,9 @@ struct FlowDriver {
     fetching: HashSet<i32>,
     /// KIP-227 fetch session per source broker.
     fetch_sessions: HashMap<i32, FetchSession>,
+    /// Partitions whose fetch state may have changed since their broker's session was
+    /// last told (marked where their position, queue, leader or backoff change).
+    fetch_dirty: HashSet<TopicPartition>,
     /// Leaders of the partitions on each side, as of the last discovery (the only place
     /// leaders are set). With them, `schedule` skips scanning every partition after every
     /// event when no broker could take a request anyway: with 10,000 partitions that scan
@@ -448,6 +451,7 @@ impl FlowDriver {
             connecting: HashSet::new(),
             fetching: HashSet::new(),
             fetch_sessions: HashMap::new(),
+            fetch_dirty: HashSet::new(),
             source_brokers: HashSet::new(),
             target_brokers: HashSet::new(),
             produce_candidates: std::collections::BTreeSet::new(),
@@ -686,38 +690,80 @@ impl FlowDriver {
         self.schedule_produces();
     }
 
+    /// Starts a Fetch on every source broker that has none outstanding. A broker with an
+    /// established fetch session gets the changes of the partitions marked in
+    /// `fetch_dirty` only; any other gets a full request, built by looking at every
+    /// partition (as large as the request it builds).
     fn schedule_fetches(&mut self) {
         if self.source_brokers.iter().all(|b| self.fetching.contains(b)) {
             return; // every source broker has a Fetch outstanding
         }
         let now = Instant::now();
-        let per_partition_cap = self.tuning.fetch_partition_max_bytes as usize * 2;
-        let mut by_broker: BTreeMap<i32, Vec<(TopicPartition, PartitionFetch)>> = BTreeMap::new();
-        for (tp, p) in &self.parts {
-            let Some(leader) = p.source_leader else { continue };
-            if p.stopped.is_some() || p.fetch_not_before > now || self.fetching.contains(&leader) {
-                continue;
+        let cap = self.tuning.fetch_partition_max_bytes as usize * 2;
+        let idle: Vec<i32> = self.source_brokers.iter().copied().filter(|b| !self.fetching.contains(b)).collect();
+        let (incremental, full): (Vec<i32>, Vec<i32>) =
+            idle.into_iter().partition(|b| self.fetch_sessions.get(b).is_some_and(FetchSession::is_established));
+        let mut wanted: BTreeMap<i32, Vec<(TopicPartition, PartitionFetch)>> = BTreeMap::new();
+        if !full.is_empty() {
+            for (tp, p) in &self.parts {
+                let Some(leader) = p.source_leader else { continue };
+                if !full.contains(&leader) {
+                    continue;
+                }
+                if let (Some(f), _) = fetch_state(p, now, cap) {
+                    wanted.entry(leader).or_default().push((tp.clone(), f));
+                }
             }
-            if !p.stage.scanning() && p.queued_bytes() >= per_partition_cap {
-                continue; // the target is behind on this partition: let it catch up
-            }
-            by_broker.entry(leader).or_default().push((
-                tp.clone(),
-                PartitionFetch {
-                    fetch_offset: p.fetch_offset,
-                    partition_max_bytes: p.partition_max_bytes,
-                    current_leader_epoch: p.source_leader_epoch,
-                },
-            ));
         }
-        for (broker, partitions) in by_broker {
+        let mut changes: BTreeMap<i32, Vec<(TopicPartition, Option<PartitionFetch>)>> =
+            incremental.iter().map(|b| (*b, Vec::new())).collect();
+        if !incremental.is_empty() {
+            let mut keep = Vec::new();
+            for tp in std::mem::take(&mut self.fetch_dirty) {
+                let Some(p) = self.parts.get(&tp) else { continue };
+                let leader = p.source_leader;
+                // Its leader moved: the broker that had it forgets it with its next request.
+                for (b, session) in &mut self.fetch_sessions {
+                    if Some(*b) != leader {
+                        session.forget_later(&tp);
+                    }
+                }
+                let Some(leader) = leader else { continue };
+                let Some(list) = changes.get_mut(&leader) else {
+                    if !full.contains(&leader) {
+                        keep.push(tp); // its broker has a Fetch outstanding: next time
+                    }
+                    continue;
+                };
+                let (f, later) = fetch_state(p, now, cap);
+                if later {
+                    keep.push(tp.clone()); // held back for a while (after an error): look again
+                }
+                list.push((tp, f));
+            }
+            self.fetch_dirty.extend(keep);
+        }
+        let requests = wanted
+            .into_iter()
+            .map(|(b, w)| (b, Request::Full(w)))
+            .chain(changes.into_iter().map(|(b, c)| (b, Request::Changes(c))));
+        for (broker, request) in requests {
             let Some(charge) = self.budget.reserve(u64::from(self.tuning.fetch_max_bytes), 64 * 1024) else {
-                return; // budget spent: wait for acknowledgements
+                if let Request::Changes(c) = request {
+                    self.fetch_dirty.extend(c.into_iter().map(|(tp, _)| tp)); // not lost: next time
+                }
+                continue; // budget spent: wait for acknowledgements
             };
             let max_bytes = charge.bytes as i32;
             let enabled = self.tuning.fetch_sessions;
             let session = self.fetch_sessions.entry(broker).or_insert_with(|| FetchSession::new(enabled));
-            let next = session.build(partitions);
+            let next = match request {
+                Request::Full(w) => session.build(w),
+                Request::Changes(c) => match session.build_incremental(c) {
+                    Some(next) => next,
+                    None => continue, // nothing to read there now
+                },
+            };
             let mut topics: BTreeMap<Arc<str>, Vec<FetchPartition>> = BTreeMap::new();
             for (tp, f) in &next.send {
                 topics.entry(tp.topic.clone()).or_default().push(
@@ -777,23 +823,29 @@ impl FlowDriver {
         }
         // Which brokers can take a request now.
         let mut brokers: BTreeMap<i32, Vec<TopicPartition>> = BTreeMap::new();
-        let scan: Vec<TopicPartition> = if std::mem::take(&mut self.produce_scan_all) {
-            self.parts.keys().cloned().collect()
-        } else {
-            std::mem::take(&mut self.produce_candidates).into_iter().collect()
-        };
         let mut candidates = std::collections::BTreeSet::new();
-        for tp in scan {
-            let Some(p) = self.parts.get(&tp) else { continue };
-            let Some(leader) = p.target_leader else { continue };
+        let mut consider = |tp: &TopicPartition, p: &PartState| {
+            let Some(leader) = p.target_leader else { return };
             if p.stopped.is_some() || p.recovering || p.in_flight >= max_in_flight || p.next_unsent().is_none() {
-                continue; // until an event about this partition (or the next full look)
+                return; // until an event about this partition (or the next full look)
             }
             candidates.insert(tp.clone());
-            if p.produce_not_before > now {
-                continue;
+            if p.produce_not_before <= now {
+                brokers.entry(leader).or_default().push(tp.clone());
             }
-            brokers.entry(leader).or_default().push(tp);
+        };
+        if std::mem::take(&mut self.produce_scan_all) {
+            // In map order, without a lookup per partition: at 10,000 partitions this
+            // runs every poll tick.
+            for (tp, p) in &self.parts {
+                consider(tp, p);
+            }
+        } else {
+            for tp in std::mem::take(&mut self.produce_candidates) {
+                if let Some(p) = self.parts.get(&tp) {
+                    consider(&tp, p);
+                }
+            }
         }
         self.produce_candidates = candidates;
         for (broker, tps) in brokers {
@@ -1101,6 +1153,8 @@ impl FlowDriver {
         self.source_brokers = self.parts.values().filter_map(|p| p.source_leader).collect();
         self.target_brokers = self.parts.values().filter_map(|p| p.target_leader).collect();
         self.produce_scan_all = true;
+        // Leaders, epochs and new partitions: every partition's fetch state is news.
+        self.fetch_dirty.extend(self.parts.keys().cloned());
     }
 
     fn on_fetched(&mut self, broker: i32, ticket: Ticket, result: Result<FetchResponse, NetError>, mut charge: Charge) {
@@ -1150,6 +1204,7 @@ impl FlowDriver {
                     warn!(flow = %self.flow.name, side = "source", broker, partition = %tp, "Fetch response names a partition that was not asked for; starting a new fetch session");
                     continue;
                 };
+                self.fetch_dirty.insert(tp.clone()); // its position, queue or backoff may change now
                 let Some(p) = self.parts.get_mut(&tp) else { continue };
                 if p.fetch_offset != offset || p.stopped.is_some() {
                     continue; // moved since the request was sent
@@ -1434,6 +1489,7 @@ impl FlowDriver {
         }
         p.in_flight -= 1;
         self.produce_candidates.insert(tp.clone());
+        self.fetch_dirty.insert(tp.clone()); // its queue shrinks: it may fetch again
         if p.queue.iter().take(pos).any(|e| e.state == SendState::Unsent) {
             // An earlier batch failed and waits to be resent, yet this later one was
             // written: a broker enforcing idempotent sequences refuses that.
@@ -1474,6 +1530,7 @@ impl FlowDriver {
         let offset = entry.base_offset();
         p.in_flight -= 1;
         self.produce_candidates.insert(tp.clone());
+        self.fetch_dirty.insert(tp.clone());
         let mut reset_producer = false;
         if let Some((e, msg)) = &error {
             let detail = msg.map(|m| format!(" ({m})")).unwrap_or_default();
@@ -1560,6 +1617,32 @@ fn already_on_target(flow: &str, tp: &TopicPartition, p: &mut PartState, pending
     p.target_next = Some(found.base_offset + i64::from(found.header.records_count));
     p.last_timestamp = p.last_timestamp.max(pending.batch.header().max_timestamp);
     true
+}
+
+/// A Fetch to build: every wanted partition, or the changes to an established session.
+enum Request {
+    Full(Vec<(TopicPartition, PartitionFetch)>),
+    Changes(Vec<(TopicPartition, Option<PartitionFetch>)>),
+}
+
+/// What a partition asks of its source broker now (None: nothing), and whether that
+/// can change by time alone (a backoff after an error), so it must be looked at again.
+fn fetch_state(p: &PartState, now: Instant, per_partition_cap: usize) -> (Option<PartitionFetch>, bool) {
+    if p.stopped.is_some() {
+        return (None, false);
+    }
+    if p.fetch_not_before > now {
+        return (None, true);
+    }
+    if !p.stage.scanning() && p.queued_bytes() >= per_partition_cap {
+        return (None, false); // the target is behind on this partition; acknowledgements wake it
+    }
+    let f = PartitionFetch {
+        fetch_offset: p.fetch_offset,
+        partition_max_bytes: p.partition_max_bytes,
+        current_leader_epoch: p.source_leader_epoch,
+    };
+    (Some(f), false)
 }
 
 fn stop_partition(flow: &str, tp: &TopicPartition, p: &mut PartState, side: Side, why: impl fmt::Display) {
