@@ -1421,6 +1421,8 @@ struct Ctx {
     /// when set, the synthetic sink speaks TLS with the certificates in this directory
     /// (from `tls/make-certs.sh`) and the proxy's target cluster is `link = "remote"` + tls
     target_tls: Option<PathBuf>,
+    /// when set (rate, RTT ms), the sink is behind a user-space WAN link (remote writes)
+    sink_wan: Option<(String, f64)>,
     rt: tokio::runtime::Runtime,
     results: Vec<Value>,
     seq: usize,
@@ -1485,6 +1487,7 @@ fn run(args: &[String]) {
             .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned())))
             .collect(),
         target_tls: None,
+        sink_wan: None,
         rt: tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap(),
         results: Vec::new(),
         seq: 0,
@@ -1565,6 +1568,44 @@ fn run(args: &[String]) {
             eprintln!("  {r}");
             ctx.results.push(summarize("wan", peer, 1000, "none", &[r]));
         }
+    }
+    if modes.contains("remote-write") {
+        // Not the recommended deployment: the mirror next to the source, writing over the
+        // WAN. Kafka allows one batch per partition per Produce request and at most 5
+        // requests in flight per partition, so the source's batch size bounds this.
+        let rate = text(args, "--wan-rate", "200mbit");
+        let delay = num(args, "--wan-delay-ms", 50.0);
+        ctx.sink_wan = Some((rate.clone(), delay));
+        for &peer in peers.iter().filter(|p| **p != Peer::Relay) {
+            let saved = (ctx.secs, ctx.warmup);
+            ctx.secs = ctx.secs.max(10.0);
+            ctx.warmup = ctx.warmup.max(3.0);
+            let src_addr = format!("127.0.0.1:{}", free_port());
+            let log = ctx.log("synth-source");
+            let _source = Proc::spawn(
+                "synth-source",
+                Command::new(&ctx.exe).args(["synth-source", "--listen", &src_addr, "--topic", "bench.t"]).args([
+                    "--partitions",
+                    &ctx.partitions.to_string(),
+                    "--size",
+                    "1000",
+                    "--batch-records",
+                    &ctx.batch_records.to_string(),
+                ]),
+                &log,
+            );
+            assert!(wait_port(&src_addr, Duration::from_secs(10)), "synth-source did not start");
+            let mut v = measure(&mut ctx, peer, &src_addr, &src_addr, 1000, "none", false, 0, "remote-write");
+            (ctx.secs, ctx.warmup) = saved;
+            let link_bytes_per_s = parse_rate(&rate);
+            let mbps = v["mb_per_s"].as_f64().unwrap_or(0.0);
+            v["link_mb_per_s"] = json!(link_bytes_per_s / 1e6);
+            v["link_utilization"] = json!(mbps * 1e6 / link_bytes_per_s);
+            v["link"] = json!(format!("{rate}, {delay} ms RTT (user-space link emulator), target side"));
+            eprintln!("  {v}");
+            ctx.results.push(summarize("remote-write", peer, 1000, "none", &[v]));
+        }
+        ctx.sink_wan = None;
     }
     if modes.contains("real") {
         match ctx.tansu.clone() {
@@ -1651,15 +1692,41 @@ fn measure(
 ) -> Value {
     let topic = "bench.t";
     let sink_port = free_port();
-    let sink_addr = format!("127.0.0.1:{sink_port}");
-    let mut sink =
-        Synth::new(("127.0.0.1".into(), i32::from(sink_port)), topic, ctx.partitions, 10, Compression::None, 1, 0.0);
+    let sink_listen = format!("127.0.0.1:{sink_port}");
+    // With `sink_wan` the sink is reached through a WAN link emulator (remote writes):
+    // it advertises the link's address, which relays to where it listens.
+    let (sink_addr, advertised_port, _sink_link) = match ctx.sink_wan.clone() {
+        Some((rate, rtt_ms)) => {
+            let link_port = free_port();
+            let link_addr = format!("127.0.0.1:{link_port}");
+            let log = ctx.log("link");
+            let p = Proc::spawn(
+                "link",
+                Command::new(&ctx.exe)
+                    .args(["link", "--listen", &link_addr, "--upstream", &sink_listen, "--rate", &rate])
+                    .args(["--rtt-ms", &rtt_ms.to_string()]),
+                &log,
+            );
+            assert!(wait_port(&link_addr, Duration::from_secs(10)), "bench link did not start");
+            (link_addr, link_port, Some(p))
+        }
+        None => (sink_listen.clone(), sink_port, None),
+    };
+    let mut sink = Synth::new(
+        ("127.0.0.1".into(), i32::from(advertised_port)),
+        topic,
+        ctx.partitions,
+        10,
+        Compression::None,
+        1,
+        0.0,
+    );
     sink.serves_data = false;
     let sink = Arc::new(sink);
     if latency {
         *sink.sink.latency.lock().unwrap() = Some(Histogram::new_with_bounds(1, 60_000_000, 3).unwrap());
     }
-    let listener = ctx.rt.block_on(TcpListener::bind(&sink_addr)).unwrap();
+    let listener = ctx.rt.block_on(TcpListener::bind(&sink_listen)).unwrap();
     let acceptor = ctx.target_tls.as_deref().map(tls_acceptor);
     let sink_task = ctx.rt.spawn(serve_maybe_tls(listener, sink.clone(), acceptor));
     let relay_bytes = Arc::new(AtomicU64::new(0));
