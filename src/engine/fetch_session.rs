@@ -127,7 +127,9 @@ impl FetchSession {
             self.partitions.extend(wanted.iter().cloned());
             return SessionRequest { ticket: self.ticket(), send: wanted, forget: Vec::new() };
         }
-        // In place: at thousands of partitions this runs for every Fetch.
+        // In place: at thousands of partitions this runs for every Fetch. Every partition
+        // not wanted is forgotten below, so earlier `forget_later` calls are covered.
+        self.forget_next.clear();
         let mut send = Vec::new();
         let mut kept = 0;
         let mut added = 0;
