@@ -21,6 +21,7 @@ use regex::Regex;
 use serde::Deserialize;
 
 use crate::batch::provenance::{ClusterId, Hop};
+use crate::batch::Compression;
 use crate::net::sasl::{Mechanism, SaslCredentials, Secret};
 use crate::net::tls::TlsFiles;
 use crate::topology::{resolve_provenance, Edge};
@@ -143,6 +144,15 @@ pub struct FlowConfig {
     pub groups: Option<String>,
     #[serde(default)]
     pub groups_exclude: Option<String>,
+    /// Re-batching for remote writes: consecutive source batches of a partition are
+    /// merged into target batches of up to this many bytes. 0 (default): off, batches
+    /// pass through as they are.
+    #[serde(default)]
+    pub rebatch_max_bytes: u32,
+    /// Codec of merged batches (none, gzip, snappy, lz4, zstd); absent: the source
+    /// codec, and only batches of one codec are merged.
+    #[serde(default)]
+    pub rebatch_compression: Option<String>,
 }
 
 /// Whether a flow stamps and filters by the provenance header.
@@ -151,6 +161,40 @@ pub struct FlowConfig {
 pub enum ProvenanceMode {
     Header,
     Off,
+}
+
+/// The re-batching settings of flow `i`, checked.
+fn rebatch(i: usize, f: &FlowConfig, tuning: &Tuning) -> Result<Option<Rebatch>, (String, String)> {
+    let compression = match f.rebatch_compression.as_deref() {
+        None => None,
+        Some(name) => Some(
+            [Compression::None, Compression::Gzip, Compression::Snappy, Compression::Lz4, Compression::Zstd]
+                .into_iter()
+                .find(|c| c.name() == name)
+                .ok_or_else(|| {
+                    (
+                        format!("flows[{i}].rebatch_compression"),
+                        format!("unknown codec '{name}' (one of none, gzip, snappy, lz4, zstd)"),
+                    )
+                })?,
+        ),
+    };
+    if f.rebatch_max_bytes == 0 {
+        if compression.is_some() {
+            return Err((
+                format!("flows[{i}].rebatch_compression"),
+                "only applies with rebatch_max_bytes (re-batching is off)".into(),
+            ));
+        }
+        return Ok(None);
+    }
+    if f.rebatch_max_bytes < 1024 || f.rebatch_max_bytes > tuning.produce_max_bytes {
+        return Err((
+            format!("flows[{i}].rebatch_max_bytes"),
+            format!("must be between 1024 and tuning.produce_max_bytes ({})", tuning.produce_max_bytes),
+        ));
+    }
+    Ok(Some(Rebatch { max_bytes: f.rebatch_max_bytes as usize, compression }))
 }
 
 fn default_rename() -> Rename {
@@ -267,6 +311,17 @@ pub struct Flow {
     /// Consumer groups to sync to the target, and those excluded.
     pub groups: Option<Regex>,
     pub groups_exclude: Option<Regex>,
+    /// Re-batching for remote writes; None: pass-through.
+    pub rebatch: Option<Rebatch>,
+}
+
+/// How a flow merges source batches (see [`crate::batch::merge`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rebatch {
+    /// Largest merged batch, in source bytes.
+    pub max_bytes: usize,
+    /// Codec of merged batches; None: the source codec.
+    pub compression: Option<Compression>,
 }
 
 impl Flow {
@@ -414,6 +469,7 @@ impl Config {
                 provenance: None,
                 groups: f.groups.as_deref().map(|g| anchored("groups", g)).transpose()?,
                 groups_exclude: f.groups_exclude.as_deref().map(|g| anchored("groups_exclude", g)).transpose()?,
+                rebatch: rebatch(i, f, &raw.tuning).map_err(|(at, why)| invalid(at, why))?,
             });
         }
         for (i, a) in flows.iter().enumerate() {
@@ -622,6 +678,20 @@ rename = "prefix"
         assert!(e.contains("renam"), "{e}");
         let e = err(&format!("{GOOD}\n[tuning]\nbufer_bytes = 5\n"));
         assert!(e.contains("bufer_bytes"), "{e}");
+    }
+
+    #[test]
+    fn rebatching_is_parsed_and_its_mistakes_are_named() {
+        let on = GOOD.replace("rename = \"prefix\"", "rebatch_max_bytes = 1048576\nrebatch_compression = \"zstd\"");
+        let c = Config::parse(&on, "m.toml").unwrap();
+        assert_eq!(c.flows[0].rebatch, Some(Rebatch { max_bytes: 1 << 20, compression: Some(Compression::Zstd) }));
+        assert_eq!(Config::parse(GOOD, "m.toml").unwrap().flows[0].rebatch, None, "off by default");
+        let e = err(&on.replace("\"zstd\"", "\"brotli\""));
+        assert!(e.contains("flows[0].rebatch_compression") && e.contains("brotli"), "{e}");
+        let e = err(&GOOD.replace("rename = \"prefix\"", "rebatch_compression = \"lz4\""));
+        assert!(e.contains("flows[0].rebatch_compression") && e.contains("rebatch_max_bytes"), "{e}");
+        let e = err(&on.replace("1048576", "100"));
+        assert!(e.contains("flows[0].rebatch_max_bytes") && e.contains("between 1024"), "{e}");
     }
 
     const SECURE: &str = r#"

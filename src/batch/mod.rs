@@ -68,6 +68,7 @@ mod compression;
 pub mod crc;
 mod error;
 mod header;
+pub mod merge;
 pub mod provenance;
 mod records;
 mod split;

@@ -112,6 +112,13 @@ impl OutgoingBatch {
         out.freeze()
     }
 
+    /// A batch built anew (re-batching): `bytes` is the whole batch, `header` its header.
+    pub(super) fn assembled(header: BatchHeader, bytes: &Bytes) -> Self {
+        let mut head = [0u8; HEADER_LEN];
+        head.copy_from_slice(&bytes[..HEADER_LEN]);
+        Self { header, head, body: bytes.slice(HEADER_LEN..) }
+    }
+
     /// Number of records in the batch (the sequence numbers it uses).
     #[must_use]
     pub fn record_count(&self) -> i32 {
@@ -359,7 +366,11 @@ impl VerifiedBatch {
 
 /// Builds a batch from a header and a new records section: sets `batchLength`, writes
 /// the header and computes the CRC. `too_large` is the error when it exceeds 2 GiB.
-fn assemble(mut header: BatchHeader, body: &[u8], too_large: &'static str) -> Result<(BatchHeader, Bytes), BatchError> {
+pub(super) fn assemble(
+    mut header: BatchHeader,
+    body: &[u8],
+    too_large: &'static str,
+) -> Result<(BatchHeader, Bytes), BatchError> {
     let base_offset = header.base_offset;
     header.batch_length = i32::try_from(body.len() + HEADER_LEN - super::LOG_OVERHEAD)
         .map_err(|_| BatchError::NotForwardable { base_offset, reason: too_large })?;

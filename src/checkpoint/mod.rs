@@ -174,6 +174,24 @@ impl Fingerprint {
             && self.first_timestamp == sent.first_timestamp
             && (self.max_timestamp.is_none() || self.max_timestamp == sent.max_timestamp)
     }
+
+    /// Whether a batch on the target (`self`) may be a merged batch (re-batching) that
+    /// begins with `sent` and holds more after it.
+    #[must_use]
+    pub fn begins_with(&self, sent: &Fingerprint) -> bool {
+        self.records > sent.records
+            && self.first_timestamp == sent.first_timestamp
+            && self.max_timestamp.is_none_or(|m| sent.max_timestamp.is_none_or(|s| s <= m))
+    }
+
+    /// The fingerprint of a run of batches merged into one (see `batch::merge`).
+    #[must_use]
+    pub fn merged(run: &[Fingerprint]) -> Option<Fingerprint> {
+        let first = run.first()?;
+        let records = run.iter().try_fold(0i32, |n, f| n.checked_add(f.records))?;
+        let max_timestamp = run.iter().map(|f| f.max_timestamp).try_fold(i64::MIN, |m, t| t.map(|t| m.max(t)));
+        Some(Fingerprint { records, first_timestamp: first.first_timestamp, max_timestamp })
+    }
 }
 
 /// A data batch read back from a partition: its header and where it is.
