@@ -15,8 +15,6 @@
 //! gives the answer to the record. MirrorMaker 2 keeps sparse pairs and answers with the
 //! nearest one below, so its users reprocess after a failover; this does not.
 
-use std::collections::VecDeque;
-
 use crate::batch::{provenance::Decision, VerifiedBatch};
 use crate::checkpoint::{self, Checkpoint, Fingerprint};
 use crate::cluster::{Cluster, ClusterError, TopicPartition};
@@ -154,24 +152,100 @@ pub async fn translate(
         return Ok(Translated::Exact(cp.target_offset));
     };
     let within = out[k].offsets.iter().filter(|o| **o < committed).count() as i64;
-    // Pair the forwarded batches with the target's, in order.
-    let wanted: VecDeque<Fingerprint> = out[..=k].iter().map(|f| f.fingerprint).collect();
+    // Pair the forwarded batches with the target's, in order. With re-batching a
+    // target batch holds a run of forwarded batches; foreign batches are passed over.
+    let wanted: Vec<Fingerprint> = out[..=k].iter().map(|f| f.fingerprint).collect();
     let target_topic = flow.target_topic(&tp.topic);
     let tail = checkpoint::read_batches(target, &target_topic, tp.partition, t, 1 << 20)
         .await
         .map_err(|e| ClusterError::Other { cluster: target.alias().into(), what: e.to_string() })?;
-    let mut tail = tail.into_iter();
-    let mut base = None;
-    for want in &wanted {
-        match tail.by_ref().find(|b| Fingerprint::of(&b.header).matches(want)) {
-            Some(b) => base = Some(b.base_offset),
-            None => {
-                return Ok(Translated::Unknown(format!(
-                    "the target partition {target_topic}-{} does not hold the mirrored batches after offset {t}",
-                    tp.partition
-                )))
-            }
-        }
+    match pair(&wanted, &tail) {
+        Some(base) => Ok(Translated::Exact(base + within)),
+        None => Ok(Translated::Unknown(format!(
+            "the target partition {target_topic}-{} does not hold the mirrored batches after offset {t}",
+            tp.partition
+        ))),
     }
-    Ok(Translated::Exact(base.expect("at least one batch was paired") + within))
+}
+
+/// Pairs forwarded batches (`wanted`, in order) with the target's batches (`tail`, in
+/// order) and returns the target offset of the last wanted batch's first record. A
+/// target batch pairs with a run of one or more wanted batches (re-batching merges
+/// runs); the last run may go on past `wanted` (its batches were not replayed).
+fn pair(wanted: &[Fingerprint], tail: &[checkpoint::TailBatch]) -> Option<i64> {
+    let mut tail = tail.iter();
+    let mut i = 0;
+    let mut last = None;
+    while i < wanted.len() {
+        let (batch, end) = tail.find_map(|b| {
+            let on_target = Fingerprint::of(&b.header);
+            let mut run = wanted[i];
+            for j in i + 1..=wanted.len() {
+                if j > i + 1 {
+                    run = Fingerprint::merged(&[run, wanted[j - 1]])?;
+                }
+                if on_target.matches(&run) || (j == wanted.len() && on_target.begins_with(&run)) {
+                    return Some((b, j));
+                }
+                if run.records >= on_target.records {
+                    return None; // this target batch is not (the start of) the run
+                }
+            }
+            None
+        })?;
+        let before: i64 = wanted[i..end - 1].iter().map(|f| i64::from(f.records)).sum();
+        last = Some(batch.base_offset + before);
+        i = end;
+    }
+    last
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::BatchHeader;
+    use crate::checkpoint::TailBatch;
+
+    fn fp(records: i32, first: i64, max: i64) -> Fingerprint {
+        Fingerprint { records, first_timestamp: first, max_timestamp: Some(max) }
+    }
+
+    fn tail(base_offset: i64, records: i32, first: i64, max: i64) -> TailBatch {
+        let header = BatchHeader {
+            base_offset,
+            batch_length: 0,
+            partition_leader_epoch: 0,
+            magic: 2,
+            crc: 0,
+            attributes: 0,
+            last_offset_delta: records - 1,
+            base_timestamp: first,
+            max_timestamp: max,
+            producer_id: 1,
+            producer_epoch: 0,
+            base_sequence: 0,
+            records_count: records,
+        };
+        TailBatch { base_offset, header }
+    }
+
+    #[test]
+    fn pairs_batch_for_batch_and_skips_foreign_batches() {
+        let wanted = [fp(2, 10, 11), fp(3, 20, 22)];
+        let on_target = [tail(100, 2, 10, 11), tail(102, 5, 15, 15), tail(107, 3, 20, 22)];
+        assert_eq!(pair(&wanted, &on_target), Some(107));
+    }
+
+    #[test]
+    fn pairs_runs_merged_into_one_target_batch() {
+        let wanted = [fp(2, 10, 11), fp(3, 20, 22), fp(1, 30, 30), fp(4, 40, 43)];
+        // [0,1] merged, a foreign batch, [2,3] merged
+        let on_target = [tail(100, 5, 10, 22), tail(105, 1, 99, 99), tail(106, 5, 30, 43)];
+        assert_eq!(pair(&wanted, &on_target), Some(107), "the 4th batch starts after the 3rd's one record");
+        assert_eq!(pair(&wanted[..2], &on_target), Some(102));
+        // The last run goes on past what was replayed.
+        assert_eq!(pair(&wanted[..3], &on_target), Some(106));
+        // A target batch that only looks like a run's start but does not add up.
+        assert_eq!(pair(&wanted, &[tail(100, 4, 10, 22)]), None);
+    }
 }

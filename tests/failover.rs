@@ -45,6 +45,18 @@ fn produce_layout(bootstrap: &str) -> Vec<TestRecord> {
 
 #[test]
 fn translation_is_exact_mid_batch_and_across_transaction_markers_and_sync_commits_it() {
+    translation_case("", 3);
+}
+
+/// The same with re-batching: the three forwarded source batches (plain, committed
+/// transaction, plain) reach the target as one merged batch.
+#[test]
+fn translation_is_exact_through_merged_batches() {
+    translation_case("rebatch_max_bytes = 65536\nrebatch_compression = \"zstd\"", 1);
+}
+
+fn translation_case(flow_extra: &str, target_batches: usize) {
+    let config = |source: &str, target: &str| edge_to_cloud(source, target, "orders", flow_extra);
     let source = Broker::start();
     let target = Broker::start();
     create_topic(&source.bootstrap, "orders", 1);
@@ -53,6 +65,11 @@ fn translation_is_exact_mid_batch_and_across_transaction_markers_and_sync_commit
     let on_target = consume_all(&target.bootstrap, "orders", kept.len(), WAIT);
     assert_eq!(on_target.len(), kept.len());
     assert!(proxy.stop().success());
+    let codecs = batch_codecs(&target.bootstrap, "orders", 0);
+    assert_eq!(codecs.len(), target_batches, "target batches (codecs {codecs:?})");
+    if !flow_extra.is_empty() {
+        assert!(codecs.iter().all(|c| *c == 4), "merged batches are zstd: {codecs:?}");
+    }
     // Every source offset, read back uncommitted (tansu's read_committed shows aborted
     // records too; we know which keys were aborted because we wrote them).
     let on_source = consume_all_isolation(&source.bootstrap, "orders", 30, WAIT, false);

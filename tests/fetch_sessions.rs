@@ -42,7 +42,7 @@ impl SynthSource {
         );
         let log = std::env::temp_dir().join(format!("synth-source-{}-{port}.log", std::process::id()));
         let out = std::fs::File::create(&log).unwrap();
-        let rate = PARTITIONS as f64 * BATCH_RECORDS as f64 / 1.5; // one batch per partition every 1.5 s
+        let rate = f64::from(PARTITIONS) * BATCH_RECORDS as f64 / 1.5; // one batch per partition every 1.5 s
         let child = Command::new(bench)
             .args(["synth-source", "--listen", &format!("127.0.0.1:{port}"), "--topic", "sess.t"])
             .args(["--partitions", &PARTITIONS.to_string(), "--size", "100"])

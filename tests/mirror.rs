@@ -6,66 +6,12 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use bytes::Buf;
-use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
-use kafka_protocol::messages::{BrokerId, FetchRequest, TopicName};
-use kafka_protocol::protocol::StrBytes;
-use mirrorproxy::net::Connection;
 use support::*;
 
 const WAIT: Duration = Duration::from_secs(60);
 
 fn config(source: &str, target: &str, topics: &str, extra_flow: &str) -> String {
     edge_to_cloud(source, target, topics, extra_flow)
-}
-
-/// Compression codec id of every batch in a target partition, read with a raw Fetch.
-fn target_codecs(bootstrap: &str, topic: &str, partition: i32) -> Vec<i16> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(async {
-        let conn = Connection::connect(bootstrap, "test", Duration::from_secs(5), Duration::from_secs(10))
-            .await
-            .expect("connect");
-        let mut offset = 0i64;
-        let mut codecs = Vec::new();
-        for _ in 0..1000 {
-            let req = FetchRequest::default()
-                .with_replica_id(BrokerId(-1))
-                .with_max_wait_ms(100)
-                .with_max_bytes(8 << 20)
-                .with_session_epoch(-1)
-                .with_topics(vec![FetchTopic::default()
-                    .with_topic(TopicName(StrBytes::from_string(topic.into())))
-                    .with_partitions(vec![FetchPartition::default()
-                        .with_partition(partition)
-                        .with_fetch_offset(offset)
-                        .with_partition_max_bytes(8 << 20)
-                        .with_log_start_offset(-1)])]);
-            let resp = conn.call(&req).await.expect("fetch");
-            let records = resp.responses[0].partitions[0].records.clone().unwrap_or_default();
-            let mut buf = records.clone();
-            let mut progressed = false;
-            while buf.remaining() >= 61 {
-                let base = (&buf[0..8]).get_i64();
-                let len = (&buf[8..12]).get_i32() as usize;
-                if buf.remaining() < 12 + len {
-                    break;
-                }
-                let attributes = (&buf[21..23]).get_i16();
-                let last_delta = (&buf[23..27]).get_i32();
-                if base + i64::from(last_delta) >= offset {
-                    codecs.push(attributes & 7);
-                    offset = base + i64::from(last_delta) + 1;
-                    progressed = true;
-                }
-                buf.advance(12 + len);
-            }
-            if !progressed {
-                break;
-            }
-        }
-        codecs
-    })
 }
 
 #[test]
@@ -137,7 +83,7 @@ fn mixed_topics_arrive_identical_in_order_exactly_once() {
         };
         let partitions = recs.iter().map(|r| r.partition).max().unwrap() + 1;
         for p in 0..partitions {
-            let codecs = target_codecs(&target.bootstrap, topic, p);
+            let codecs = batch_codecs(&target.bootstrap, topic, p);
             assert!(!codecs.is_empty(), "{topic}-{p}: no batches read back");
             assert!(codecs.iter().all(|c| *c == id), "{topic}-{p}: codecs {codecs:?}, want all {id} ({codec})");
         }

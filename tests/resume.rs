@@ -70,10 +70,70 @@ fn clean_restart_resumes_where_it_stopped() {
 
 #[test]
 fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
+    kill_loop("");
+}
+
+/// Re-batching and the crash window: every merged batch is written after the last
+/// checkpoint, the mirror is killed, more data arrives, and the restart must recognise
+/// each merged target batch as a run of source batches (not send them again) while
+/// forming its own, different runs for the rest.
+#[test]
+fn crash_after_merged_batches_reconciles_runs_of_source_batches() {
+    let source = Broker::start();
+    let target = Broker::start();
+    create_topic(&source.bootstrap, "orders", 2);
+    let mut expected = Vec::new();
+    let mut chunk = |from: usize, codec: &str| {
+        let recs: Vec<TestRecord> = (from..from + 40).map(|i| record(i, 2)).collect();
+        produce(&source.bootstrap, "orders", &recs, codec, true);
+        expected.extend(recs);
+    };
+    for c in 0..8 {
+        chunk(c * 40, ["none", "lz4", "zstd", "snappy", "gzip"][c % 5]);
+    }
+    // No checkpoint after the first (written before the first batch): everything the
+    // mirror writes is in the crash window.
+    let cfg = edge_to_cloud(
+        &source.bootstrap,
+        &target.bootstrap,
+        "orders",
+        "rebatch_max_bytes = 65536\nrebatch_compression = \"zstd\"",
+    )
+    .replace("checkpoint_interval_ms = 150", "checkpoint_interval_ms = 3600000");
+    let mut proxy = MirrorProxy::start(&cfg);
+    assert_eq!(consume_all(&target.bootstrap, "orders", 320, Duration::from_secs(60)).len(), 320);
+    let before: Vec<Vec<i16>> = (0..2).map(|p| batch_codecs(&target.bootstrap, "orders", p)).collect();
+    assert!(before.iter().all(|b| b.len() < 8), "8 source batches per partition were merged: {before:?}");
+    proxy.signal("KILL");
+    assert!(proxy.stop_timeout(Duration::from_secs(5)).is_some_and(|s| !s.success()));
+    for c in 8..11 {
+        chunk(c * 40, "lz4");
+    }
+    let mut proxy = MirrorProxy::start(&cfg);
+    let got = consume_all(&target.bootstrap, "orders", expected.len(), Duration::from_secs(60));
+    assert_exactly(&expected, &got);
+    assert!(proxy.log().contains("resuming partition from its checkpoint"), "{}", tail(&proxy.log(), 20));
+    let after: Vec<Vec<i16>> = (0..2).map(|p| batch_codecs(&target.bootstrap, "orders", p)).collect();
+    for p in 0..2 {
+        assert!(
+            after[p].starts_with(&before[p]),
+            "partition {p}: the merged batches were written again: {before:?} then {after:?}"
+        );
+        assert!(after[p].iter().all(|c| *c == 4), "merged batches are zstd: {after:?}");
+    }
+    assert!(proxy.stop().success());
+}
+
+/// Kills and restarts the mirror 6 times under continuous production; returns the
+/// codec of every target batch per partition.
+fn kill_loop(flow_extra: &str) -> Vec<Vec<i16>> {
     let source = Broker::start();
     let target = Broker::start();
     create_topic(&source.bootstrap, "orders", 3);
-    let cfg = config(&source.bootstrap, &target.bootstrap);
+    let mut cfg = edge_to_cloud(&source.bootstrap, &target.bootstrap, "orders", flow_extra);
+    if !flow_extra.is_empty() {
+        cfg = cfg.replace("[tuning]\n", "[tuning]\nmax_in_flight_per_partition = 1\n");
+    }
 
     // A producer writing continuously while the mirror is killed and restarted.
     let produced: Arc<Mutex<Vec<TestRecord>>> = Arc::default();
@@ -123,4 +183,12 @@ fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
     eprintln!("{kills} kills; {} records produced, {} on the target", expected.len(), got.len());
     assert_exactly(&expected, &got);
     assert!(proxy.stop().success());
+    let target_batches: Vec<Vec<i16>> = (0..3).map(|p| batch_codecs(&target.bootstrap, "orders", p)).collect();
+    let source_batches: usize = (0..3).map(|p| batch_codecs(&source.bootstrap, "orders", p).len()).sum();
+    let merged = target_batches.iter().map(Vec::len).sum::<usize>();
+    eprintln!("{source_batches} source batches, {merged} target batches");
+    if !flow_extra.is_empty() {
+        assert!(merged < source_batches, "re-batching merged nothing: {merged} target batches for {source_batches}");
+    }
+    target_batches
 }

@@ -157,6 +157,10 @@ struct Pending {
     stamp: Option<(u64, ProducerStamp)>,
     state: SendState,
     first_offset: i64,
+    /// With re-batching: how many queued batches, from this one on, went out as one
+    /// merged target batch under the current stamps (a retry must resend the same run:
+    /// the broker dedups by sequence range). 0: not sent yet or sent alone.
+    group: usize,
     /// The budget share of the whole Fetch response this batch came from: the batch
     /// is a view of that response's buffer, which stays allocated until its last batch
     /// is gone, so the budget is returned then too (per-batch shares undercounted by
@@ -219,6 +223,9 @@ struct PartState {
     /// Batches found on the target after the checkpoint: batches the mirror would send
     /// are matched against them first and not sent again (crash window).
     reconcile: VecDeque<TailBatch>,
+    /// Batches that match the beginning of a merged batch on the target (re-batching)
+    /// during reconciliation: known to be on the target once the whole run matched.
+    held: Vec<Pending>,
 }
 
 impl PartState {
@@ -234,7 +241,12 @@ impl PartState {
 
     /// First source offset not yet on the target.
     fn mirrored_position(&self) -> i64 {
-        self.queue.front().map(Pending::base_offset).or_else(|| self.stage.first_offset()).unwrap_or(self.fetch_offset)
+        self.held
+            .first()
+            .or_else(|| self.queue.front())
+            .map(Pending::base_offset)
+            .or_else(|| self.stage.first_offset())
+            .unwrap_or(self.fetch_offset)
     }
 }
 
@@ -258,7 +270,9 @@ enum Event {
     },
     Produced {
         broker: i32,
-        sent: Vec<(TopicPartition, u64)>,
+        /// Per queued batch: partition, id, and records before it in its target
+        /// batch (0: it opens the target batch, which holds one request slot).
+        sent: Vec<(TopicPartition, u64, i64)>,
         result: Result<ProduceResponse, NetError>,
     },
     TargetConnected {
@@ -872,19 +886,36 @@ impl FlowDriver {
                 let p = self.parts.get_mut(&tp).expect("partition exists");
                 let max_message = self.target_topics.get(&*tp.topic).and_then(|t| t.max_message_bytes);
                 let Some(idx) = p.next_unsent() else { continue };
+                let generation = self.producer_generation;
+                let run = match &self.flow.rebatch {
+                    Some(r) => merge_run(p, idx, r, generation, max_message),
+                    None => 1,
+                };
                 let entry = &mut p.queue[idx];
                 let stamp = match entry.stamp {
-                    Some((generation, s)) if generation == self.producer_generation => s,
+                    Some((g, s)) if g == generation => s,
                     _ => {
-                        let s = ProducerStamp { producer_id, producer_epoch, base_sequence: p.next_sequence };
-                        p.next_sequence =
-                            p.next_sequence.wrapping_add(entry.batch.header().records_count.max(1)) & i32::MAX;
-                        entry.stamp = Some((self.producer_generation, s));
+                        let s = next_stamp(&mut p.next_sequence, producer_id, producer_epoch, &entry.batch);
+                        entry.stamp = Some((generation, s));
                         s
                     }
                 };
                 let source_offset = entry.base_offset();
-                let outgoing = match entry.batch.clone().into_outgoing(stamp) {
+                let mut run = run;
+                let mut prepared = None;
+                if run > 1 {
+                    let r = self.flow.rebatch.expect("runs are longer than 1 only with re-batching");
+                    let batches: Vec<&VerifiedBatch> = p.queue.range(idx..idx + run).map(|e| &e.batch).collect();
+                    let merged =
+                        batch::merge::merge(&batches, stamp, batch::merge::target_codec(batches[0], r.compression));
+                    if merged.as_ref().is_ok_and(|m| max_message.is_some_and(|max| m.len() > max)) {
+                        run = 1; // larger than the target takes (a codec that compresses less): send it alone
+                    } else {
+                        prepared = Some(merged);
+                    }
+                }
+                let prepared = prepared.unwrap_or_else(|| p.queue[idx].batch.clone().into_outgoing(stamp));
+                let outgoing = match prepared {
                     Ok(o) => o,
                     Err(e) => {
                         let why =
@@ -911,8 +942,18 @@ impl FlowDriver {
                 }
                 request_bytes += outgoing.len();
                 p.in_flight += 1;
-                entry.state = SendState::InFlight;
-                sent.push((tp.clone(), entry.id));
+                let mut before = 0i64;
+                for (k, entry) in p.queue.range_mut(idx..idx + run).enumerate() {
+                    if k > 0 && !matches!(entry.stamp, Some((g, _)) if g == generation) {
+                        // Its sequences follow the run's first batch (stamped in queue order).
+                        let s = next_stamp(&mut p.next_sequence, producer_id, producer_epoch, &entry.batch);
+                        entry.stamp = Some((generation, s));
+                    }
+                    entry.group = if k == 0 { run } else { 0 };
+                    entry.state = SendState::InFlight;
+                    sent.push((tp.clone(), entry.id, before));
+                    before += i64::from(entry.batch.header().records_count);
+                }
                 topics.entry(p.target.topic.clone()).or_default().push((p.target.partition, outgoing));
             }
             if sent.is_empty() {
@@ -1126,6 +1167,7 @@ impl FlowDriver {
                     points,
                     checkpointed,
                     reconcile,
+                    held: Vec::new(),
                 },
             );
         }
@@ -1392,6 +1434,7 @@ impl FlowDriver {
                     stamp: None,
                     state: SendState::Unsent,
                     first_offset,
+                    group: 0,
                     _charge: charge.clone(),
                 };
                 self.next_pending_id += 1;
@@ -1402,12 +1445,14 @@ impl FlowDriver {
         for released in p.stage.release() {
             match released {
                 Released::Forward(pending) => {
-                    if !p.reconcile.is_empty() && already_on_target(&flow, tp, p, &pending) {
-                        continue;
+                    let to_send = if p.reconcile.is_empty() { vec![pending] } else { reconcile(&flow, tp, p, pending) };
+                    if !to_send.is_empty() {
+                        self.produce_candidates.insert(tp.clone());
                     }
-                    p.queue_bytes += pending.batch.bytes().len();
-                    p.queue.push_back(pending);
-                    self.produce_candidates.insert(tp.clone());
+                    for pending in to_send {
+                        p.queue_bytes += pending.batch.bytes().len();
+                        p.queue.push_back(pending);
+                    }
                 }
                 Released::Drop(pending) => {
                     stats
@@ -1430,7 +1475,7 @@ impl FlowDriver {
     fn on_produced(
         &mut self,
         broker: i32,
-        sent: Vec<(TopicPartition, u64)>,
+        sent: Vec<(TopicPartition, u64, i64)>,
         result: Result<ProduceResponse, NetError>,
     ) {
         let resp = match result {
@@ -1439,8 +1484,8 @@ impl FlowDriver {
                 self.target_unreachable(&e.to_string());
                 self.target_conns.remove(&broker);
                 self.discover_now = true;
-                for (tp, id) in sent {
-                    self.produce_failed(&tp, id, None);
+                for (tp, id, before) in sent {
+                    self.produce_failed(&tp, id, before == 0, None);
                 }
                 return;
             }
@@ -1461,18 +1506,22 @@ impl FlowDriver {
             }
         }
         let mut any_ok = false;
-        for (tp, id) in sent {
+        for (tp, id, before) in sent {
             let Some(p) = self.parts.get(&tp) else { continue };
             let key = (p.target.topic.to_string(), p.target.partition);
+            let opens = before == 0;
             if !answered.contains(&key) {
-                let flow = self.flow.name.clone();
-                warn!(flow = %flow, partition = %tp, "target did not answer for partition {}; retrying", p.target);
-                self.produce_failed(&tp, id, None);
+                if opens {
+                    let flow = self.flow.name.clone();
+                    warn!(flow = %flow, partition = %tp, "target did not answer for partition {}; retrying", p.target);
+                }
+                self.produce_failed(&tp, id, opens, None);
             } else if let Some((e, msg)) = errors.get(&key) {
-                self.produce_failed(&tp, id, Some((*e, msg.as_deref())));
+                self.produce_failed(&tp, id, opens, Some((*e, msg.as_deref())));
             } else {
                 any_ok = true;
-                self.produce_acked(&tp, id, base_offsets.get(&key).copied().unwrap_or(-1));
+                let base = base_offsets.get(&key).copied().unwrap_or(-1);
+                self.produce_acked(&tp, id, if base >= 0 { base + before } else { -1 }, opens);
             }
         }
         if any_ok {
@@ -1480,14 +1529,17 @@ impl FlowDriver {
         }
     }
 
-    fn produce_acked(&mut self, tp: &TopicPartition, id: u64, target_base_offset: i64) {
+    /// `opens`: the batch opened its target batch, which held the request slot.
+    fn produce_acked(&mut self, tp: &TopicPartition, id: u64, target_base_offset: i64, opens: bool) {
         let flow = self.flow.name.clone();
         let Some(p) = self.parts.get_mut(tp) else { return };
         let Some(pos) = p.queue.iter().position(|e| e.id == id) else { return };
         if p.queue[pos].state != SendState::InFlight {
             return; // answered twice: ignore
         }
-        p.in_flight -= 1;
+        if opens {
+            p.in_flight -= 1;
+        }
         self.produce_candidates.insert(tp.clone());
         self.fetch_dirty.insert(tp.clone()); // its queue shrinks: it may fetch again
         if p.queue.iter().take(pos).any(|e| e.state == SendState::Unsent) {
@@ -1518,7 +1570,15 @@ impl FlowDriver {
         }
     }
 
-    fn produce_failed(&mut self, tp: &TopicPartition, id: u64, error: Option<(ResponseError, Option<&str>)>) {
+    /// `opens`: the batch opened its target batch; the error is handled once, there
+    /// (the others of a merged run only go back to unsent, to be resent with it).
+    fn produce_failed(
+        &mut self,
+        tp: &TopicPartition,
+        id: u64,
+        opens: bool,
+        error: Option<(ResponseError, Option<&str>)>,
+    ) {
         let flow = self.flow.name.clone();
         let max_backoff = Tuning::ms(self.tuning.retry_backoff_max_ms);
         let Some(p) = self.parts.get_mut(tp) else { return };
@@ -1528,8 +1588,11 @@ impl FlowDriver {
         }
         entry.state = SendState::Unsent; // resent, in order, once in-flight requests drain
         let offset = entry.base_offset();
-        p.in_flight -= 1;
         self.produce_candidates.insert(tp.clone());
+        if !opens {
+            return;
+        }
+        p.in_flight -= 1;
         self.fetch_dirty.insert(tp.clone());
         let mut reset_producer = false;
         if let Some((e, msg)) = &error {
@@ -1605,18 +1668,89 @@ impl FlowDriver {
 /// after the checkpoint? Batches arrive in source order and ours appear on the target in
 /// the same order, so the first match (foreign batches in between are passed over) is
 /// the one. The first batch with no match ends the reconciliation.
-fn already_on_target(flow: &str, tp: &TopicPartition, p: &mut PartState, pending: &Pending) -> bool {
+/// The producer stamp for the next batch of a partition: its records take the
+/// sequence numbers from `next_sequence` on (wrapping at `i32::MAX`, as Kafka's do).
+fn next_stamp(next_sequence: &mut i32, producer_id: i64, producer_epoch: i16, batch: &VerifiedBatch) -> ProducerStamp {
+    let stamp = ProducerStamp { producer_id, producer_epoch, base_sequence: *next_sequence };
+    *next_sequence = next_sequence.wrapping_add(batch.header().records_count.max(1)) & i32::MAX;
+    stamp
+}
+
+/// How many queued batches, from `idx` on, go out as one target batch (re-batching). A
+/// run already sent under the current producer stamps is resent as it was; otherwise
+/// consecutive unsent batches are taken while they can merge and stay within the size
+/// limits (source bytes; the target's max.message.bytes is checked on the result).
+fn merge_run(
+    p: &PartState,
+    idx: usize,
+    r: &crate::config::Rebatch,
+    generation: u64,
+    max_message: Option<usize>,
+) -> usize {
+    let first = &p.queue[idx];
+    if matches!(first.stamp, Some((g, _)) if g == generation) && first.group > 0 {
+        return first.group;
+    }
+    if !batch::merge::mergeable(&first.batch) {
+        return 1;
+    }
+    let limit = max_message.map_or(r.max_bytes, |m| r.max_bytes.min(m.saturating_sub(1024)));
+    let mut bytes = first.batch.bytes().len();
+    let mut run = 1;
+    for next in p.queue.range(idx + 1..) {
+        let fresh = !matches!(next.stamp, Some((g, _)) if g == generation);
+        if next.state != SendState::Unsent
+            || !fresh
+            || !batch::merge::mergeable(&next.batch)
+            || (r.compression.is_none() && !batch::merge::same_codec(&first.batch, &next.batch))
+            || bytes + next.batch.bytes().len() > limit
+        {
+            break;
+        }
+        bytes += next.batch.bytes().len();
+        run += 1;
+    }
+    run
+}
+
+/// Matches a batch the mirror is about to send against the target's batches after the
+/// checkpoint (crash window). Returns what must still be sent: nothing when the batch
+/// (or, with re-batching, the run of batches merged into one target batch it belongs
+/// to) is on the target already; the batch, and any held before it, once the target
+/// holds something else from here on (reconciliation then ends).
+fn reconcile(flow: &str, tp: &TopicPartition, p: &mut PartState, pending: Pending) -> Vec<Pending> {
     let sent = Fingerprint::of(pending.batch.header());
-    let Some(i) = p.reconcile.iter().position(|t| Fingerprint::of(&t.header).matches(&sent)) else {
-        info!(flow = %flow, partition = %tp, "reconciled with the target: the rest of what follows the checkpoint was not on the target yet");
-        p.reconcile.clear();
-        return false;
-    };
-    let found = p.reconcile.drain(..=i).last().expect("drained at least one");
-    debug!(flow = %flow, partition = %tp, source_offset = pending.base_offset(), target_offset = found.base_offset, "batch already on the target");
-    p.target_next = Some(found.base_offset + i64::from(found.header.records_count));
-    p.last_timestamp = p.last_timestamp.max(pending.batch.header().max_timestamp);
-    true
+    if p.held.is_empty() {
+        let Some(i) = p.reconcile.iter().position(|t| {
+            let on_target = Fingerprint::of(&t.header);
+            on_target.matches(&sent) || on_target.begins_with(&sent)
+        }) else {
+            info!(flow = %flow, partition = %tp, "reconciled with the target: the rest of what follows the checkpoint was not on the target yet");
+            p.reconcile.clear();
+            return vec![pending];
+        };
+        p.reconcile.drain(..i); // batches of other writers in between
+    }
+    p.held.push(pending);
+    let found = p.reconcile.front().expect("a matching batch").clone();
+    let run: Vec<Fingerprint> = p.held.iter().map(|e| Fingerprint::of(e.batch.header())).collect();
+    let on_target = Fingerprint::of(&found.header);
+    match Fingerprint::merged(&run) {
+        Some(m) if on_target.matches(&m) => {
+            debug!(flow = %flow, partition = %tp, source_offset = p.held[0].base_offset(), target_offset = found.base_offset, batches = run.len(), "already on the target");
+            p.reconcile.pop_front();
+            p.target_next = Some(found.base_offset + i64::from(found.header.records_count));
+            p.last_timestamp = p.last_timestamp.max(m.max_timestamp.unwrap_or(found.header.max_timestamp));
+            p.held.clear();
+            Vec::new()
+        }
+        Some(m) if on_target.begins_with(&m) => Vec::new(), // inside a merged batch: hold on
+        _ => {
+            info!(flow = %flow, partition = %tp, "reconciled with the target: the rest of what follows the checkpoint was not on the target yet");
+            p.reconcile.clear();
+            std::mem::take(&mut p.held)
+        }
+    }
 }
 
 /// A Fetch to build: every wanted partition, or the changes to an established session.

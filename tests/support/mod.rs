@@ -1017,3 +1017,57 @@ checkpoint_interval_ms = 150
 "#
     )
 }
+
+/// Compression codec id of every batch in a partition, in order, read with a raw
+/// Fetch (no client exposes batches).
+pub fn batch_codecs(bootstrap: &str, topic: &str, partition: i32) -> Vec<i16> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        use bytes::Buf;
+        let conn =
+            mirrorproxy::net::Connection::connect(bootstrap, "test", Duration::from_secs(5), Duration::from_secs(10))
+                .await
+                .expect("connect");
+        let mut offset = 0i64;
+        let mut codecs = Vec::new();
+        for _ in 0..1000 {
+            let req = kafka_protocol::messages::FetchRequest::default()
+                .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+                .with_max_wait_ms(100)
+                .with_max_bytes(8 << 20)
+                .with_session_epoch(-1)
+                .with_topics(vec![kafka_protocol::messages::fetch_request::FetchTopic::default()
+                    .with_topic(kafka_protocol::messages::TopicName(kafka_protocol::protocol::StrBytes::from_string(
+                        topic.into(),
+                    )))
+                    .with_partitions(vec![kafka_protocol::messages::fetch_request::FetchPartition::default()
+                        .with_partition(partition)
+                        .with_fetch_offset(offset)
+                        .with_partition_max_bytes(8 << 20)
+                        .with_log_start_offset(-1)])]);
+            let resp = conn.call(&req).await.expect("fetch");
+            let records = resp.responses[0].partitions[0].records.clone().unwrap_or_default();
+            let mut buf = records.clone();
+            let mut progressed = false;
+            while buf.remaining() >= 61 {
+                let base = (&buf[0..8]).get_i64();
+                let len = (&buf[8..12]).get_i32() as usize;
+                if buf.remaining() < 12 + len {
+                    break;
+                }
+                let attributes = (&buf[21..23]).get_i16();
+                let last_delta = (&buf[23..27]).get_i32();
+                if base + i64::from(last_delta) >= offset {
+                    codecs.push(attributes & 7);
+                    offset = base + i64::from(last_delta) + 1;
+                    progressed = true;
+                }
+                buf.advance(12 + len);
+            }
+            if !progressed {
+                break;
+            }
+        }
+        codecs
+    })
+}
