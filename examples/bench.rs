@@ -3,7 +3,8 @@
 //! the one command. Subcommands:
 //!
 //! ```text
-//! bench run [--modes isolation,latency,wan,real] [--secs S] [--reps N] [--out DIR] ...
+//! bench run [--modes isolation,latency,wan,real,tls,remote-write] [--secs S] [--reps N]
+//!       [--out DIR] [--proxy-tuning "k = v; ..."] [--proxy-flow "k = v; ..."] ...
 //! bench synth-source --listen H:P [--advertise H:P] [--topic T] [--partitions P]
 //!       [--size BYTES] [--codec none|lz4|...] [--batch-records N] [--rate RECORDS_PER_S]
 //!       [--batches N] [--no-sessions] [--evict-sessions-ms MS]
@@ -1416,6 +1417,8 @@ struct Ctx {
     batch_records: i32,
     /// extra lines for the proxy's [tuning] (`--proxy-tuning "k = v; k2 = v2"`)
     proxy_tuning: String,
+    /// extra lines for the proxy's [[flows]] entry (`--proxy-flow "k = v; k2 = v2"`)
+    proxy_flow: String,
     /// extra environment for the proxy (`--proxy-env K=V,K2=V2`)
     proxy_env: Vec<(String, String)>,
     /// when set, the synthetic sink speaks TLS with the certificates in this directory
@@ -1452,7 +1455,14 @@ impl Peer {
     }
 }
 
-fn proxy_config(dir: &Path, source: &str, target: &str, extra_tuning: &str, target_tls: Option<&Path>) -> PathBuf {
+fn proxy_config(
+    dir: &Path,
+    source: &str,
+    target: &str,
+    extra_tuning: &str,
+    extra_flow: &str,
+    target_tls: Option<&Path>,
+) -> PathBuf {
     let path = dir.join(format!("mirror-{}.toml", free_port()));
     let tls = target_tls.map_or(String::new(), |d| {
         format!("link = \"remote\"\n\n[clusters.dst.tls]\nca = \"{}\"\n", d.join("ca.pem").display())
@@ -1460,7 +1470,7 @@ fn proxy_config(dir: &Path, source: &str, target: &str, extra_tuning: &str, targ
     std::fs::write(
         &path,
         format!(
-            "[clusters.src]\nbootstrap = \"{source}\"\n\n[clusters.dst]\nbootstrap = \"{target}\"\n{tls}\n[[flows]]\nsource = \"src\"\ntarget = \"dst\"\ntopics = \"bench\\\\..*\"\nstart = \"earliest\"\n\n[tuning]\nsummary_interval_ms = 2000\nmetadata_refresh_ms = 5000\n{extra_tuning}\n"
+            "[clusters.src]\nbootstrap = \"{source}\"\n\n[clusters.dst]\nbootstrap = \"{target}\"\n{tls}\n[[flows]]\nsource = \"src\"\ntarget = \"dst\"\ntopics = \"bench\\\\..*\"\nstart = \"earliest\"\n{extra_flow}\n\n[tuning]\nsummary_interval_ms = 2000\nmetadata_refresh_ms = 5000\n{extra_tuning}\n"
         ),
     )
     .unwrap();
@@ -1482,6 +1492,7 @@ fn run(args: &[String]) {
         partitions: num(args, "--partitions", 4.0) as i32,
         batch_records: num(args, "--batch-records", 16.0) as i32,
         proxy_tuning: text(args, "--proxy-tuning", "").replace(';', "\n"),
+        proxy_flow: text(args, "--proxy-flow", "").replace(';', "\n"),
         proxy_env: text(args, "--proxy-env", "")
             .split(',')
             .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned())))
@@ -1576,7 +1587,14 @@ fn run(args: &[String]) {
         let rate = text(args, "--wan-rate", "200mbit");
         let delay = num(args, "--wan-delay-ms", 50.0);
         ctx.sink_wan = Some((rate.clone(), delay));
-        for &peer in peers.iter().filter(|p| **p != Peer::Relay) {
+        let rebatch = text(args, "--rebatch", "rebatch_max_bytes = 1048576; rebatch_compression = \"zstd\"");
+        let mut runs: Vec<(Peer, String)> =
+            peers.iter().filter(|p| **p != Peer::Relay).map(|p| (*p, String::new())).collect();
+        if peers.contains(&Peer::Proxy) {
+            runs.insert(1, (Peer::Proxy, rebatch.replace(';', "\n")));
+        }
+        for (peer, flow_extra) in runs {
+            let saved_flow = std::mem::replace(&mut ctx.proxy_flow, flow_extra.clone());
             let saved = (ctx.secs, ctx.warmup);
             ctx.secs = ctx.secs.max(10.0);
             ctx.warmup = ctx.warmup.max(3.0);
@@ -1595,15 +1613,20 @@ fn run(args: &[String]) {
                 &log,
             );
             assert!(wait_port(&src_addr, Duration::from_secs(10)), "synth-source did not start");
-            let mut v = measure(&mut ctx, peer, &src_addr, &src_addr, 1000, "none", false, 0, "remote-write");
+            let mode = if flow_extra.is_empty() { "remote-write" } else { "remote-write, rebatch" };
+            let mut v = measure(&mut ctx, peer, &src_addr, &src_addr, 1000, "none", false, 0, mode);
             (ctx.secs, ctx.warmup) = saved;
+            ctx.proxy_flow = saved_flow;
+            if !flow_extra.is_empty() {
+                v["rebatch"] = json!(flow_extra);
+            }
             let link_bytes_per_s = parse_rate(&rate);
             let mbps = v["mb_per_s"].as_f64().unwrap_or(0.0);
             v["link_mb_per_s"] = json!(link_bytes_per_s / 1e6);
             v["link_utilization"] = json!(mbps * 1e6 / link_bytes_per_s);
             v["link"] = json!(format!("{rate}, {delay} ms RTT (user-space link emulator), target side"));
             eprintln!("  {v}");
-            ctx.results.push(summarize("remote-write", peer, 1000, "none", &[v]));
+            ctx.results.push(summarize(mode, peer, 1000, "none", &[v]));
         }
         ctx.sink_wan = None;
     }
@@ -1734,8 +1757,14 @@ fn measure(
     let log = ctx.log(peer.name());
     let mut proc = match peer {
         Peer::Proxy => {
-            let cfg =
-                proxy_config(&ctx.out.join("logs"), src_addr, &sink_addr, &ctx.proxy_tuning, ctx.target_tls.as_deref());
+            let cfg = proxy_config(
+                &ctx.out.join("logs"),
+                src_addr,
+                &sink_addr,
+                &ctx.proxy_tuning,
+                &ctx.proxy_flow,
+                ctx.target_tls.as_deref(),
+            );
             Proc::spawn(
                 "mirrorproxy",
                 Command::new(&ctx.proxy_bin)
@@ -2091,7 +2120,7 @@ fn real_run(ctx: &mut Ctx, tansu: &Path, peer: Peer, args: &[String]) -> Value {
     let t0 = Instant::now();
     let mut proc = match peer {
         Peer::Proxy => {
-            let cfg = proxy_config(&ctx.out.join("logs"), &src, &dst, &ctx.proxy_tuning, None);
+            let cfg = proxy_config(&ctx.out.join("logs"), &src, &dst, &ctx.proxy_tuning, &ctx.proxy_flow, None);
             Proc::spawn(
                 "mirrorproxy",
                 Command::new(&ctx.proxy_bin)
