@@ -122,6 +122,22 @@ pub(crate) fn varint_len(value: i32) -> usize {
     }
 }
 
+/// Appends a zigzag varlong (`ByteUtils.writeVarlong`).
+pub(crate) fn write_varlong(out: &mut Vec<u8>, value: i64) {
+    let mut v = ((value << 1) ^ (value >> 63)) as u64;
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// Encoded size of a zigzag varlong.
+pub(crate) fn varlong_len(value: i64) -> usize {
+    let v = ((value << 1) ^ (value >> 63)) as u64;
+    (64 - v.leading_zeros() as usize).max(1).div_ceil(7)
+}
+
 /// Walks `count` records in `decompressed_records` (the bytes after the
 /// 61-byte header, decompressed) and returns where each one's parts are.
 ///
@@ -249,6 +265,17 @@ pub(crate) fn renumber(data: &[u8], spans: &[RecordSpan]) -> Result<Vec<u8>, &'s
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn varlong_lengths() {
+        for v in [0i64, 1, -1, 63, -64, 64, 1 << 20, -(1 << 40), i64::MAX, i64::MIN] {
+            let mut out = Vec::new();
+            write_varlong(&mut out, v);
+            assert_eq!(out.len(), varlong_len(v), "{v}");
+            let mut pos = 0;
+            assert_eq!(read_varlong(&out, &mut pos), Some(v));
+        }
+    }
 
     #[test]
     fn varint_round_trip_and_len() {

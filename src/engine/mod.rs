@@ -159,7 +159,8 @@ struct Pending {
     first_offset: i64,
     /// With re-batching: how many queued batches, from this one on, went out as one
     /// merged target batch under the current stamps (a retry must resend the same run:
-    /// the broker dedups by sequence range). 0: not sent yet or sent alone.
+    /// the broker dedups by sequence range); 1 when it went alone. 0: not sent yet, or
+    /// sent inside a run that an earlier batch opened.
     group: usize,
     /// The budget share of the whole Fetch response this batch came from: the batch
     /// is a view of that response's buffer, which stays allocated until its last batch
