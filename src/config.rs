@@ -20,7 +20,7 @@ use std::time::Duration;
 use regex::Regex;
 use serde::Deserialize;
 
-use crate::batch::provenance::{ClusterId, Hop};
+use crate::batch::provenance::{ClusterId, Hop, PROVENANCE_HEADER};
 use crate::batch::Compression;
 use crate::net::sasl::{Mechanism, SaslCredentials, Secret};
 use crate::net::tls::TlsFiles;
@@ -136,7 +136,8 @@ pub struct FlowConfig {
     pub rename: Rename,
     #[serde(default = "default_start")]
     pub start: StartAt,
-    /// "header" or "off"; default: header for flows that are part of a cycle.
+    /// "registry" (default), "header" or "off": how the flow keeps records from
+    /// returning to a cluster they have been on (see `crate::registry`).
     #[serde(default)]
     pub provenance: Option<ProvenanceMode>,
     /// Consumer groups whose offsets are synced to the target (regex, whole name).
@@ -153,13 +154,40 @@ pub struct FlowConfig {
     /// codec, and only batches of one codec are merged.
     #[serde(default)]
     pub rebatch_compression: Option<String>,
+    /// "stop" (default) or "continue": when the source no longer has records the
+    /// mirror has not copied (retention overtook it, or the log was truncated).
+    #[serde(default)]
+    pub on_data_loss: OnDataLoss,
 }
 
-/// Whether a flow stamps and filters by the provenance header.
+/// What to do when a fetch position is out of range because the source deleted
+/// records the mirror had not copied yet (retention overtook it) or the log is now
+/// shorter than the position (an unclean leader election truncated it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnDataLoss {
+    /// Stop the partition with an error that says how many offsets are gone (default:
+    /// losing data is a decision for an operator, not a default).
+    #[default]
+    Stop,
+    /// Log the loss as an error, count it, and continue at the log start (retention)
+    /// or the log end (truncation).
+    Continue,
+}
+
+/// How a flow keeps records from returning to a cluster they have been on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ProvenanceMode {
+    /// The default: every batch the flow writes carries a producer id registered on
+    /// the target with the path of clusters it came through; batches are skipped by
+    /// their producer id, read from the batch header (zero-copy).
+    Registry,
+    /// As `registry`, and every record also gets the `mirrorproxy.provenance` header
+    /// (stamping: compressed batches are decompressed and re-compressed).
     Header,
+    /// Nothing is skipped (batches written are still registered, so other flows
+    /// can recognise them). Refused on identity-named cycles within one config.
     Off,
 }
 
@@ -242,6 +270,10 @@ pub struct Tuning {
     pub checkpoint_interval_ms: u64,
     /// Compacted topic on each target cluster holding the checkpoints.
     pub checkpoint_topic: String,
+    /// Compacted topic on each cluster mirrorproxy writes to, registering the producer
+    /// ids of its batches with their paths (loop prevention); the same name in every
+    /// mirrorproxy of a topology.
+    pub registry_topic: String,
     /// How often consumer group offsets are synced for flows with `groups`.
     pub group_sync_interval_ms: u64,
     /// Threads of the async runtime; 0 = one per core. Each flow is one task with its
@@ -272,6 +304,7 @@ impl Default for Tuning {
             transaction_buffer_bytes: 64 << 20,
             checkpoint_interval_ms: 1_000,
             checkpoint_topic: crate::checkpoint::DEFAULT_TOPIC.to_owned(),
+            registry_topic: crate::registry::DEFAULT_TOPIC.to_owned(),
             group_sync_interval_ms: 10_000,
             worker_threads: 0,
         }
@@ -306,13 +339,24 @@ pub struct Flow {
     pub exclude: Option<Regex>,
     pub rename: Rename,
     pub start: StartAt,
-    /// The provenance hop of this flow, when provenance is on.
+    /// The provenance hop of this flow with `provenance = "header"` (stamping).
     pub provenance: Option<Hop>,
+    /// How loops are prevented (see [`ProvenanceMode`]).
+    pub loop_guard: ProvenanceMode,
+    /// Provenance ids of the source and target clusters.
+    pub source_id: ClusterId,
+    pub target_id: ClusterId,
+    /// mirrorproxy's own topics (checkpoints, producer registry): never mirrored.
+    pub own_topics: Vec<String>,
+    /// The producer registry topic (`tuning.registry_topic`), read on the source.
+    pub registry_topic: String,
     /// Consumer groups to sync to the target, and those excluded.
     pub groups: Option<Regex>,
     pub groups_exclude: Option<Regex>,
     /// Re-batching for remote writes; None: pass-through.
     pub rebatch: Option<Rebatch>,
+    /// What an out-of-range fetch position that means lost records does.
+    pub on_data_loss: OnDataLoss,
 }
 
 /// How a flow merges source batches (see [`crate::batch::merge`]).
@@ -325,6 +369,37 @@ pub struct Rebatch {
 }
 
 impl Flow {
+    /// The flow's loop prevention, as the registry's verdict takes it.
+    #[must_use]
+    pub fn loop_guard(&self) -> crate::registry::LoopGuard<'_> {
+        crate::registry::LoopGuard {
+            source: &self.source_id,
+            target: &self.target_id,
+            header: self.provenance.as_ref(),
+            skip: self.loop_guard != ProvenanceMode::Off,
+        }
+    }
+
+    /// How this flow keeps records from looping, in words (for `check`).
+    #[must_use]
+    pub fn loop_prevention(&self) -> String {
+        let registry = format!(
+            "producer registry ('{}': batches whose producer id is registered on '{}' with a path through '{}' are skipped; zero-copy)",
+            self.registry_topic, self.source, self.target
+        );
+        let mut how = match self.loop_guard {
+            ProvenanceMode::Registry => registry,
+            ProvenanceMode::Header => format!("{registry}, and the header {PROVENANCE_HEADER} stamped on every record"),
+            ProvenanceMode::Off => {
+                "nothing skipped (provenance = \"off\"); written batches are still registered".into()
+            }
+        };
+        if self.rename == Rename::Prefix {
+            how += &format!("; prefix rule: topics named '{}.*' (from the target) are not mirrored", self.target);
+        }
+        how
+    }
+
     /// Whether a consumer group's offsets are synced by this flow.
     #[must_use]
     pub fn syncs_group(&self, group: &str) -> bool {
@@ -332,10 +407,18 @@ impl Flow {
             && !self.groups_exclude.as_ref().is_some_and(|e| e.is_match(group))
     }
 
-    /// Whether a source topic belongs to this flow.
+    /// Whether a source topic belongs to this flow: the one topic filter, used by the
+    /// engine and every command. Never the cluster's internal topics or mirrorproxy's
+    /// own; never, with prefix renaming, a topic whose name says it came from the
+    /// target (MirrorMaker 2's `DefaultReplicationPolicy`: `B.orders` is not mirrored
+    /// back to `B`, nor `C.B.orders`, which went through `B` before `C`).
     #[must_use]
-    pub fn matches(&self, topic: &str) -> bool {
-        self.topics.is_match(topic) && !self.exclude.as_ref().is_some_and(|e| e.is_match(topic))
+    pub fn mirrors(&self, topic: &str, is_internal: bool) -> bool {
+        !is_internal
+            && !self.own_topics.iter().any(|t| t == topic)
+            && !(self.rename == Rename::Prefix && came_from(topic, &self.target))
+            && self.topics.is_match(topic)
+            && !self.exclude.as_ref().is_some_and(|e| e.is_match(topic))
     }
 
     /// The target topic for a source topic.
@@ -346,6 +429,15 @@ impl Flow {
             Rename::Prefix => format!("{}.{topic}", self.source),
         }
     }
+}
+
+/// Whether a prefix-renamed topic name (`<alias>.<alias>...<topic>`) holds `alias` in
+/// one of its prefixes. Aliases have no dots, so every dot-separated part but the last
+/// may be one; like MirrorMaker 2, each is taken as an alias.
+fn came_from(topic: &str, alias: &str) -> bool {
+    let mut parts: Vec<&str> = topic.split('.').collect();
+    parts.pop();
+    parts.contains(&alias)
 }
 
 /// A validated configuration.
@@ -467,9 +559,15 @@ impl Config {
                 rename: f.rename,
                 start: f.start,
                 provenance: None,
+                loop_guard: ProvenanceMode::Registry,
+                source_id: ClusterId::new("unset").expect("valid id"),
+                target_id: ClusterId::new("unset").expect("valid id"),
+                own_topics: vec![raw.tuning.checkpoint_topic.clone(), raw.tuning.registry_topic.clone()],
+                registry_topic: raw.tuning.registry_topic.clone(),
                 groups: f.groups.as_deref().map(|g| anchored("groups", g)).transpose()?,
                 groups_exclude: f.groups_exclude.as_deref().map(|g| anchored("groups_exclude", g)).transpose()?,
                 rebatch: rebatch(i, f, &raw.tuning).map_err(|(at, why)| invalid(at, why))?,
+                on_data_loss: f.on_data_loss,
             });
         }
         for (i, a) in flows.iter().enumerate() {
@@ -502,11 +600,13 @@ impl Config {
             .iter()
             .map(|f| Edge { source: &f.source, target: &f.target, rename: f.rename, provenance: f.provenance })
             .collect();
-        let on = resolve_provenance(&edges).map_err(|(i, why)| invalid(format!("flows[{i}].provenance"), why))?;
-        for (flow, on) in flows.iter_mut().zip(on) {
-            if on {
-                flow.provenance =
-                    Some(Hop::new(provenance_ids[&flow.source].1.clone(), provenance_ids[&flow.target].1.clone()));
+        let modes = resolve_provenance(&edges).map_err(|(i, why)| invalid(format!("flows[{i}].provenance"), why))?;
+        for (flow, mode) in flows.iter_mut().zip(modes) {
+            flow.source_id = provenance_ids[&flow.source].1.clone();
+            flow.target_id = provenance_ids[&flow.target].1.clone();
+            flow.loop_guard = mode;
+            if mode == ProvenanceMode::Header {
+                flow.provenance = Some(Hop::new(flow.source_id.clone(), flow.target_id.clone()));
             }
         }
         let t = &raw.tuning;
@@ -537,12 +637,14 @@ impl Config {
         check(t.checkpoint_interval_ms >= 100, "checkpoint_interval_ms", "must be at least 100")?;
         check(t.worker_threads <= 1024, "worker_threads", "must be 0 (one per core) to 1024")?;
         check(t.group_sync_interval_ms >= 100, "group_sync_interval_ms", "must be at least 100")?;
-        check(
-            !t.checkpoint_topic.is_empty()
-                && t.checkpoint_topic.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)),
-            "checkpoint_topic",
-            "must be a valid topic name",
-        )?;
+        for (key, name) in [("checkpoint_topic", &t.checkpoint_topic), ("registry_topic", &t.registry_topic)] {
+            check(
+                !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)),
+                key,
+                "must be a valid topic name",
+            )?;
+        }
+        check(t.registry_topic != t.checkpoint_topic, "registry_topic", "must differ from checkpoint_topic")?;
         check(
             t.retry_backoff_ms > 0 && t.retry_backoff_ms <= t.retry_backoff_max_ms,
             "retry_backoff_ms",
@@ -664,12 +766,43 @@ rename = "prefix"
     fn parses_the_documented_schema() {
         let c = Config::parse(GOOD, "m.toml").unwrap();
         let f = &c.flows[0];
-        assert!(f.matches("orders.eu"));
-        assert!(!f.matches("orders.eu.internal"));
-        assert!(!f.matches("xorders.eu"), "regex must match the whole name");
+        assert!(f.mirrors("orders.eu", false));
+        assert!(!f.mirrors("orders.eu.internal", false));
+        assert!(!f.mirrors("xorders.eu", false), "regex must match the whole name");
+        assert!(!f.mirrors("orders.eu", true), "internal topics are never mirrored");
         assert_eq!(f.target_topic("orders.eu"), "edge.orders.eu");
         assert_eq!(f.start, StartAt::Earliest);
         assert_eq!(c.clusters["edge"].bootstrap_list().len(), 2);
+    }
+
+    #[test]
+    fn own_topics_and_prefixed_topics_from_the_target_are_never_mirrored() {
+        let text = r#"
+[clusters.a]
+bootstrap = "127.0.0.1:1"
+[clusters.b]
+bootstrap = "127.0.0.1:2"
+[[flows]]
+source = "a"
+target = "b"
+topics = ".*"
+rename = "prefix"
+"#;
+        let c = Config::parse(text, "m.toml").unwrap();
+        let f = &c.flows[0];
+        assert!(f.mirrors("orders", false));
+        assert!(!f.mirrors("mirrorproxy.checkpoints", false));
+        assert!(!f.mirrors("mirrorproxy.producers", false));
+        assert!(!f.mirrors("b.orders", false), "came from b");
+        assert!(!f.mirrors("c.b.orders", false), "went through b before c");
+        assert!(f.mirrors("c.orders", false));
+        assert!(f.mirrors("orders.b", false), "the last part is the topic's own name");
+        assert_eq!(f.loop_guard, ProvenanceMode::Registry);
+        assert!(f.provenance.is_none(), "no header stamping unless asked for");
+        // identity names: a topic called b.orders is an ordinary topic
+        let c = Config::parse(&text.replace("rename = \"prefix\"", ""), "m.toml").unwrap();
+        assert!(c.flows[0].mirrors("b.orders", false));
+        assert!(!c.flows[0].mirrors("mirrorproxy.producers", false));
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod engine;
 pub mod groups;
 pub mod net;
 pub mod ops;
+pub mod registry;
 pub mod topology;
 pub mod translate;
 pub mod wire;

@@ -291,9 +291,10 @@ async fn check(path: &std::path::Path) -> Result<(), String> {
     }
     for flow in &config.flows {
         let Some(src) = metadata.get(&flow.source) else { continue };
-        let mut topics: Vec<_> = src.topics.iter().filter(|(n, t)| !t.is_internal && flow.matches(n)).collect();
+        let mut topics: Vec<_> = src.topics.iter().filter(|(n, t)| flow.mirrors(n, t.is_internal)).collect();
         topics.sort_by_key(|(n, _)| n.as_str());
         println!("flow {}: {} matching source topic(s)", flow.name, topics.len());
+        println!("  loops prevented by: {}", flow.loop_prevention());
         for (name, t) in topics {
             let target_name = flow.target_topic(name);
             let target_state = match metadata.get(&flow.target).and_then(|m| m.topics.get(&target_name)) {

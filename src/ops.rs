@@ -64,7 +64,7 @@ pub async fn status(config: &Config, clusters: &HashMap<String, Arc<Cluster>>) -
         let log = checkpoint::read_log(target, &config.tuning.checkpoint_topic).await.map_err(|e| e.to_string())?;
         let md = source.metadata(None).await.map_err(|e| e.to_string())?;
         let topics: Vec<String> =
-            md.topics.iter().filter(|(n, t)| !t.is_internal && flow.matches(n)).map(|(n, _)| n.clone()).collect();
+            md.topics.iter().filter(|(n, t)| flow.mirrors(n, t.is_internal)).map(|(n, _)| n.clone()).collect();
         let ends = if topics.is_empty() {
             BTreeMap::new()
         } else {
@@ -134,7 +134,7 @@ pub async fn translate_flow_group(
     let topics: BTreeMap<String, i32> = md
         .topics
         .iter()
-        .filter(|(n, t)| !t.is_internal && flow.matches(n))
+        .filter(|(n, t)| flow.mirrors(n, t.is_internal))
         .map(|(n, t)| (n.clone(), t.partitions.len() as i32))
         .collect();
     let committed: Vec<(TopicPartition, i64)> =

@@ -4,10 +4,11 @@
 //! can reach `S` through other flows (active-active is the two-flow cycle; a ring of
 //! three clusters and hub-and-spoke with the hub feeding the spokes back are longer
 //! ones). A record can travel such a cycle forever unless something stops it.
-//! MirrorMaker 2 stops it by renaming topics at every hop; with identity names only the
-//! provenance header can (see [`crate::batch::provenance`]). Hence the defaults:
-//! provenance on for flows in a cycle, off (pure byte pass-through) for one-way flows,
-//! and a cycle of identity-named flows with provenance off is refused at start.
+//! MirrorMaker 2 stops it by renaming topics at every hop; with identity names the
+//! producer registry does (see [`crate::registry`]), on every flow by default, since a
+//! config usually holds one datacenter's flows and cannot see the whole cycle. What this
+//! graph still catches: a cycle of identity-named flows in one config with provenance
+//! explicitly off, refused at start.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -49,63 +50,60 @@ fn path(edges: &[Edge<'_>], from: &str, to: &str) -> Option<Vec<String>> {
     None
 }
 
-/// Decides for every flow whether provenance is on. Errs with the index of the flow and
-/// a message naming the loop when a cycle of identity-named flows has provenance off.
-pub fn resolve_provenance(edges: &[Edge<'_>]) -> Result<Vec<bool>, (usize, String)> {
-    let mut on = Vec::with_capacity(edges.len());
+/// Decides every flow's loop guard: the configured one, else the producer registry
+/// (which needs nothing from the flow graph: it works across configs). Errs with the
+/// index of the flow and a message naming the loop when a cycle of identity-named
+/// flows within this config has provenance off.
+pub fn resolve_provenance(edges: &[Edge<'_>]) -> Result<Vec<ProvenanceMode>, (usize, String)> {
+    let mut modes = Vec::with_capacity(edges.len());
     for (i, e) in edges.iter().enumerate() {
-        let cycle = path(edges, e.target, e.source);
-        match (e.provenance, cycle) {
-            (Some(ProvenanceMode::Header), _) => on.push(true),
-            (None, Some(_)) => on.push(true),
-            (None | Some(ProvenanceMode::Off), None) => on.push(false),
-            (Some(ProvenanceMode::Off), Some(back)) => {
-                if e.rename == Rename::Identity {
-                    let mut loop_ = vec![e.source.to_owned()];
-                    loop_.extend(back);
-                    return Err((
-                        i,
-                        format!(
-                            "flows form a loop {} with identity topic names and provenance = \"off\": every record would circle forever; set provenance = \"header\" on this flow (or remove the setting)",
-                            loop_.join(" -> ")
-                        ),
-                    ));
-                }
-                on.push(false);
+        let mode = e.provenance.unwrap_or(ProvenanceMode::Registry);
+        if mode == ProvenanceMode::Off && e.rename == Rename::Identity {
+            if let Some(back) = path(edges, e.target, e.source) {
+                let mut loop_ = vec![e.source.to_owned()];
+                loop_.extend(back);
+                return Err((
+                    i,
+                    format!(
+                        "flows form a loop {} with identity topic names and provenance = \"off\": every record would circle forever; remove the setting (the default, \"registry\", prevents loops) or set \"header\"",
+                        loop_.join(" -> ")
+                    ),
+                ));
             }
         }
+        modes.push(mode);
     }
-    Ok(on)
+    Ok(modes)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ProvenanceMode::{Header, Off, Registry};
 
     fn e<'a>(s: &'a str, t: &'a str, p: Option<ProvenanceMode>) -> Edge<'a> {
         Edge { source: s, target: t, rename: Rename::Identity, provenance: p }
     }
 
     #[test]
-    fn one_way_flows_stay_pass_through_and_cycles_get_provenance() {
-        assert_eq!(resolve_provenance(&[e("a", "b", None)]).unwrap(), [false]);
-        assert_eq!(resolve_provenance(&[e("a", "b", None), e("b", "a", None)]).unwrap(), [true, true]);
-        // ring of three, plus a one-way tail
-        let ring = [e("a", "b", None), e("b", "c", None), e("c", "a", None), e("c", "d", None)];
-        assert_eq!(resolve_provenance(&ring).unwrap(), [true, true, true, false]);
-        // forced on for a one-way flow
-        assert_eq!(resolve_provenance(&[e("a", "b", Some(ProvenanceMode::Header))]).unwrap(), [true]);
+    fn every_flow_guards_against_loops_by_default_cycle_or_not() {
+        // A one-way flow in this config may be half of a cycle whose other half runs in
+        // another datacenter's config: the default cannot depend on this graph.
+        assert_eq!(resolve_provenance(&[e("a", "b", None)]).unwrap(), [Registry]);
+        assert_eq!(resolve_provenance(&[e("a", "b", None), e("b", "a", None)]).unwrap(), [Registry, Registry]);
+        assert_eq!(resolve_provenance(&[e("a", "b", Some(Header))]).unwrap(), [Header]);
+        assert_eq!(resolve_provenance(&[e("a", "b", Some(Off))]).unwrap(), [Off]);
     }
 
     #[test]
     fn an_identity_cycle_with_provenance_off_is_refused_and_named() {
-        let flows = [e("a", "b", None), e("b", "c", None), e("c", "a", Some(ProvenanceMode::Off))];
+        let flows = [e("a", "b", None), e("b", "c", None), e("c", "a", Some(Off))];
         let (i, msg) = resolve_provenance(&flows).unwrap_err();
         assert_eq!(i, 2);
         assert!(msg.contains("c -> a -> b -> c"), "{msg}");
         // with renaming, a cycle can be left to topic names (MirrorMaker 2 style)
         let mut renamed = flows.clone();
         renamed[2].rename = Rename::Prefix;
-        assert_eq!(resolve_provenance(&renamed).unwrap(), [true, true, false]);
+        assert_eq!(resolve_provenance(&renamed).unwrap(), [Registry, Registry, Off]);
     }
 }

@@ -15,11 +15,14 @@
 //! gives the answer to the record. MirrorMaker 2 keeps sparse pairs and answers with the
 //! nearest one below, so its users reprocess after a failover; this does not.
 
-use crate::batch::{provenance::Decision, VerifiedBatch};
+use std::collections::HashSet;
+
+use crate::batch::VerifiedBatch;
 use crate::checkpoint::{self, Checkpoint, Fingerprint};
 use crate::cluster::{Cluster, ClusterError, TopicPartition};
 use crate::config::Flow;
 use crate::engine::txn::{Outcome, Released, TxnStage};
+use crate::registry::{self, Registry, Verdict};
 
 /// The result for one partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,7 +77,16 @@ pub async fn translate(
         )));
     };
     // Replay the mirror's decisions from s until the batch holding `committed`.
-    let hop = flow.provenance.clone();
+    // The source's producer registry as it is now: it holds every registration made
+    // before the batches replayed here were written (ids it lacks are applications').
+    let mut reg = Registry::new(&flow.registry_topic, flow.source_id.as_str());
+    let (records, end) =
+        registry::read_since(source, &flow.registry_topic, 0).await.map_err(|e| ClusterError::Other {
+            cluster: source.alias().into(),
+            what: format!("producer registry '{}': {e}", flow.registry_topic),
+        })?;
+    reg.apply(records, end, &HashSet::new());
+    let guard = flow.loop_guard();
     let mut stage: TxnStage<Forwarded> = TxnStage::new(usize::MAX);
     let mut out: Vec<Forwarded> = Vec::new();
     let mut problem = None;
@@ -109,14 +121,12 @@ pub async fn translate(
                     return false;
                 }
             };
-            if let Some(hop) = &hop {
-                match hop.decide(&batch) {
-                    Ok(Decision::Skip { .. }) => return true,
-                    Ok(Decision::Forward { .. }) => {}
-                    Err(e) => {
-                        problem = Some(e.to_string());
-                        return false;
-                    }
+            match registry::verdict(&reg, &batch, &guard) {
+                Verdict::Skip(_) => return true,
+                Verdict::Forward(_) | Verdict::Wait(_) => {}
+                Verdict::Stop(why) => {
+                    problem = Some(why);
+                    return false;
                 }
             }
             match forwarded(&batch) {

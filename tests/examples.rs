@@ -25,5 +25,5 @@ fn hub_and_spoke_example_prefixes_by_region() {
     let eu = config.flows.iter().find(|f| f.source == "eu").unwrap();
     assert_eq!(eu.rename, Rename::Prefix);
     assert_eq!(eu.target_topic("orders"), "eu.orders");
-    assert!(eu.matches("payments") && !eu.matches("payments-x"));
+    assert!(eu.mirrors("payments", false) && !eu.mirrors("payments-x", false));
 }

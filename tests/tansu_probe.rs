@@ -416,3 +416,75 @@ fn watermark_quirk() {
     println!("PROBE: watermarks after one more 1-record batch: {:?}", watermarks(&b.bootstrap, "wm", 0));
     assert_same(&recs, &got_u, "read_uncommitted after a 10-record batch");
 }
+
+/// The first batch of a raw Fetch at `offset`, and the high watermark it reports.
+fn fetch_first_batch(bootstrap: &str, topic: &str, offset: i64) -> (Option<(i64, i64)>, i64) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+        let conn = mirrorproxy::net::Connection::connect(bootstrap, "probe", Duration::from_secs(5), T).await.unwrap();
+        let req = kafka_protocol::messages::FetchRequest::default()
+            .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+            .with_max_wait_ms(100)
+            .with_max_bytes(1 << 20)
+            .with_session_epoch(-1)
+            .with_topics(vec![FetchTopic::default()
+                .with_topic(kafka_protocol::messages::TopicName(kafka_protocol::protocol::StrBytes::from_string(
+                    topic.into(),
+                )))
+                .with_partitions(vec![FetchPartition::default()
+                    .with_partition(0)
+                    .with_fetch_offset(offset)
+                    .with_partition_max_bytes(1 << 20)
+                    .with_log_start_offset(-1)])]);
+        let resp = conn.call(&req).await.unwrap();
+        let pd = &resp.responses[0].partitions[0];
+        let split = mirrorproxy::batch::split_batches(pd.records.clone().unwrap_or_default()).unwrap();
+        let first = split.batches.first().map(|b| (b.header().base_offset, b.header().last_offset()));
+        (first, pd.high_watermark)
+    })
+}
+
+#[test]
+fn fetch_starts_at_the_batch_holding_the_offset_and_reports_last_base_plus_one() {
+    // The offset checks (src/engine/offsets.rs) refuse a first batch that lies wholly
+    // below the requested offset, as Kafka never returns one, and hold only base offsets
+    // (not last offsets) against the high watermark, because of tansu's quirk.
+    let b = Broker::start();
+    create_topic(&b.bootstrap, "fo", 1);
+    for i in 0..3 {
+        let recs: Vec<TestRecord> = (0..10).map(|j| TestRecord::kv(0, &format!("k{i}-{j}"), "v")).collect();
+        produce_with(
+            &b.bootstrap,
+            "fo",
+            &recs,
+            &ProduceOpts { codec: "none", idempotent: false, extra: &[("linger.ms", "200")] },
+        );
+    }
+    let bases: Vec<i64> = raw_batches(&b.bootstrap, "fo", 0).iter().map(|r| r.base_offset).collect();
+    assert_eq!(bases, [0, 10, 20], "one batch per produce call");
+    for (at, want) in [(0, (0, 9)), (10, (10, 19)), (15, (10, 19)), (29, (20, 29))] {
+        let (first, hwm) = fetch_first_batch(&b.bootstrap, "fo", at);
+        assert_eq!(first, Some(want), "fetch at {at}");
+        assert_eq!(hwm, 21, "tansu's high watermark: last batch base + 1 (Kafka would say 30)");
+    }
+    // At the true end (30), beyond the reported high watermark: no data, no error.
+    assert_eq!(fetch_first_batch(&b.bootstrap, "fo", 30).0, None);
+}
+
+#[test]
+fn init_producer_id_gives_a_new_id_each_time() {
+    // Routes (one producer id per path, src/engine/routes.rs) rely on it.
+    let b = Broker::start();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let ids: Vec<i64> = rt.block_on(async {
+        let c = mirrorproxy::cluster::Cluster::new("probe", vec![b.bootstrap.clone()], Default::default());
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            ids.push(c.init_producer_id().await.unwrap().0);
+        }
+        ids
+    });
+    println!("PROBE: producer ids {ids:?}");
+    assert!(ids[0] >= 0 && ids[0] != ids[1] && ids[1] != ids[2] && ids[0] != ids[2], "{ids:?}");
+}

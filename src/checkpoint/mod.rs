@@ -391,11 +391,17 @@ pub async fn ensure_topic(cluster: &Cluster, topic: &str) -> Result<(), Checkpoi
 /// Encodes checkpoint records as one uncompressed batch.
 #[must_use]
 pub fn encode_batch(records: &[(String, Checkpoint)]) -> Bytes {
+    encode_records(&records.iter().map(|(k, cp)| (k.clone(), cp.to_json())).collect::<Vec<_>>())
+}
+
+/// Encodes keyed records as one uncompressed batch without a producer id.
+#[must_use]
+pub fn encode_records(records: &[(String, Vec<u8>)]) -> Bytes {
     let now = now_ms();
     let records: Vec<Record> = records
         .iter()
         .enumerate()
-        .map(|(i, (key, cp))| Record {
+        .map(|(i, (key, value))| Record {
             transactional: false,
             control: false,
             delete_horizon: false,
@@ -411,7 +417,7 @@ pub fn encode_batch(records: &[(String, Checkpoint)]) -> Bytes {
             sequence: i as i32 - 1,
             timestamp: now,
             key: Some(Bytes::from(key.clone().into_bytes())),
-            value: Some(Bytes::from(cp.to_json())),
+            value: Some(Bytes::from(value.clone())),
             headers: indexmap::IndexMap::new(),
         })
         .collect();
@@ -427,6 +433,16 @@ pub fn encode_batch(records: &[(String, Checkpoint)]) -> Bytes {
 
 /// Writes checkpoint records (acks=all) to partition 0 of `topic`.
 pub async fn write(cluster: &Cluster, topic: &str, records: &[(String, Checkpoint)]) -> Result<(), CheckpointError> {
+    write_records(cluster, topic, &records.iter().map(|(k, cp)| (k.clone(), cp.to_json())).collect::<Vec<_>>()).await
+}
+
+/// Writes keyed records (acks=all) to partition 0 of a compacted topic of mirrorproxy's
+/// own (checkpoints, the producer registry).
+pub async fn write_records(
+    cluster: &Cluster,
+    topic: &str,
+    records: &[(String, Vec<u8>)],
+) -> Result<(), CheckpointError> {
     if records.is_empty() {
         return Ok(());
     }
@@ -442,14 +458,14 @@ pub async fn write(cluster: &Cluster, topic: &str, records: &[(String, Checkpoin
     let conn = cluster.broker(leader).await?;
     let req = ProduceRequest::default().with_acks(-1).with_timeout_ms(30_000).with_topic_data(vec![
         TopicProduceData::default().with_name(TopicName(StrBytes::from_string(topic.to_owned()))).with_partition_data(
-            vec![PartitionProduceData::default().with_index(0).with_records(Some(encode_batch(records)))],
+            vec![PartitionProduceData::default().with_index(0).with_records(Some(encode_records(records)))],
         ),
     ]);
     let resp = conn.call(&req).await.map_err(|e| err(e.to_string()))?;
     for t in resp.responses {
         for p in t.partition_responses {
             if let Some(e) = ResponseError::try_from_code(p.error_code) {
-                return Err(err(format!("writing checkpoints failed: {e}")));
+                return Err(err(format!("writing failed: {e}")));
             }
         }
     }

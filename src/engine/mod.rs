@@ -26,6 +26,8 @@
 //! is skipped, the rest of the flow goes on, and the summary keeps reporting it.
 
 mod fetch_session;
+pub mod offsets;
+mod routes;
 pub mod txn;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -50,10 +52,13 @@ use tracing::{debug, error, info, warn};
 use crate::batch::{self, ControlType, OutgoingBatch, ProducerStamp, VerifiedBatch};
 use crate::checkpoint::{self, Checkpoint, CheckpointKey, Fingerprint, TailBatch};
 use crate::cluster::{Cluster, ClusterError, ClusterMetadata, TopicPartition};
-use crate::config::{Flow, StartAt, Tuning};
+use crate::config::{Flow, OnDataLoss, StartAt, Tuning};
 use crate::net::{Connection, NetError};
+use crate::registry::{self, Registry, Verdict};
 use crate::wire::produce::{PartitionRecords, ProduceFields, TopicRecords};
 use fetch_session::{FetchSession, PartitionFetch, SessionOutcome, Ticket};
+use offsets::OffsetCheck;
+use routes::{Routes, Sequences};
 use txn::{Outcome, Released, TxnStage};
 
 /// Which side of a flow something happened on.
@@ -146,12 +151,16 @@ pub struct FlowStats {
     pub aborted_records: AtomicU64,
     pub control_batches: AtomicU64,
     pub provenance_skipped_records: AtomicU64,
+    /// Source offsets lost to an out-of-range position (retention, truncation).
+    pub lost_offsets: AtomicU64,
 }
 
 /// A batch waiting for (or in) a Produce request.
 struct Pending {
     id: u64,
     batch: VerifiedBatch,
+    /// The route (path, producer id) it is written under, see [`routes`].
+    route: u32,
     /// Stamp of the last send and the producer generation it belongs to; reused on
     /// retry so the broker can drop duplicates.
     stamp: Option<(u64, ProducerStamp)>,
@@ -199,6 +208,12 @@ struct PartState {
     source_leader_epoch: i32,
     target_leader: Option<i32>,
     fetch_offset: i64,
+    /// True when `fetch_offset` is where a batch read before ended (no batch can
+    /// start below it), false for a start position, which may be inside a batch.
+    fetch_at_batch_end: bool,
+    /// The fetch offset at which a corrupt batch (CRC or offsets) was met: fetched once
+    /// more, and the partition stops if it is corrupt again there.
+    corrupt_at: Option<i64>,
     high_watermark: i64,
     partition_max_bytes: i32,
     fetch_not_before: Instant,
@@ -211,7 +226,12 @@ struct PartState {
     recovering: bool,
     produce_not_before: Instant,
     produce_backoff: Duration,
-    next_sequence: i32,
+    next_sequence: Sequences,
+    /// Route of the batches in flight: a partition switches routes only when none are.
+    in_flight_route: u32,
+    /// A batch's producer id is being looked up in the source's registry; fetched
+    /// again (from that batch) once the registry has been read.
+    registry_wait: bool,
     stopped: Option<String>,
     /// Next target offset after the acknowledged data; None until known.
     target_next: Option<i64>,
@@ -280,7 +300,15 @@ enum Event {
         broker: i32,
         result: Result<Arc<Connection>, ClusterError>,
     },
-    ProducerId(Result<(i64, i16), ClusterError>),
+    /// A route's producer id, obtained and registered (or why not).
+    ProducerReady {
+        route: u32,
+        result: Result<(i64, i16), String>,
+    },
+    RegistryRead {
+        looked_up: HashSet<i64>,
+        result: Result<(Vec<registry::RawRecord>, i64), String>,
+    },
     CheckpointWritten {
         written: Vec<(TopicPartition, (i64, i64))>,
         result: Result<(), String>,
@@ -303,6 +331,8 @@ struct Discovery {
 /// Where a new partition starts.
 struct Start {
     source_offset: i64,
+    /// Why the partition cannot start (it is added stopped, so the summary names it).
+    stop: Option<String>,
     /// From a checkpoint: the target position, the target's batches after it (to be
     /// reconciled), the newest mirrored timestamp and the mapping history.
     resume: Option<Resume>,
@@ -370,11 +400,14 @@ struct FlowDriver {
     parts: BTreeMap<TopicPartition, PartState>,
     target_topics: HashMap<String, TargetTopic>,
     refused_topics: HashMap<String, String>,
-    producer: Option<(i64, i16)>,
-    /// Bumped on every new producer id: stamps of older generations are void (a broker
-    /// that restarted empty may hand out the same id and epoch again).
-    producer_generation: u64,
-    producer_requested: bool,
+    /// One registered producer per path (see [`routes`]).
+    routes: Routes,
+    /// The source cluster's producer registry (loop prevention, [`crate::registry`]).
+    registry: Registry,
+    /// Producer ids to look up with the next read of the registry.
+    registry_lookups: HashSet<i64>,
+    registry_reading: bool,
+    registry_not_before: Instant,
     target_conns: HashMap<i32, Arc<Connection>>,
     connecting: HashSet<i32>,
     fetching: HashSet<i32>,
@@ -448,6 +481,7 @@ impl FlowDriver {
         budget: Arc<Budget>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
+        let registry = Registry::new(&flow.registry_topic, flow.source_id.as_str());
         Self {
             flow,
             source,
@@ -459,9 +493,11 @@ impl FlowDriver {
             parts: BTreeMap::new(),
             target_topics: HashMap::new(),
             refused_topics: HashMap::new(),
-            producer: None,
-            producer_generation: 0,
-            producer_requested: false,
+            registry,
+            routes: Routes::default(),
+            registry_lookups: HashSet::new(),
+            registry_reading: false,
+            registry_not_before: Instant::now(),
             target_conns: HashMap::new(),
             connecting: HashSet::new(),
             fetching: HashSet::new(),
@@ -670,7 +706,7 @@ impl FlowDriver {
 
     fn drained(&self) -> bool {
         self.parts.values().all(|p| p.queue.is_empty() || p.stopped.is_some())
-            || (self.producer.is_none() && self.producing.values().all(|n| *n == 0) && self.target_down.is_some())
+            || (self.routes.none_ready() && self.producing.values().all(|n| *n == 0) && self.target_down.is_some())
     }
 
     fn unacknowledged(&self) -> usize {
@@ -694,10 +730,15 @@ impl FlowDriver {
                 !self.first_discovery_done,
             )));
         }
-        if self.producer.is_none() && !self.producer_requested && !self.parts.is_empty() {
-            self.producer_requested = true;
-            let target = self.target.clone();
-            self.tasks.push(Box::pin(async move { Event::ProducerId(target.init_producer_id().await) }));
+        if !self.registry_lookups.is_empty() && !self.registry_reading && self.registry_not_before <= Instant::now() {
+            self.registry_reading = true;
+            let looked_up = std::mem::take(&mut self.registry_lookups);
+            let (source, topic, from) =
+                (self.source.clone(), self.tuning.registry_topic.clone(), self.registry.next_offset());
+            self.tasks.push(Box::pin(async move {
+                let result = registry::read_since(&source, &topic, from).await.map_err(|e| e.to_string());
+                Event::RegistryRead { looked_up, result }
+            }));
         }
         if !stopping {
             self.schedule_fetches();
@@ -830,7 +871,6 @@ impl FlowDriver {
     }
 
     fn schedule_produces(&mut self) {
-        let Some((producer_id, producer_epoch)) = self.producer else { return };
         let now = Instant::now();
         let max_in_flight = self.tuning.max_in_flight_per_partition as usize;
         if self.target_brokers.iter().all(|b| self.producing.get(b).copied().unwrap_or(0) >= max_in_flight) {
@@ -839,10 +879,20 @@ impl FlowDriver {
         // Which brokers can take a request now.
         let mut brokers: BTreeMap<i32, Vec<TopicPartition>> = BTreeMap::new();
         let mut candidates = std::collections::BTreeSet::new();
+        let mut unready = HashSet::new();
+        let routes = &self.routes;
         let mut consider = |tp: &TopicPartition, p: &PartState| {
             let Some(leader) = p.target_leader else { return };
-            if p.stopped.is_some() || p.recovering || p.in_flight >= max_in_flight || p.next_unsent().is_none() {
+            if p.stopped.is_some() || p.recovering || p.in_flight >= max_in_flight {
                 return; // until an event about this partition (or the next full look)
+            }
+            let Some(route) = p.next_unsent().map(|i| p.queue[i].route) else { return };
+            if p.in_flight > 0 && p.in_flight_route != route {
+                return; // another producer's batches in flight: the broker orders only one's
+            }
+            if routes.get(route).producer.is_none() {
+                unready.insert(route);
+                return; // its producer's registration wakes it
             }
             candidates.insert(tp.clone());
             if p.produce_not_before <= now {
@@ -863,6 +913,9 @@ impl FlowDriver {
             }
         }
         self.produce_candidates = candidates;
+        for route in unready {
+            self.request_producer(route, Duration::ZERO);
+        }
         for (broker, tps) in brokers {
             if self.producing.get(&broker).copied().unwrap_or(0) >= max_in_flight {
                 continue;
@@ -887,7 +940,10 @@ impl FlowDriver {
                 let p = self.parts.get_mut(&tp).expect("partition exists");
                 let max_message = self.target_topics.get(&*tp.topic).and_then(|t| t.max_message_bytes);
                 let Some(idx) = p.next_unsent() else { continue };
-                let generation = self.producer_generation;
+                let route = p.queue[idx].route;
+                let r = self.routes.get(route);
+                let Some((producer_id, producer_epoch)) = r.producer else { continue };
+                let generation = r.generation;
                 let run = match &self.flow.rebatch {
                     Some(r) => merge_run(p, idx, r, generation, max_message),
                     None => 1,
@@ -896,7 +952,7 @@ impl FlowDriver {
                 let stamp = match entry.stamp {
                     Some((g, s)) if g == generation => s,
                     _ => {
-                        let s = next_stamp(&mut p.next_sequence, producer_id, producer_epoch, &entry.batch);
+                        let s = next_stamp(p.next_sequence.of(route), producer_id, producer_epoch, &entry.batch);
                         entry.stamp = Some((generation, s));
                         s
                     }
@@ -943,11 +999,12 @@ impl FlowDriver {
                 }
                 request_bytes += outgoing.len();
                 p.in_flight += 1;
+                p.in_flight_route = route;
                 let mut before = 0i64;
                 for (k, entry) in p.queue.range_mut(idx..idx + run).enumerate() {
                     if k > 0 && !matches!(entry.stamp, Some((g, _)) if g == generation) {
                         // Its sequences follow the run's first batch (stamped in queue order).
-                        let s = next_stamp(&mut p.next_sequence, producer_id, producer_epoch, &entry.batch);
+                        let s = next_stamp(p.next_sequence.of(route), producer_id, producer_epoch, &entry.batch);
                         entry.stamp = Some((generation, s));
                     }
                     entry.group = if k == 0 { run } else { 0 };
@@ -1018,30 +1075,77 @@ impl FlowDriver {
             }
             Event::CheckpointWritten { written, result } => self.on_checkpoint_written(written, result),
             Event::GroupsSynced(results) => self.on_groups_synced(results),
-            Event::ProducerId(result) => {
-                self.producer_requested = false;
-                self.produce_scan_all = true;
-                match result {
-                    Ok((id, epoch)) => {
-                        info!(flow = %self.flow.name, producer_id = id, producer_epoch = epoch, "idempotent producer ready on target cluster '{}'", self.target.alias());
-                        self.producer = Some((id, epoch));
-                        self.producer_generation += 1;
-                        for p in self.parts.values_mut() {
-                            p.next_sequence = 0;
-                        }
+            Event::ProducerReady { route, result } => self.on_producer_ready(route, result),
+            Event::RegistryRead { looked_up, result } => self.on_registry_read(&looked_up, result),
+        }
+    }
+
+    /// Obtains a producer id for `route` and registers it with the route's path on the
+    /// target before anything is written with it; after `delay` (a retry).
+    fn request_producer(&mut self, route: u32, delay: Duration) {
+        let r = self.routes.get_mut(route);
+        if r.requested || r.producer.is_some() {
+            return;
+        }
+        r.requested = true;
+        let (target, topic, path, flow) =
+            (self.target.clone(), self.tuning.registry_topic.clone(), r.path.clone(), self.flow.name.clone());
+        self.tasks.push(Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            let result = async {
+                let (id, epoch) =
+                    target.init_producer_id().await.map_err(|e| format!("cannot get a producer id: {e}"))?;
+                registry::register(&target, &topic, id, &path, &flow)
+                    .await
+                    .map_err(|e| format!("cannot register producer id {id} in the producer registry: {e}"))?;
+                Ok((id, epoch))
+            }
+            .await;
+            Event::ProducerReady { route, result }
+        }));
+    }
+
+    fn on_producer_ready(&mut self, route: u32, result: Result<(i64, i16), String>) {
+        self.produce_scan_all = true;
+        match result {
+            Ok((id, epoch)) => {
+                info!(flow = %self.flow.name, producer_id = id, producer_epoch = epoch, path = %self.routes.get(route).path, "idempotent producer registered and ready on target cluster '{}'", self.target.alias());
+                self.routes.ready(route, (id, epoch));
+                for p in self.parts.values_mut() {
+                    p.next_sequence.reset(route);
+                }
+            }
+            Err(e) => {
+                self.target_unreachable(&e);
+                self.routes.get_mut(route).requested = false;
+                self.request_producer(route, Tuning::ms(self.tuning.retry_backoff_max_ms));
+            }
+        }
+    }
+
+    fn on_registry_read(&mut self, looked_up: &HashSet<i64>, result: Result<(Vec<registry::RawRecord>, i64), String>) {
+        self.registry_reading = false;
+        match result {
+            Ok((records, end)) => {
+                self.registry.apply(records, end, looked_up);
+                if let Some(why) = self.registry.poisoned() {
+                    // Fail closed: one error, every partition of the flow stopped.
+                    error!(flow = %self.flow.name, side = "source", retrying = false, "{why}");
+                    for p in self.parts.values_mut() {
+                        p.stopped.get_or_insert_with(|| format!("{}: {why}", Side::Source));
                     }
-                    Err(e) => {
-                        self.target_unreachable(&format!("cannot get a producer id: {e}"));
-                        // retried by schedule() after the poll tick; back off a little
-                        self.producer_requested = true;
-                        let target = self.target.clone();
-                        let backoff = Tuning::ms(self.tuning.retry_backoff_max_ms);
-                        self.tasks.push(Box::pin(async move {
-                            tokio::time::sleep(backoff).await;
-                            Event::ProducerId(target.init_producer_id().await)
-                        }));
+                    return;
+                }
+                for (tp, p) in &mut self.parts {
+                    if std::mem::take(&mut p.registry_wait) {
+                        self.fetch_dirty.insert(tp.clone());
                     }
                 }
+            }
+            Err(e) => {
+                warn!(flow = %self.flow.name, side = "source", retrying = true, "cannot read the producer registry of cluster '{}' (partitions whose batches need it wait): {e}", self.source.alias());
+                self.registry_lookups.extend(looked_up);
+                self.registry_not_before = Instant::now() + Tuning::ms(self.tuning.retry_backoff_max_ms.min(1000));
             }
         }
     }
@@ -1125,6 +1229,9 @@ impl FlowDriver {
             let target =
                 TopicPartition { topic: Arc::from(self.flow.target_topic(&tp.topic)), partition: tp.partition };
             let source_offset = start.source_offset;
+            if let Some(why) = &start.stop {
+                error!(flow = %self.flow.name, side = "source", partition = %tp, retrying = false, "partition stopped: {why}");
+            }
             match &start.resume {
                 Some(r) if !r.fresh => {
                     info!(flow = %self.flow.name, partition = %tp, source_offset, target_offset = r.target_offset, target_batches_after_checkpoint = r.tail.len(), target = %target, "resuming partition from its checkpoint")
@@ -1151,6 +1258,8 @@ impl FlowDriver {
                     source_leader_epoch: -1,
                     target_leader: None,
                     fetch_offset: source_offset,
+                    fetch_at_batch_end: false,
+                    corrupt_at: None,
                     high_watermark: source_offset,
                     partition_max_bytes: self.tuning.fetch_partition_max_bytes as i32,
                     fetch_not_before: now,
@@ -1161,8 +1270,10 @@ impl FlowDriver {
                     recovering: false,
                     produce_not_before: now,
                     produce_backoff: Tuning::ms(self.tuning.retry_backoff_ms),
-                    next_sequence: 0,
-                    stopped: None,
+                    next_sequence: Sequences::default(),
+                    in_flight_route: 0,
+                    registry_wait: false,
+                    stopped: start.stop.map(|why| format!("{}: {why}", Side::Source)),
                     target_next,
                     last_timestamp,
                     points,
@@ -1233,7 +1344,7 @@ impl FlowDriver {
             return;
         }
         let mut fetched_bytes = 0u64;
-        let mut holds: Vec<(TopicPartition, Bytes, i64)> = Vec::new();
+        let mut holds: Vec<(TopicPartition, Bytes, i64, i64)> = Vec::new();
         for topic in resp.responses {
             let name = topic.topic.0.as_str().to_owned();
             for pd in topic.partitions {
@@ -1262,7 +1373,7 @@ impl FlowDriver {
                 if let Some(records) = pd.records {
                     if !records.is_empty() {
                         fetched_bytes += records.len() as u64;
-                        holds.push((tp, records, offset));
+                        holds.push((tp, records, offset, pd.high_watermark));
                     }
                 }
             }
@@ -1275,8 +1386,8 @@ impl FlowDriver {
         // the last batch of this response is acknowledged (see `Pending::_charge`).
         charge.shrink_to(fetched_bytes);
         let charge = Arc::new(charge);
-        for (tp, records, offset) in holds {
-            self.accept_records(&tp, records, offset, &charge);
+        for (tp, records, offset, hwm) in holds {
+            self.accept_records(&tp, records, offset, hwm, &charge);
         }
     }
 
@@ -1284,21 +1395,33 @@ impl FlowDriver {
         let flow = self.flow.name.clone();
         let Some(p) = self.parts.get_mut(tp) else { return };
         if e == ResponseError::OffsetOutOfRange {
-            let (new_offset, what) = if log_start >= 0 && p.fetch_offset < log_start {
-                (log_start, "the source deleted it (retention); records before the log start are lost to the mirror")
-            } else if hwm >= 0 {
-                (hwm, "the source log is shorter than our position (truncated after an unclean election?)")
+            let at = p.fetch_offset;
+            let (to, what, lost) = if log_start >= 0 && at < log_start {
+                (
+                    log_start,
+                    "the source deleted records the mirror had not copied yet (retention overtook it)",
+                    log_start - at,
+                )
+            } else if hwm >= 0 && at > hwm {
+                (hwm, "the source log is now shorter than the mirror's position (truncated, e.g. by an unclean leader election); the target may hold records the source no longer has", at - hwm)
             } else {
-                (p.fetch_offset, "")
-            };
-            if new_offset == p.fetch_offset || new_offset < 0 {
-                let why = format!("offset {} is out of range and the broker gave no valid position", p.fetch_offset);
+                let why = format!("fetch offset {at} is out of range and the broker gave no valid position (log start {log_start}, high watermark {hwm})");
                 stop_partition(&flow, tp, p, Side::Source, why);
                 return;
+            };
+            self.stats.lost_offsets.fetch_add(lost as u64, Ordering::Relaxed);
+            match self.flow.on_data_loss {
+                OnDataLoss::Stop => {
+                    let why = format!("fetch offset {at} is out of range: {what}; {lost} offsets are lost to the mirror (log start {log_start}, high watermark {hwm}); to accept the loss and continue at {to}, set on_data_loss = \"continue\" on the flow");
+                    stop_partition(&flow, tp, p, Side::Source, why);
+                }
+                OnDataLoss::Continue => {
+                    error!(flow = %flow, side = "source", partition = %tp, from = at, to, lost_offsets = lost, "DATA LOSS: fetch offset {at} is out of range: {what}; {lost} offsets lost; continuing at {to} (on_data_loss = \"continue\")");
+                    p.fetch_offset = to;
+                    p.fetch_at_batch_end = false;
+                    drop(p.stage.clear());
+                }
             }
-            error!(flow = %flow, side = "source", partition = %tp, from = p.fetch_offset, to = new_offset, "fetch position out of range: {what}; continuing at {new_offset}");
-            p.fetch_offset = new_offset;
-            drop(p.stage.clear());
             return;
         }
         if needs_metadata(e) || e.is_retriable() {
@@ -1311,10 +1434,16 @@ impl FlowDriver {
     }
 
     /// Takes a partition's fetched bytes apart and stages them.
-    fn accept_records(&mut self, tp: &TopicPartition, records: Bytes, requested_offset: i64, charge: &Arc<Charge>) {
+    fn accept_records(
+        &mut self,
+        tp: &TopicPartition,
+        records: Bytes,
+        requested_offset: i64,
+        high_watermark: i64,
+        charge: &Arc<Charge>,
+    ) {
         let flow = self.flow.name.clone();
         let stats = self.stats.clone();
-        let hop = self.flow.provenance.clone();
         let Some(p) = self.parts.get_mut(tp) else { return };
         let split = match batch::split_batches(records) {
             Ok(s) => s,
@@ -1336,17 +1465,18 @@ impl FlowDriver {
             p.partition_max_bytes = grown;
             return;
         }
+        let mut placement = OffsetCheck::new(requested_offset, p.fetch_at_batch_end, high_watermark);
         for raw in split.batches {
             let h = *raw.header();
-            if h.next_offset() <= p.fetch_offset {
-                continue; // before our position (a broker may return a whole batch we are inside of)
-            }
-            let verified = match raw.verify() {
+            let checked = placement
+                .check(&h)
+                .map_err(|e| format!("corrupt batch (offsets), fetched at offset {requested_offset}: {e}"))
+                .and_then(|()| raw.verify().map_err(|e| format!("corrupt batch at offset {}: {e}", h.base_offset)));
+            let verified = match checked {
                 Ok(v) => v,
-                Err(e) => {
-                    let why = format!("corrupt batch at offset {}: {e}", h.base_offset);
-                    stop_partition(&flow, tp, p, Side::Source, why);
-                    return;
+                Err(why) => {
+                    corrupt_batch(&flow, tp, p, &why);
+                    break;
                 }
             };
             let verified = if h.base_offset < p.fetch_offset && !h.is_control() {
@@ -1356,6 +1486,7 @@ impl FlowDriver {
                     Ok(Some(v)) => v,
                     Ok(None) => {
                         p.fetch_offset = h.next_offset();
+                        p.fetch_at_batch_end = true;
                         continue;
                     }
                     Err(e) => {
@@ -1391,39 +1522,36 @@ impl FlowDriver {
                     }
                 }
             } else if !verified.is_empty() {
-                // Provenance: skip what has been to the target cluster already; stamp the rest.
-                let verified = match &hop {
+                // Loop prevention: skip what has been on the target cluster already.
+                let route = match registry::verdict(&self.registry, &verified, &self.flow.loop_guard()) {
+                    Verdict::Forward(path) => self.routes.intern(path),
+                    Verdict::Skip(path) => {
+                        debug!(flow = %flow, partition = %tp, offset = h.base_offset, path = %path, "batch has been on the target already: skipped");
+                        stats
+                            .provenance_skipped_records
+                            .fetch_add(u64::try_from(h.records_count).unwrap_or(0), Ordering::Relaxed);
+                        p.fetch_offset = h.next_offset();
+                        p.fetch_at_batch_end = true;
+                        continue;
+                    }
+                    Verdict::Wait(id) => {
+                        // Fetched again from this batch once the registry has been read.
+                        self.registry_lookups.insert(id);
+                        p.registry_wait = true;
+                        break;
+                    }
+                    Verdict::Stop(why) => {
+                        stop_partition(&flow, tp, p, Side::Source, format!("batch at offset {}: {why}", h.base_offset));
+                        return;
+                    }
+                };
+                let verified = match &self.flow.provenance {
                     None => verified,
-                    Some(hop) => match hop.decide(&verified) {
-                        Ok(batch::provenance::Decision::Skip { provenance }) => {
-                            debug!(flow = %flow, partition = %tp, offset = h.base_offset, path = %provenance, "batch has been to the target already: skipped");
-                            stats
-                                .provenance_skipped_records
-                                .fetch_add(u64::try_from(h.records_count).unwrap_or(0), Ordering::Relaxed);
-                            p.fetch_offset = h.next_offset();
-                            continue;
-                        }
-                        Ok(batch::provenance::Decision::Forward { .. }) => match hop.stamp(verified) {
-                            Ok(v) => v,
-                            Err(e) => {
-                                stop_partition(
-                                    &flow,
-                                    tp,
-                                    p,
-                                    Side::Source,
-                                    format!("cannot stamp provenance on the batch at offset {}: {e}", h.base_offset),
-                                );
-                                return;
-                            }
-                        },
+                    Some(hop) => match hop.stamp(verified) {
+                        Ok(v) => v,
                         Err(e) => {
-                            stop_partition(
-                                &flow,
-                                tp,
-                                p,
-                                Side::Source,
-                                format!("unreadable provenance in the batch at offset {}: {e}", h.base_offset),
-                            );
+                            let why = format!("cannot stamp provenance on the batch at offset {}: {e}", h.base_offset);
+                            stop_partition(&flow, tp, p, Side::Source, why);
                             return;
                         }
                     },
@@ -1432,6 +1560,7 @@ impl FlowDriver {
                 let pending = Pending {
                     id: self.next_pending_id,
                     batch: verified,
+                    route,
                     stamp: None,
                     state: SendState::Unsent,
                     first_offset,
@@ -1442,6 +1571,7 @@ impl FlowDriver {
                 p.stage.push(first_offset, size, h.is_transactional().then_some(h.producer_id), pending);
             }
             p.fetch_offset = h.next_offset();
+            p.fetch_at_batch_end = true;
         }
         for released in p.stage.release() {
             match released {
@@ -1469,6 +1599,7 @@ impl FlowDriver {
         if let Some(offset) = rewind {
             info!(flow = %flow, partition = %tp, "transaction outcomes known; re-fetching from {offset}");
             p.fetch_offset = offset;
+            p.fetch_at_batch_end = false;
         }
         p.stage.prune(p.fetch_offset);
     }
@@ -1589,6 +1720,7 @@ impl FlowDriver {
         }
         entry.state = SendState::Unsent; // resent, in order, once in-flight requests drain
         let offset = entry.base_offset();
+        let route = entry.route;
         self.produce_candidates.insert(tp.clone());
         if !opens {
             return;
@@ -1619,19 +1751,19 @@ impl FlowDriver {
         p.produce_not_before = Instant::now() + p.produce_backoff;
         p.produce_backoff = (p.produce_backoff * 2).min(max_backoff);
         if reset_producer {
-            self.reset_producer();
+            self.reset_producer(route);
         }
     }
 
-    /// Drops the producer id; a new one is requested and every unacknowledged batch
-    /// gets a new stamp from sequence 0 when it is sent again.
-    fn reset_producer(&mut self) {
-        if self.producer.take().is_none() {
+    /// Drops a route's producer id; a new one is requested and every unacknowledged
+    /// batch of the route gets a new stamp from sequence 0 when it is sent again.
+    fn reset_producer(&mut self, route: u32) {
+        if !self.routes.reset(route) {
             return;
         }
         self.produce_scan_all = true;
         for p in self.parts.values_mut() {
-            p.next_sequence = 0;
+            p.next_sequence.reset(route);
             if p.in_flight > 0 {
                 p.recovering = true;
             }
@@ -1702,6 +1834,7 @@ fn merge_run(
         let fresh = !matches!(next.stamp, Some((g, _)) if g == generation);
         if next.state != SendState::Unsent
             || !fresh
+            || next.route != first.route
             || !batch::merge::mergeable(&next.batch)
             || (r.compression.is_none() && !batch::merge::same_codec(&first.batch, &next.batch))
             || bytes + next.batch.bytes().len() > limit
@@ -1763,8 +1896,8 @@ enum Request {
 /// What a partition asks of its source broker now (None: nothing), and whether that
 /// can change by time alone (a backoff after an error), so it must be looked at again.
 fn fetch_state(p: &PartState, now: Instant, per_partition_cap: usize) -> (Option<PartitionFetch>, bool) {
-    if p.stopped.is_some() {
-        return (None, false);
+    if p.stopped.is_some() || p.registry_wait {
+        return (None, false); // a registry read marks it when done
     }
     if p.fetch_not_before > now {
         return (None, true);
@@ -1778,6 +1911,18 @@ fn fetch_state(p: &PartState, now: Instant, per_partition_cap: usize) -> (Option
         current_leader_epoch: p.source_leader_epoch,
     };
     (Some(f), false)
+}
+
+/// A batch failed its CRC or offset checks: fetch it once more (a flip on the wire is
+/// gone the second time); corrupt again at the same position, stop the partition.
+/// Nothing from the batch is used either way, so no position is taken from it.
+fn corrupt_batch(flow: &str, tp: &TopicPartition, p: &mut PartState, why: &str) {
+    if p.corrupt_at == Some(p.fetch_offset) {
+        stop_partition(flow, tp, p, Side::Source, format_args!("{why} (again when fetched a second time)"));
+    } else {
+        warn!(flow = %flow, side = "source", partition = %tp, retrying = true, "{why}; fetching it once more");
+        p.corrupt_at = Some(p.fetch_offset);
+    }
 }
 
 fn stop_partition(flow: &str, tp: &TopicPartition, p: &mut PartState, side: Side, why: impl fmt::Display) {
@@ -1818,7 +1963,7 @@ async fn discover_inner(
     let mut matching: Vec<(&String, usize, usize)> = src
         .topics
         .iter()
-        .filter(|(name, t)| !t.is_internal && t.error.is_none() && flow.matches(name))
+        .filter(|(name, t)| t.error.is_none() && flow.mirrors(name, t.is_internal))
         .map(|(name, t)| (name, t.partitions.len(), t.partitions.iter().map(|p| p.replicas).max().unwrap_or(1)))
         .collect();
     matching.sort();
@@ -1943,6 +2088,7 @@ async fn discover_inner(
                     format!("its checkpoint in '{checkpoint_topic}' on '{}' cannot be read ({why}); not mirrored, and the record is left as it is — delete or fix it to start over", target.alias()),
                 )),
                 Some(Ok(cp)) => {
+                    let stop = checkpoint_beyond_log_end(source, leader, &topic, partition, cp.source_offset).await?;
                     let target_topic = flow.target_topic(&topic);
                     let tail = checkpoint::read_batches(target, &target_topic, partition, cp.target_offset, 1 << 20)
                         .await
@@ -1951,6 +2097,7 @@ async fn discover_inner(
                         TopicPartition::new(&topic, partition),
                         Start {
                             source_offset: cp.source_offset,
+                            stop,
                             resume: Some(Resume { fresh: false, target_offset: cp.target_offset, tail, last_timestamp: cp.last_timestamp, points: cp.points.clone() }),
                         },
                     ));
@@ -2028,6 +2175,7 @@ async fn first_checkpoints(
                 tp,
                 Start {
                     source_offset,
+                    stop: None,
                     resume: Some(Resume {
                         fresh: true,
                         target_offset,
@@ -2041,6 +2189,37 @@ async fn first_checkpoints(
     }
     checkpoint::write(target, checkpoint_topic, &records).await.map_err(checkpoint_cluster_error)?;
     Ok(out)
+}
+
+/// A checkpoint whose source position is beyond the source partition's log end: the
+/// source lost data or is not the cluster the checkpoint was written for. Never
+/// "continued" silently: the partition starts stopped with this reason.
+/// tansu 0.6.0 reports the log end as the last batch's base offset + 1, so a position
+/// beyond the reported end is checked against the end of the last batch itself.
+async fn checkpoint_beyond_log_end(
+    source: &Cluster,
+    leader: i32,
+    topic: &str,
+    partition: i32,
+    position: i64,
+) -> Result<Option<String>, ClusterError> {
+    let reported = source.list_offsets(leader, topic, &[partition], -1).await?;
+    let Some(Ok(end)) = reported.into_iter().find(|(p, _)| *p == partition).map(|(_, r)| r) else {
+        return Ok(None); // no answer: the fetch position is checked by the broker anyway
+    };
+    if position <= end {
+        return Ok(None);
+    }
+    let mut true_end = end;
+    checkpoint::read_partition(source, topic, partition, (end - 1).max(0), |b| {
+        true_end = true_end.max(b.header().next_offset());
+        true
+    })
+    .await
+    .map_err(checkpoint_cluster_error)?;
+    Ok((position > true_end).then(|| {
+        format!("its checkpoint position {position} is beyond the end of the source log ({true_end}): the source lost data or is not the cluster the checkpoint was written for; delete the checkpoint record to start this partition over")
+    }))
 }
 
 fn checkpoint_cluster_error(e: checkpoint::CheckpointError) -> ClusterError {

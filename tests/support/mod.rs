@@ -1021,6 +1021,22 @@ checkpoint_interval_ms = 150
 /// Compression codec id of every batch in a partition, in order, read with a raw
 /// Fetch (no client exposes batches).
 pub fn batch_codecs(bootstrap: &str, topic: &str, partition: i32) -> Vec<i16> {
+    raw_batches(bootstrap, topic, partition).iter().map(|b| b.attributes & 7).collect()
+}
+
+/// A batch as stored, read with a raw Fetch.
+#[derive(Debug, Clone)]
+pub struct RawBatch {
+    pub base_offset: i64,
+    pub attributes: i16,
+    pub producer_id: i64,
+    pub records_count: i32,
+    /// The records section: everything after the 61-byte header, as stored.
+    pub records: Vec<u8>,
+}
+
+/// Every batch of a partition, in order (control batches included).
+pub fn raw_batches(bootstrap: &str, topic: &str, partition: i32) -> Vec<RawBatch> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         use bytes::Buf;
@@ -1029,8 +1045,8 @@ pub fn batch_codecs(bootstrap: &str, topic: &str, partition: i32) -> Vec<i16> {
                 .await
                 .expect("connect");
         let mut offset = 0i64;
-        let mut codecs = Vec::new();
-        for _ in 0..1000 {
+        let mut batches = Vec::new();
+        for _ in 0..100_000 {
             let req = kafka_protocol::messages::FetchRequest::default()
                 .with_replica_id(kafka_protocol::messages::BrokerId(-1))
                 .with_max_wait_ms(100)
@@ -1046,7 +1062,11 @@ pub fn batch_codecs(bootstrap: &str, topic: &str, partition: i32) -> Vec<i16> {
                         .with_partition_max_bytes(8 << 20)
                         .with_log_start_offset(-1)])]);
             let resp = conn.call(&req).await.expect("fetch");
-            let records = resp.responses[0].partitions[0].records.clone().unwrap_or_default();
+            let Some(records) =
+                resp.responses.first().and_then(|t| t.partitions.first()).and_then(|p| p.records.clone())
+            else {
+                break;
+            };
             let mut buf = records.clone();
             let mut progressed = false;
             while buf.remaining() >= 61 {
@@ -1058,7 +1078,13 @@ pub fn batch_codecs(bootstrap: &str, topic: &str, partition: i32) -> Vec<i16> {
                 let attributes = (&buf[21..23]).get_i16();
                 let last_delta = (&buf[23..27]).get_i32();
                 if base + i64::from(last_delta) >= offset {
-                    codecs.push(attributes & 7);
+                    batches.push(RawBatch {
+                        base_offset: base,
+                        attributes,
+                        producer_id: (&buf[43..51]).get_i64(),
+                        records_count: (&buf[57..61]).get_i32(),
+                        records: buf[61..12 + len].to_vec(),
+                    });
                     offset = base + i64::from(last_delta) + 1;
                     progressed = true;
                 }
@@ -1068,6 +1094,6 @@ pub fn batch_codecs(bootstrap: &str, topic: &str, partition: i32) -> Vec<i16> {
                 break;
             }
         }
-        codecs
+        batches
     })
 }
