@@ -227,6 +227,9 @@ pub struct LoopGuard<'a> {
 /// What loop prevention makes of a data batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
+    /// Written by an application on the source: write it with path `[source, target]`
+    /// (the common case, told apart so that it costs no allocation per batch).
+    ForwardFromOrigin,
     /// Write it under the route of this path (its path once written to the target).
     Forward(Provenance),
     /// It has been on the target already (its path).
@@ -256,7 +259,7 @@ pub fn verdict(registry: &Registry, batch: &VerifiedBatch, guard: &LoopGuard<'_>
             Err(e) => return Verdict::Stop(format!("unreadable provenance header: {e}")),
         };
     }
-    let path = path.unwrap_or_else(|| Provenance::from_origin(guard.source.clone()));
+    let Some(path) = path else { return Verdict::ForwardFromOrigin };
     if guard.skip && path.contains(guard.target.as_str()) {
         return Verdict::Skip(path);
     }

@@ -123,7 +123,7 @@ pub async fn translate(
             };
             match registry::verdict(&reg, &batch, &guard) {
                 Verdict::Skip(_) => return true,
-                Verdict::Forward(_) | Verdict::Wait(_) => {}
+                Verdict::ForwardFromOrigin | Verdict::Forward(_) | Verdict::Wait(_) => {}
                 Verdict::Stop(why) => {
                     problem = Some(why);
                     return false;

@@ -49,6 +49,7 @@ use kafka_protocol::protocol::StrBytes;
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
+use crate::batch::provenance::Provenance;
 use crate::batch::{self, ControlType, OutgoingBatch, ProducerStamp, VerifiedBatch};
 use crate::checkpoint::{self, Checkpoint, CheckpointKey, Fingerprint, TailBatch};
 use crate::cluster::{Cluster, ClusterError, ClusterMetadata, TopicPartition};
@@ -402,6 +403,8 @@ struct FlowDriver {
     refused_topics: HashMap<String, String>,
     /// One registered producer per path (see [`routes`]).
     routes: Routes,
+    /// The route of batches written by applications on the source: `[source, target]`.
+    origin_route: u32,
     /// The source cluster's producer registry (loop prevention, [`crate::registry`]).
     registry: Registry,
     /// Producer ids to look up with the next read of the registry.
@@ -482,6 +485,8 @@ impl FlowDriver {
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         let registry = Registry::new(&flow.registry_topic, flow.source_id.as_str());
+        let mut routes = Routes::default();
+        let origin_route = routes.intern(Provenance::from_origin(flow.source_id.clone()).with_hop(&flow.target_id));
         Self {
             flow,
             source,
@@ -494,7 +499,8 @@ impl FlowDriver {
             target_topics: HashMap::new(),
             refused_topics: HashMap::new(),
             registry,
-            routes: Routes::default(),
+            routes,
+            origin_route,
             registry_lookups: HashSet::new(),
             registry_reading: false,
             registry_not_before: Instant::now(),
@@ -1524,6 +1530,7 @@ impl FlowDriver {
             } else if !verified.is_empty() {
                 // Loop prevention: skip what has been on the target cluster already.
                 let route = match registry::verdict(&self.registry, &verified, &self.flow.loop_guard()) {
+                    Verdict::ForwardFromOrigin => self.origin_route,
                     Verdict::Forward(path) => self.routes.intern(path),
                     Verdict::Skip(path) => {
                         debug!(flow = %flow, partition = %tp, offset = h.base_offset, path = %path, "batch has been on the target already: skipped");
