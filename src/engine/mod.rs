@@ -55,7 +55,7 @@ use crate::checkpoint::{self, Checkpoint, CheckpointKey, Fingerprint, TailBatch}
 use crate::cluster::{Cluster, ClusterError, ClusterMetadata, TopicPartition};
 use crate::config::{Flow, OnDataLoss, StartAt, Tuning};
 use crate::net::{Connection, NetError};
-use crate::registry::{self, Registry, Verdict};
+use crate::registry::{self, Registry, Seen, Verdict};
 use crate::wire::produce::{PartitionRecords, ProduceFields, TopicRecords};
 use fetch_session::{FetchSession, PartitionFetch, SessionOutcome, Ticket};
 use offsets::OffsetCheck;
@@ -1474,6 +1474,15 @@ impl FlowDriver {
         let mut placement = OffsetCheck::new(requested_offset, p.fetch_at_batch_end, high_watermark);
         for raw in split.batches {
             let h = *raw.header();
+            if p.registry_wait {
+                // Waiting from an earlier batch on: only collect the other new producer
+                // ids of this response, so that one registry read answers for all of them
+                // (a backlog written by many producers would otherwise trickle in).
+                if let Ok(Seen::Unknown(id)) = self.registry.seen(&h) {
+                    self.registry_lookups.insert(id);
+                }
+                continue;
+            }
             let checked = placement
                 .check(&h)
                 .map_err(|e| format!("corrupt batch (offsets), fetched at offset {requested_offset}: {e}"))
@@ -1545,7 +1554,7 @@ impl FlowDriver {
                         // Fetched again from this batch once the registry has been read.
                         self.registry_lookups.insert(id);
                         p.registry_wait = true;
-                        break;
+                        continue;
                     }
                     Verdict::Stop(why) => {
                         stop_partition(&flow, tp, p, Side::Source, format!("batch at offset {}: {why}", h.base_offset));
