@@ -14,10 +14,11 @@
 //!   overlap);
 //! - the high watermark in the same response (no readable batch starts at or after it).
 //!
-//! The last offset is not held against the high watermark: tansu 0.6.0 reports the
-//! high watermark as the last batch's base offset + 1 (pinned in `tests/tansu_probe.rs`),
-//! so a last offset beyond it is normal there. The last offset is `base + lastOffsetDelta`
-//! and the delta is CRC-covered, so a bad base is the only way for it to be wrong.
+//! Only the base offset is held against the high watermark. The last offset is
+//! `base + lastOffsetDelta` and the delta is CRC-covered, so a bad base is the only way
+//! for it to be wrong; and brokers are not consistent about where the end is (tansu
+//! 0.6.0 answers ListOffsets with the last batch's base offset + 1, while its Fetch
+//! reports the true end; pinned in `tests/tansu_probe.rs`).
 //!
 //! A batch that fails is treated like a CRC failure by the engine: fetched once more
 //! (a flip on the wire is gone the second time), then its partition is stopped with
@@ -138,8 +139,8 @@ mod tests {
     }
 
     #[test]
-    fn tansus_high_watermark_below_the_last_offset_passes() {
-        // tansu reports last batch base + 1 as the high watermark.
+    fn a_high_watermark_below_the_last_offset_passes() {
+        // tansu's ListOffsets end: the last batch's base + 1 (only bases are checked).
         let mut c = OffsetCheck::new(0, true, 11);
         c.check(&batch(0, 10)).unwrap();
         c.check(&batch(10, 5)).unwrap();
