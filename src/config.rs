@@ -395,7 +395,9 @@ impl Flow {
             }
         };
         if self.rename == Rename::Prefix {
-            how += &format!("; prefix rule: topics named '{}.*' (from the target) are not mirrored", self.target);
+            how.push_str("; prefix rule: topics named '");
+            how.push_str(&self.target);
+            how.push_str(".*' (from the target) are not mirrored");
         }
         how
     }
@@ -416,7 +418,7 @@ impl Flow {
     pub fn mirrors(&self, topic: &str, is_internal: bool) -> bool {
         !is_internal
             && !self.own_topics.iter().any(|t| t == topic)
-            && !(self.rename == Rename::Prefix && came_from(topic, &self.target))
+            && (self.rename != Rename::Prefix || !came_from(topic, &self.target))
             && self.topics.is_match(topic)
             && !self.exclude.as_ref().is_some_and(|e| e.is_match(topic))
     }
@@ -798,6 +800,8 @@ rename = "prefix"
         assert!(f.mirrors("c.orders", false));
         assert!(f.mirrors("orders.b", false), "the last part is the topic's own name");
         assert_eq!(f.loop_guard, ProvenanceMode::Registry);
+        let how = f.loop_prevention();
+        assert!(how.contains("producer registry ('mirrorproxy.producers'") && how.contains("prefix rule"), "{how}");
         assert!(f.provenance.is_none(), "no header stamping unless asked for");
         // identity names: a topic called b.orders is an ordinary topic
         let c = Config::parse(&text.replace("rename = \"prefix\"", ""), "m.toml").unwrap();

@@ -469,3 +469,31 @@ provenance = "off"
         assert_eq!(stderr.lines().filter(|l| l.starts_with("error:")).count(), 1, "{stderr}");
     }
 }
+
+#[test]
+fn a_foreign_registry_record_stops_the_flow_and_copies_nothing() {
+    // Fail closed: a record in the source's producer registry that is not a
+    // registration means loops cannot be ruled out, so nothing is copied.
+    let cs = clusters(&["a", "b"]);
+    create_topic(&cs[0].broker.bootstrap, "orders", 2);
+    create_topic(&cs[0].broker.bootstrap, "mirrorproxy.producers", 1);
+    produce(
+        &cs[0].broker.bootstrap,
+        "mirrorproxy.producers",
+        &[TestRecord::kv(0, "someone-else", "{}")],
+        "none",
+        false,
+    );
+    produce(&cs[0].broker.bootstrap, "orders", &records_from("a", 20, 2, "a"), "lz4", true);
+    let mut proxy = MirrorProxy::start(&config(&cs, &[("a", "b", "orders", "")]));
+    let needle = "producer registry 'mirrorproxy.producers' on cluster 'a' has an unreadable record at offset 0 with key \"someone-else\"";
+    assert!(proxy.wait_for_log(needle, WAIT), "{}", tail(&proxy.log(), 20));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(consume_all(&cs[1].broker.bootstrap, "orders", 1, Duration::from_secs(3)).len(), 0, "copied blindly");
+    let log = proxy.log();
+    // One error; the summaries then repeat the stopped partitions (as for any stop).
+    let errors = log.lines().filter(|l| l.contains(" ERROR ") && l.contains(needle)).count();
+    assert_eq!(errors, 1, "one error, not one per partition: {}", tail(&log, 20));
+    assert!(log.contains("(2 stopped)"), "both partitions stopped: {}", tail(&log, 20));
+    assert!(proxy.stop().success());
+}

@@ -30,7 +30,7 @@ pub struct Route {
 /// The routes of one flow, by index (`Pending` and partitions keep the index).
 #[derive(Debug, Default)]
 pub struct Routes {
-    routes: Vec<Route>,
+    all: Vec<Route>,
     index: HashMap<Provenance, u32>,
     /// Source of generations, shared by all routes so that no two are ever equal.
     generations: u64,
@@ -42,19 +42,19 @@ impl Routes {
         if let Some(&i) = self.index.get(&path) {
             return i;
         }
-        let i = self.routes.len() as u32;
-        self.routes.push(Route { path: path.clone(), producer: None, generation: 0, requested: false });
+        let i = self.all.len() as u32;
+        self.all.push(Route { path: path.clone(), producer: None, generation: 0, requested: false });
         self.index.insert(path, i);
         i
     }
 
     #[must_use]
     pub fn get(&self, route: u32) -> &Route {
-        &self.routes[route as usize]
+        &self.all[route as usize]
     }
 
     pub fn get_mut(&mut self, route: u32) -> &mut Route {
-        &mut self.routes[route as usize]
+        &mut self.all[route as usize]
     }
 
     /// A new producer for `route`; returns its generation.
@@ -76,7 +76,7 @@ impl Routes {
     /// Whether no route has a producer.
     #[must_use]
     pub fn none_ready(&self) -> bool {
-        self.routes.iter().all(|r| r.producer.is_none())
+        self.all.iter().all(|r| r.producer.is_none())
     }
 }
 
