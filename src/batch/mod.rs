@@ -77,7 +77,7 @@ mod verified;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
-mod testutil;
+pub(crate) mod testutil;
 
 pub use compression::{
     compress, compress_snappy, decompress, decompress_with_limit, snappy_framing, Compression, SnappyFraming,

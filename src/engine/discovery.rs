@@ -3,19 +3,17 @@
 //! reconciled with what the target holds after it, or the configured start with a
 //! first checkpoint written before anything is produced).
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tracing::{debug, error, info, warn};
 
-use super::partition::PartState;
-use super::routes::Sequences;
-use super::txn::TxnStage;
-use super::{Event, FlowDriver, Side};
-use crate::checkpoint::{self, Checkpoint, CheckpointKey, TailBatch};
+use super::partition::{PartState, Resume, Start};
+use super::{Event, FlowDriver};
+use crate::checkpoint::{self, Checkpoint, CheckpointKey};
 use crate::cluster::{Cluster, ClusterError, ClusterMetadata, TopicPartition};
-use crate::config::{Flow, StartAt, Tuning};
+use crate::config::{Flow, StartAt};
 
 pub(super) struct TargetTopic {
     pub(super) max_message_bytes: Option<usize>,
@@ -30,25 +28,6 @@ pub(super) struct Discovery {
     pub(super) target_topics: Vec<(String, TargetTopic)>,
     /// Source topics that cannot be mirrored, with why.
     pub(super) refused: Vec<(String, String)>,
-}
-
-/// Where a new partition starts.
-pub(super) struct Start {
-    pub(super) source_offset: i64,
-    /// Why the partition cannot start (it is added stopped, so the summary names it).
-    pub(super) stop: Option<String>,
-    /// From a checkpoint: the target position, the target's batches after it (to be
-    /// reconciled), the newest mirrored timestamp and the mapping history.
-    pub(super) resume: Option<Resume>,
-}
-
-pub(super) struct Resume {
-    /// True for a checkpoint written just now, before the partition's first batch.
-    pub(super) fresh: bool,
-    pub(super) target_offset: i64,
-    pub(super) tail: Vec<TailBatch>,
-    pub(super) last_timestamp: i64,
-    pub(super) points: Vec<(i64, i64)>,
 }
 
 impl FlowDriver {
@@ -86,54 +65,13 @@ impl FlowDriver {
             }
             match &start.resume {
                 Some(r) if !r.fresh => {
-                    info!(flow = %self.flow.name, partition = %tp, source_offset, target_offset = r.target_offset, target_batches_after_checkpoint = r.tail.len(), target = %target, "resuming partition from its checkpoint")
+                    info!(flow = %self.flow.name, partition = %tp, source_offset, target_offset = r.target_offset, target_batches_after_checkpoint = r.tail.len(), target = %target, "resuming partition from its checkpoint");
                 }
                 _ => {
-                    info!(flow = %self.flow.name, partition = %tp, start_offset = source_offset, target = %target, "mirroring partition")
+                    info!(flow = %self.flow.name, partition = %tp, start_offset = source_offset, target = %target, "mirroring partition");
                 }
             }
-            let (target_next, last_timestamp, points, checkpointed, reconcile) = match start.resume {
-                Some(r) => (
-                    Some(r.target_offset),
-                    r.last_timestamp,
-                    r.points,
-                    Some((source_offset, r.target_offset)),
-                    r.tail.into(),
-                ),
-                None => (None, -1, Vec::new(), None, VecDeque::new()),
-            };
-            self.parts.insert(
-                tp,
-                PartState {
-                    target,
-                    source_leader: None,
-                    source_leader_epoch: -1,
-                    target_leader: None,
-                    fetch_offset: source_offset,
-                    fetch_at_batch_end: false,
-                    corrupt_at: None,
-                    high_watermark: source_offset,
-                    partition_max_bytes: self.tuning.fetch_partition_max_bytes as i32,
-                    fetch_not_before: now,
-                    stage: TxnStage::new(self.tuning.transaction_buffer_bytes as usize),
-                    queue: VecDeque::new(),
-                    queue_bytes: 0,
-                    in_flight: 0,
-                    recovering: false,
-                    produce_not_before: now,
-                    produce_backoff: Tuning::ms(self.tuning.retry_backoff_ms),
-                    next_sequence: Sequences::default(),
-                    in_flight_route: 0,
-                    registry_wait: false,
-                    stopped: start.stop.map(|why| format!("{}: {why}", Side::Source)),
-                    target_next,
-                    last_timestamp,
-                    points,
-                    checkpointed,
-                    reconcile,
-                    held: Vec::new(),
-                },
-            );
+            self.parts.insert(tp, PartState::new(target, start, &self.tuning, now));
         }
         // Leaders on both sides.
         for (tp, p) in &mut self.parts {
@@ -164,33 +102,30 @@ impl FlowDriver {
     }
 }
 
-/// One discovery round: lists matching source topics, makes sure their target topics
-/// exist with enough partitions, and finds start offsets of partitions not yet known.
-pub(super) async fn discover(
-    generation: u64,
-    checkpoint_topic: String,
-    flow: Flow,
-    source: Arc<Cluster>,
-    target: Arc<Cluster>,
-    known: HashSet<TopicPartition>,
-    known_target_topics: HashSet<String>,
-    first: bool,
-) -> Event {
-    Event::Discovered {
-        generation,
-        result: discover_inner(&flow, &source, &target, &known, &known_target_topics, first, &checkpoint_topic).await,
-    }
+/// What one discovery round starts from (moved into its task).
+pub(super) struct Round {
+    /// The flow's target generation when the round started (see `forget_target_leaders`).
+    pub(super) generation: u64,
+    pub(super) checkpoint_topic: String,
+    pub(super) flow: Flow,
+    pub(super) source: Arc<Cluster>,
+    pub(super) target: Arc<Cluster>,
+    /// Partitions already mirrored, and target topics already looked at.
+    pub(super) known: HashSet<TopicPartition>,
+    pub(super) known_target_topics: HashSet<String>,
+    /// The flow's first round: partitions start where the config says.
+    pub(super) first: bool,
 }
 
-async fn discover_inner(
-    flow: &Flow,
-    source: &Cluster,
-    target: &Cluster,
-    known: &HashSet<TopicPartition>,
-    known_target_topics: &HashSet<String>,
-    first: bool,
-    checkpoint_topic: &str,
-) -> Result<Discovery, ClusterError> {
+/// One discovery round: lists matching source topics, makes sure their target topics
+/// exist with enough partitions, and finds start offsets of partitions not yet known.
+pub(super) async fn discover(round: Round) -> Event {
+    Event::Discovered { generation: round.generation, result: discover_inner(&round).await }
+}
+
+async fn discover_inner(round: &Round) -> Result<Discovery, ClusterError> {
+    let Round { flow, known, known_target_topics, first, checkpoint_topic, .. } = round;
+    let (source, target, first, checkpoint_topic) = (&*round.source, &*round.target, *first, checkpoint_topic.as_str());
     let src = source.metadata(None).await?;
     let mut matching: Vec<(&String, usize, usize)> = src
         .topics

@@ -15,20 +15,17 @@ use kafka_protocol::messages::{
     BrokerId, FetchRequest, FetchResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, warn};
 
 use super::budget::Charge;
 use super::fetch_session::{self, FetchSession, PartitionFetch, SessionOutcome, Ticket};
-use super::offsets::OffsetCheck;
-use super::partition::{corrupt_batch, fetch_state, reconcile, stop_partition, Pending, SendState};
-use super::produce::needs_metadata;
-use super::txn::{Outcome, Released};
+use super::intake::Intake;
+use super::partition::FetchFailure;
 use super::{Event, FlowDriver, Side};
-use crate::batch::{self, ControlType};
 use crate::cluster::{ClusterError, TopicPartition};
-use crate::config::{OnDataLoss, Tuning};
+use crate::config::Tuning;
 use crate::net::NetError;
-use crate::registry::{self, Seen, Verdict};
+use crate::registry::{self};
 
 impl FlowDriver {
     /// Starts a Fetch on every source broker that has none outstanding. A broker with an
@@ -51,7 +48,7 @@ impl FlowDriver {
                 if !full.contains(&leader) {
                     continue;
                 }
-                if let (Some(f), _) = fetch_state(p, now, cap) {
+                if let (Some(f), _) = p.fetch_state(now, cap) {
                     wanted.entry(leader).or_default().push((tp.clone(), f));
                 }
             }
@@ -76,7 +73,7 @@ impl FlowDriver {
                     }
                     continue;
                 };
-                let (f, later) = fetch_state(p, now, cap);
+                let (f, later) = p.fetch_state(now, cap);
                 if later {
                     keep.push(tp.clone()); // held back for a while (after an error): look again
                 }
@@ -241,49 +238,21 @@ impl FlowDriver {
         }
     }
 
+    /// A partition's error in a Fetch answer (with the answer's log start and high
+    /// watermark).
     pub(super) fn on_fetch_partition_error(&mut self, tp: &TopicPartition, e: ResponseError, log_start: i64, hwm: i64) {
-        let flow = self.flow.name.clone();
         let Some(p) = self.parts.get_mut(tp) else { return };
-        if e == ResponseError::OffsetOutOfRange {
-            let at = p.fetch_offset;
-            let (to, what, lost) = if log_start >= 0 && at < log_start {
-                (
-                    log_start,
-                    "the source deleted records the mirror had not copied yet (retention overtook it)",
-                    log_start - at,
-                )
-            } else if hwm >= 0 && at > hwm {
-                (hwm, "the source log is now shorter than the mirror's position (truncated, e.g. by an unclean leader election); the target may hold records the source no longer has", at - hwm)
-            } else {
-                let why = format!("fetch offset {at} is out of range and the broker gave no valid position (log start {log_start}, high watermark {hwm})");
-                stop_partition(&flow, tp, p, Side::Source, why);
-                return;
-            };
-            self.stats.lost_offsets.fetch_add(lost as u64, Ordering::Relaxed);
-            match self.flow.on_data_loss {
-                OnDataLoss::Stop => {
-                    let why = format!("fetch offset {at} is out of range: {what}; {lost} offsets are lost to the mirror (log start {log_start}, high watermark {hwm}); to accept the loss and continue at {to}, set on_data_loss = \"continue\" on the flow");
-                    stop_partition(&flow, tp, p, Side::Source, why);
-                }
-                OnDataLoss::Continue => {
-                    error!(flow = %flow, side = "source", partition = %tp, from = at, to, lost_offsets = lost, "DATA LOSS: fetch offset {at} is out of range: {what}; {lost} offsets lost; continuing at {to} (on_data_loss = \"continue\")");
-                    p.fetch_offset = to;
-                    p.fetch_at_batch_end = false;
-                    drop(p.stage.clear());
-                }
+        let backoff_until = Instant::now() + Tuning::ms(self.tuning.retry_backoff_ms);
+        match p.fetch_failed(&self.flow.name, tp, e, (log_start, hwm), self.flow.on_data_loss, backoff_until) {
+            FetchFailure::Lost(n) => {
+                self.stats.lost_offsets.fetch_add(n, Ordering::Relaxed);
             }
-            return;
+            FetchFailure::Retry => self.discover_now = true,
+            FetchFailure::Stopped => {}
         }
-        if needs_metadata(e) || e.is_retriable() {
-            debug!(flow = %flow, partition = %tp, "fetch error {e}, refreshing metadata");
-            p.fetch_not_before = Instant::now() + Tuning::ms(self.tuning.retry_backoff_ms);
-            self.discover_now = true;
-            return;
-        }
-        stop_partition(&flow, tp, p, Side::Source, format!("Fetch failed with {e} (not retriable)"));
     }
 
-    /// Takes a partition's fetched bytes apart and stages them.
+    /// Takes a partition's fetched bytes apart and stages them ([`PartState::accept`]).
     pub(super) fn accept_records(
         &mut self,
         tp: &TopicPartition,
@@ -292,176 +261,22 @@ impl FlowDriver {
         high_watermark: i64,
         charge: &Arc<Charge>,
     ) {
-        let flow = self.flow.name.clone();
-        let stats = self.stats.clone();
         let Some(p) = self.parts.get_mut(tp) else { return };
-        let split = match batch::split_batches(records) {
-            Ok(s) => s,
-            Err(e) => {
-                stop_partition(
-                    &flow,
-                    tp,
-                    p,
-                    Side::Source,
-                    format!("unreadable data at offset {requested_offset}: {e}"),
-                );
-                return;
-            }
+        let mut cx = Intake {
+            flow: &self.flow.name,
+            registry: &self.registry,
+            guard: self.flow.loop_guard(),
+            provenance: self.flow.provenance.as_ref(),
+            routes: &mut self.routes,
+            origin_route: self.origin_route,
+            next_id: &mut self.next_pending_id,
+            lookups: &mut self.registry_lookups,
+            stats: &self.stats,
+            charge,
         };
-        if split.batches.is_empty() && split.truncated_tail {
-            // Not even one whole batch fits: ask for more next time.
-            let grown = p.partition_max_bytes.saturating_mul(2).min(1 << 30);
-            warn!(flow = %flow, partition = %tp, "a batch at offset {} is larger than the fetch size {}; retrying with {grown} bytes", p.fetch_offset, p.partition_max_bytes);
-            p.partition_max_bytes = grown;
-            return;
+        if p.accept(tp, records, requested_offset, high_watermark, &mut cx) {
+            self.produce_candidates.insert(tp.clone());
         }
-        let mut placement = OffsetCheck::new(requested_offset, p.fetch_at_batch_end, high_watermark);
-        for raw in split.batches {
-            let h = *raw.header();
-            if p.registry_wait {
-                // Waiting from an earlier batch on: only collect the other new producer
-                // ids of this response, so that one registry read answers for all of them
-                // (a backlog written by many producers would otherwise trickle in).
-                if let Ok(Seen::Unknown(id)) = self.registry.seen(&h) {
-                    self.registry_lookups.insert(id);
-                }
-                continue;
-            }
-            let checked = placement
-                .check(&h)
-                .map_err(|e| format!("corrupt batch (offsets), fetched at offset {requested_offset}: {e}"))
-                .and_then(|()| raw.verify().map_err(|e| format!("corrupt batch at offset {}: {e}", h.base_offset)));
-            let verified = match checked {
-                Ok(v) => v,
-                Err(why) => {
-                    corrupt_batch(&flow, tp, p, &why);
-                    break;
-                }
-            };
-            let verified = if h.base_offset < p.fetch_offset && !h.is_control() {
-                // A position inside a batch (a start offset; tansu's "latest" points
-                // there): the records before it were not asked for.
-                match verified.without_records_before(p.fetch_offset) {
-                    Ok(Some(v)) => v,
-                    Ok(None) => {
-                        p.fetch_offset = h.next_offset();
-                        p.fetch_at_batch_end = true;
-                        continue;
-                    }
-                    Err(e) => {
-                        stop_partition(
-                            &flow,
-                            tp,
-                            p,
-                            Side::Source,
-                            format!("cannot cut batch at offset {} at position {}: {e}", h.base_offset, p.fetch_offset),
-                        );
-                        return;
-                    }
-                }
-            } else {
-                verified
-            };
-            let size = verified.bytes().len();
-            if h.is_control() {
-                stats.control_batches.fetch_add(1, Ordering::Relaxed);
-                match verified.control_type() {
-                    Ok(Some(ControlType::Commit)) => p.stage.marker(h.producer_id, h.base_offset, Outcome::Commit),
-                    Ok(Some(ControlType::Abort)) => p.stage.marker(h.producer_id, h.base_offset, Outcome::Abort),
-                    Ok(_) => {}
-                    Err(e) => {
-                        stop_partition(
-                            &flow,
-                            tp,
-                            p,
-                            Side::Source,
-                            format!("unreadable control batch at offset {}: {e}", h.base_offset),
-                        );
-                        return;
-                    }
-                }
-            } else if !verified.is_empty() {
-                // Loop prevention: skip what has been on the target cluster already.
-                let route = match registry::verdict(&self.registry, &verified, &self.flow.loop_guard()) {
-                    Verdict::ForwardFromOrigin => self.origin_route,
-                    Verdict::Forward(path) => self.routes.intern(path),
-                    Verdict::Skip(path) => {
-                        debug!(flow = %flow, partition = %tp, offset = h.base_offset, path = %path, "batch has been on the target already: skipped");
-                        stats
-                            .provenance_skipped_records
-                            .fetch_add(u64::try_from(h.records_count).unwrap_or(0), Ordering::Relaxed);
-                        p.fetch_offset = h.next_offset();
-                        p.fetch_at_batch_end = true;
-                        continue;
-                    }
-                    Verdict::Wait(id) => {
-                        // Fetched again from this batch once the registry has been read.
-                        self.registry_lookups.insert(id);
-                        p.registry_wait = true;
-                        continue;
-                    }
-                    Verdict::Stop(why) => {
-                        stop_partition(&flow, tp, p, Side::Source, format!("batch at offset {}: {why}", h.base_offset));
-                        return;
-                    }
-                };
-                let verified = match &self.flow.provenance {
-                    None => verified,
-                    Some(hop) => match hop.stamp(verified) {
-                        Ok(v) => v,
-                        Err(e) => {
-                            let why = format!("cannot stamp provenance on the batch at offset {}: {e}", h.base_offset);
-                            stop_partition(&flow, tp, p, Side::Source, why);
-                            return;
-                        }
-                    },
-                };
-                let first_offset = h.base_offset.max(p.fetch_offset);
-                let pending = Pending {
-                    id: self.next_pending_id,
-                    batch: verified,
-                    route,
-                    stamp: None,
-                    state: SendState::Unsent,
-                    first_offset,
-                    group: 0,
-                    _charge: charge.clone(),
-                };
-                self.next_pending_id += 1;
-                p.stage.push(first_offset, size, h.is_transactional().then_some(h.producer_id), pending);
-            }
-            p.fetch_offset = h.next_offset();
-            p.fetch_at_batch_end = true;
-        }
-        for released in p.stage.release() {
-            match released {
-                Released::Forward(pending) => {
-                    let to_send = if p.reconcile.is_empty() { vec![pending] } else { reconcile(&flow, tp, p, pending) };
-                    if !to_send.is_empty() {
-                        self.produce_candidates.insert(tp.clone());
-                    }
-                    for pending in to_send {
-                        p.queue_bytes += pending.batch.bytes().len();
-                        p.queue.push_back(pending);
-                    }
-                }
-                Released::Drop(pending) => {
-                    stats
-                        .aborted_records
-                        .fetch_add(u64::try_from(pending.batch.header().records_count).unwrap_or(0), Ordering::Relaxed);
-                }
-            }
-        }
-        let (dropped, rewind) = p.stage.after_fetch();
-        if !dropped.is_empty() {
-            warn!(flow = %flow, partition = %tp, "open transaction holds more than transaction_buffer_bytes; scanning ahead for its end, then re-fetching");
-        }
-        if let Some(offset) = rewind {
-            info!(flow = %flow, partition = %tp, "transaction outcomes known; re-fetching from {offset}");
-            p.fetch_offset = offset;
-            p.fetch_at_batch_end = false;
-        }
-        p.stage.prune(p.fetch_offset);
     }
 
     pub(super) fn on_registry_read(

@@ -29,6 +29,7 @@ mod budget;
 mod discovery;
 mod fetch;
 mod fetch_session;
+mod intake;
 pub mod offsets;
 mod partition;
 mod produce;
@@ -55,7 +56,7 @@ use crate::config::{Flow, Tuning};
 use crate::net::{Connection, NetError};
 use crate::registry::{self, Registry};
 pub use budget::{Budget, Charge};
-use discovery::{discover, Discovery, TargetTopic};
+use discovery::{discover, Discovery, Round, TargetTopic};
 use fetch_session::{FetchSession, Ticket};
 use partition::PartState;
 use routes::Routes;
@@ -339,28 +340,20 @@ impl FlowDriver {
         self.parts
             .iter()
             .filter_map(|(tp, p)| {
-                let target = p.target_next?;
-                let pos = (p.mirrored_position(), target);
-                if p.checkpointed == Some(pos) {
-                    return None;
-                }
+                let pos = p.checkpoint_due()?;
                 let key = CheckpointKey {
                     source: self.flow.source.clone(),
                     target: self.flow.target.clone(),
                     topic: tp.topic.to_string(),
                     partition: tp.partition,
                 };
-                let mut points = p.points.clone();
-                if let Some(previous) = p.checkpointed {
-                    checkpoint::push_point(&mut points, previous);
-                }
                 let cp = Checkpoint {
                     v: 1,
                     source_offset: pos.0,
                     target_offset: pos.1,
                     last_timestamp: p.last_timestamp,
                     updated_ms: now,
-                    points,
+                    points: p.checkpoint_points(),
                 };
                 Some((tp.clone(), key.encode(), cp))
             })
@@ -392,15 +385,12 @@ impl FlowDriver {
             Ok(()) => {
                 for (tp, pos) in written {
                     if let Some(p) = self.parts.get_mut(&tp) {
-                        if let Some(previous) = p.checkpointed {
-                            checkpoint::push_point(&mut p.points, previous);
-                        }
-                        p.checkpointed = Some(pos);
+                        p.checkpoint_written(pos);
                     }
                 }
             }
             Err(e) => {
-                warn!(flow = %self.flow.name, side = "target", retrying = true, "writing checkpoints failed: {e}")
+                warn!(flow = %self.flow.name, side = "target", retrying = true, "writing checkpoints failed: {e}");
             }
         }
     }
@@ -436,7 +426,7 @@ impl FlowDriver {
         for (group, r) in results {
             match &r {
                 Ok(n) if *n > 0 => {
-                    debug!(flow = %self.flow.name, group = %group, partitions = n, "group offsets synced to the target")
+                    debug!(flow = %self.flow.name, group = %group, partitions = n, "group offsets synced to the target");
                 }
                 _ => {}
             }
@@ -463,10 +453,10 @@ impl FlowDriver {
         match tokio::time::timeout(Duration::from_secs(10), write).await {
             Ok(Ok(())) => info!(flow = %self.flow.name, partitions = records.len(), "final checkpoint written"),
             Ok(Err(e)) => {
-                warn!(flow = %self.flow.name, "final checkpoint not written: {e}; the next start reconciles from the previous one")
+                warn!(flow = %self.flow.name, "final checkpoint not written: {e}; the next start reconciles from the previous one");
             }
             Err(_) => {
-                warn!(flow = %self.flow.name, "final checkpoint timed out; the next start reconciles from the previous one")
+                warn!(flow = %self.flow.name, "final checkpoint timed out; the next start reconciles from the previous one");
             }
         }
     }
@@ -486,16 +476,16 @@ impl FlowDriver {
             self.discover_now = false;
             self.discovering = true;
             let generation = self.target_generation;
-            self.tasks.push(Box::pin(discover(
+            self.tasks.push(Box::pin(discover(Round {
                 generation,
-                self.tuning.checkpoint_topic.clone(),
-                self.flow.clone(),
-                self.source.clone(),
-                self.target.clone(),
-                self.parts.keys().cloned().collect(),
-                self.target_topics.keys().cloned().collect(),
-                !self.first_discovery_done,
-            )));
+                checkpoint_topic: self.tuning.checkpoint_topic.clone(),
+                flow: self.flow.clone(),
+                source: self.source.clone(),
+                target: self.target.clone(),
+                known: self.parts.keys().cloned().collect(),
+                known_target_topics: self.target_topics.keys().cloned().collect(),
+                first: !self.first_discovery_done,
+            })));
         }
         if !self.registry_lookups.is_empty() && !self.registry_reading && self.registry_not_before <= Instant::now() {
             self.registry_reading = true;
@@ -605,7 +595,7 @@ impl FlowDriver {
         let rps = (records - last.1) as f64 / secs;
         let mbps = (bytes - last.2) as f64 / secs / 1e6;
         *last = (now, records, bytes);
-        let lag: i64 = self.parts.values().map(|p| (p.high_watermark - p.mirrored_position()).max(0)).sum();
+        let lag: i64 = self.parts.values().map(PartState::lag).sum();
         let stopped = self.parts.values().filter(|p| p.stopped.is_some()).count();
         info!(
             flow = %self.flow.name,

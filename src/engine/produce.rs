@@ -11,41 +11,16 @@ use std::time::{Duration, Instant};
 
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::ProduceResponse;
-use tracing::{debug, error, info, warn};
+use tracing::{info, warn};
 
-use super::partition::{stop_partition, PartState, SendState};
+use super::partition::{PartState, SendState};
 use super::{Event, FlowDriver, Side};
-use crate::batch::{self, OutgoingBatch, ProducerStamp, VerifiedBatch};
+use crate::batch::{self, OutgoingBatch, VerifiedBatch};
 use crate::cluster::TopicPartition;
 use crate::config::Tuning;
 use crate::net::NetError;
 use crate::registry;
 use crate::wire::produce::{PartitionRecords, ProduceFields, TopicRecords};
-
-/// Errors on Produce that mean "the target lost or never had our producer state".
-pub(super) fn is_producer_state_error(e: ResponseError) -> bool {
-    matches!(
-        e,
-        ResponseError::UnknownProducerId
-            | ResponseError::InvalidProducerEpoch
-            | ResponseError::OutOfOrderSequenceNumber
-            | ResponseError::ProducerFenced
-    )
-}
-
-/// Errors that a metadata refresh may fix.
-pub(super) fn needs_metadata(e: ResponseError) -> bool {
-    matches!(
-        e,
-        ResponseError::NotLeaderOrFollower
-            | ResponseError::LeaderNotAvailable
-            | ResponseError::UnknownTopicOrPartition
-            | ResponseError::FencedLeaderEpoch
-            | ResponseError::UnknownLeaderEpoch
-            | ResponseError::NotController
-            | ResponseError::KafkaStorageError
-    )
-}
 
 impl FlowDriver {
     pub(super) fn schedule_produces(&mut self) {
@@ -120,22 +95,14 @@ impl FlowDriver {
                 let Some(idx) = p.next_unsent() else { continue };
                 let route = p.queue[idx].route;
                 let r = self.routes.get(route);
-                let Some((producer_id, producer_epoch)) = r.producer else { continue };
+                let Some(producer) = r.producer else { continue };
                 let generation = r.generation;
                 let run = match &self.flow.rebatch {
                     Some(r) => merge_run(p, idx, r, generation, max_message),
                     None => 1,
                 };
-                let entry = &mut p.queue[idx];
-                let stamp = match entry.stamp {
-                    Some((g, s)) if g == generation => s,
-                    _ => {
-                        let s = next_stamp(p.next_sequence.of(route), producer_id, producer_epoch, &entry.batch);
-                        entry.stamp = Some((generation, s));
-                        s
-                    }
-                };
-                let source_offset = entry.base_offset();
+                let stamp = p.stamp_for_send(idx, generation, producer);
+                let source_offset = p.queue[idx].base_offset();
                 let mut run = run;
                 let mut prepared = None;
                 if run > 1 {
@@ -155,7 +122,7 @@ impl FlowDriver {
                     Err(e) => {
                         let why =
                             format!("batch at source offset {source_offset} cannot be prepared for the target: {e}");
-                        stop_partition(&self.flow.name, &tp, p, Side::Source, why);
+                        p.stop(&self.flow.name, &tp, Side::Source, why);
                         continue;
                     }
                 };
@@ -166,7 +133,7 @@ impl FlowDriver {
                             outgoing.len(),
                             p.target.topic
                         );
-                        stop_partition(&self.flow.name, &tp, p, Side::Target, why);
+                        p.stop(&self.flow.name, &tp, Side::Target, why);
                         continue;
                     }
                 }
@@ -176,19 +143,8 @@ impl FlowDriver {
                     break;
                 }
                 request_bytes += outgoing.len();
-                p.in_flight += 1;
-                p.in_flight_route = route;
-                let mut before = 0i64;
-                for (k, entry) in p.queue.range_mut(idx..idx + run).enumerate() {
-                    if k > 0 && !matches!(entry.stamp, Some((g, _)) if g == generation) {
-                        // Its sequences follow the run's first batch (stamped in queue order).
-                        let s = next_stamp(p.next_sequence.of(route), producer_id, producer_epoch, &entry.batch);
-                        entry.stamp = Some((generation, s));
-                    }
-                    entry.group = if k == 0 { run } else { 0 };
-                    entry.state = SendState::InFlight;
-                    sent.push((tp.clone(), entry.id, before));
-                    before += i64::from(entry.batch.header().records_count);
+                for (id, before) in p.mark_sent(idx, run, generation, producer) {
+                    sent.push((tp.clone(), id, before));
                 }
                 topics.entry(p.target.topic.clone()).or_default().push((p.target.partition, outgoing));
             }
@@ -267,6 +223,54 @@ impl FlowDriver {
         }
     }
 
+    /// `opens`: the batch opened its target batch, which held the request slot.
+    fn produce_acked(&mut self, tp: &TopicPartition, id: u64, target_base_offset: i64, opens: bool) {
+        let Some(p) = self.parts.get_mut(tp) else { return };
+        let base_backoff = Tuning::ms(self.tuning.retry_backoff_ms);
+        let Some(acked) = p.acked(&self.flow.name, tp, id, target_base_offset, opens, base_backoff) else { return };
+        self.produce_candidates.insert(tp.clone());
+        self.fetch_dirty.insert(tp.clone()); // its queue shrinks: it may fetch again
+        self.stats.records.fetch_add(acked.records, Ordering::Relaxed);
+        self.stats.bytes.fetch_add(acked.bytes, Ordering::Relaxed);
+        self.stats.batches.fetch_add(acked.batches, Ordering::Relaxed);
+    }
+
+    fn produce_failed(
+        &mut self,
+        tp: &TopicPartition,
+        id: u64,
+        opens: bool,
+        error: Option<(ResponseError, Option<&str>)>,
+    ) {
+        let Some(p) = self.parts.get_mut(tp) else { return };
+        let backoff = (Instant::now(), Tuning::ms(self.tuning.retry_backoff_max_ms));
+        let failure = p.failed(&self.flow.name, tp, id, opens, error, backoff);
+        if failure.requeued {
+            self.produce_candidates.insert(tp.clone());
+        }
+        if failure.opened {
+            self.fetch_dirty.insert(tp.clone());
+        }
+        if failure.refresh_metadata {
+            self.discover_now = true;
+        }
+        if let Some(route) = failure.reset_producer {
+            self.reset_producer(route);
+        }
+    }
+
+    /// Drops a route's producer id; a new one is requested and every unacknowledged
+    /// batch of the route gets a new stamp from sequence 0 when it is sent again.
+    fn reset_producer(&mut self, route: u32) {
+        if !self.routes.reset(route) {
+            return;
+        }
+        self.produce_scan_all = true;
+        for p in self.parts.values_mut() {
+            p.producer_reset(route);
+        }
+    }
+
     pub(super) fn on_produced(
         &mut self,
         broker: i32,
@@ -323,128 +327,6 @@ impl FlowDriver {
             self.target_ok();
         }
     }
-
-    /// `opens`: the batch opened its target batch, which held the request slot.
-    pub(super) fn produce_acked(&mut self, tp: &TopicPartition, id: u64, target_base_offset: i64, opens: bool) {
-        let flow = self.flow.name.clone();
-        let Some(p) = self.parts.get_mut(tp) else { return };
-        let Some(pos) = p.queue.iter().position(|e| e.id == id) else { return };
-        if p.queue[pos].state != SendState::InFlight {
-            return; // answered twice: ignore
-        }
-        if opens {
-            p.in_flight -= 1;
-        }
-        self.produce_candidates.insert(tp.clone());
-        self.fetch_dirty.insert(tp.clone()); // its queue shrinks: it may fetch again
-        if p.queue.iter().take(pos).any(|e| e.state == SendState::Unsent) {
-            // An earlier batch failed and waits to be resent, yet this later one was
-            // written: a broker enforcing idempotent sequences refuses that.
-            error!(flow = %flow, partition = %tp, "target acknowledged a batch ahead of a failed one: the target broker does not enforce idempotent sequences, order on the target may differ from the source");
-        }
-        p.queue[pos].state = SendState::Acked(target_base_offset);
-        // Positions advance in order: pop every acknowledged batch at the front.
-        while let Some(SendState::Acked(base)) = p.queue.front().map(|e| e.state) {
-            let entry = p.queue.pop_front().expect("front exists");
-            p.queue_bytes -= entry.batch.bytes().len();
-            let h = entry.batch.header();
-            if base >= 0 {
-                p.target_next = Some(base + i64::from(h.records_count));
-            } else {
-                // DUPLICATE_SEQUENCE_NUMBER may come without an offset: count on from the last.
-                p.target_next = p.target_next.map(|t| t + i64::from(h.records_count));
-            }
-            p.last_timestamp = p.last_timestamp.max(h.max_timestamp);
-            self.stats.records.fetch_add(u64::try_from(h.records_count).unwrap_or(0), Ordering::Relaxed);
-            self.stats.bytes.fetch_add(entry.batch.bytes().len() as u64, Ordering::Relaxed);
-            self.stats.batches.fetch_add(1, Ordering::Relaxed);
-        }
-        p.produce_backoff = Tuning::ms(self.tuning.retry_backoff_ms);
-        if p.recovering && p.in_flight == 0 {
-            p.recovering = false;
-        }
-    }
-
-    /// `opens`: the batch opened its target batch; the error is handled once, there
-    /// (the others of a merged run only go back to unsent, to be resent with it).
-    pub(super) fn produce_failed(
-        &mut self,
-        tp: &TopicPartition,
-        id: u64,
-        opens: bool,
-        error: Option<(ResponseError, Option<&str>)>,
-    ) {
-        let flow = self.flow.name.clone();
-        let max_backoff = Tuning::ms(self.tuning.retry_backoff_max_ms);
-        let Some(p) = self.parts.get_mut(tp) else { return };
-        let Some(entry) = p.queue.iter_mut().find(|e| e.id == id) else { return };
-        if entry.state != SendState::InFlight {
-            return;
-        }
-        entry.state = SendState::Unsent; // resent, in order, once in-flight requests drain
-        let offset = entry.base_offset();
-        let route = entry.route;
-        self.produce_candidates.insert(tp.clone());
-        if !opens {
-            return;
-        }
-        p.in_flight -= 1;
-        self.fetch_dirty.insert(tp.clone());
-        let mut reset_producer = false;
-        if let Some((e, msg)) = &error {
-            let detail = msg.map(|m| format!(" ({m})")).unwrap_or_default();
-            let front = p.queue.front().is_some_and(|f| f.id == id);
-            if is_producer_state_error(*e) {
-                if front && !p.recovering {
-                    warn!(flow = %flow, partition = %p.target, "target lost our producer state ({e}{detail}); getting a new producer id and resending from source offset {offset}");
-                    reset_producer = true;
-                }
-            } else if needs_metadata(*e) {
-                debug!(flow = %flow, partition = %p.target, "produce error {e}; refreshing metadata");
-                self.discover_now = true;
-            } else if !e.is_retriable() {
-                let why = format!("target refused the batch at source offset {offset}: {e}{detail}");
-                stop_partition(&flow, tp, p, Side::Target, why);
-                return;
-            } else {
-                debug!(flow = %flow, partition = %p.target, "retriable produce error {e}{detail}");
-            }
-        }
-        p.recovering = p.in_flight > 0;
-        p.produce_not_before = Instant::now() + p.produce_backoff;
-        p.produce_backoff = (p.produce_backoff * 2).min(max_backoff);
-        if reset_producer {
-            self.reset_producer(route);
-        }
-    }
-
-    /// Drops a route's producer id; a new one is requested and every unacknowledged
-    /// batch of the route gets a new stamp from sequence 0 when it is sent again.
-    pub(super) fn reset_producer(&mut self, route: u32) {
-        if !self.routes.reset(route) {
-            return;
-        }
-        self.produce_scan_all = true;
-        for p in self.parts.values_mut() {
-            p.next_sequence.reset(route);
-            if p.in_flight > 0 {
-                p.recovering = true;
-            }
-        }
-    }
-}
-
-/// The producer stamp for the next batch of a partition: its records take the
-/// sequence numbers from `next_sequence` on (wrapping at `i32::MAX`, as Kafka's do).
-pub(super) fn next_stamp(
-    next_sequence: &mut i32,
-    producer_id: i64,
-    producer_epoch: i16,
-    batch: &VerifiedBatch,
-) -> ProducerStamp {
-    let stamp = ProducerStamp { producer_id, producer_epoch, base_sequence: *next_sequence };
-    *next_sequence = next_sequence.wrapping_add(batch.header().records_count.max(1)) & i32::MAX;
-    stamp
 }
 
 /// How many queued batches, from `idx` on, go out as one target batch (re-batching). A
