@@ -266,6 +266,7 @@ async fn discover_inner(round: &Round) -> Result<Discovery, ClusterError> {
                             source_offset: cp.source_offset,
                             stop,
                             resume: Some(Resume { fresh: false, target_offset: cp.target_offset, tail, last_timestamp: cp.last_timestamp, points: cp.points.clone() }),
+                            contiguous: false,
                         },
                     ));
                 }
@@ -282,7 +283,23 @@ async fn discover_inner(round: &Round) -> Result<Discovery, ClusterError> {
         }
     }
     new_partitions.extend(first_checkpoints(flow, target, &tgt, checkpoint_topic, starting).await?);
+    mark_contiguous(source, &mut new_partitions).await;
     Ok(Discovery { source: src, target: tgt, new_partitions, target_topics, refused })
+}
+
+/// New partitions of topics that are not compacted hold their logs to having no gaps
+/// (a base offset raised by a flip is caught, see [`super::offsets`]). A topic whose
+/// configuration cannot be read is treated as compacted: gaps allowed.
+async fn mark_contiguous(source: &Cluster, new_partitions: &mut [(TopicPartition, Start)]) {
+    let mut compacted: HashMap<Arc<str>, bool> = HashMap::new();
+    for (tp, start) in new_partitions.iter_mut() {
+        if !compacted.contains_key(&tp.topic) {
+            let configs = source.topic_configs(&tp.topic).await;
+            let policy = configs.as_ref().ok().map(|c| c.get("cleanup.policy").map_or("delete", String::as_str));
+            compacted.insert(tp.topic.clone(), policy.is_none_or(|p| p.contains("compact")));
+        }
+        start.contiguous = !compacted[&tp.topic];
+    }
 }
 
 /// Partitions without a checkpoint get one *before* anything is produced for them: the
@@ -350,6 +367,7 @@ async fn first_checkpoints(
                         last_timestamp: -1,
                         points: Vec::new(),
                     }),
+                    contiguous: false,
                 },
             ));
         }

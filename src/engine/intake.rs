@@ -7,7 +7,7 @@
 //! stops the partition when it fails again; no position is ever taken from it. A
 //! verified batch then meets loop prevention (the producer registry,
 //! [`crate::registry::verdict`]), is stamped with provenance where the flow asks for it,
-//! and is staged until its transaction's outcome is known ([`super::txn`]). Released
+//! and is staged until its transaction's outcome is known ([`crate::txn`]). Released
 //! batches are matched against what the target holds after a checkpoint (the crash
 //! window) before they are queued for the produce path.
 
@@ -21,13 +21,13 @@ use tracing::{debug, info, warn};
 use super::budget::Charge;
 use super::partition::{PartState, Pending, SendState};
 use super::routes::Routes;
-use super::txn::{Outcome, Released};
 use super::{FlowStats, Side};
 use crate::batch::provenance::Hop;
 use crate::batch::{self, ControlType};
 use crate::checkpoint::Fingerprint;
 use crate::cluster::TopicPartition;
 use crate::registry::{self, LoopGuard, Registry, Seen, Verdict};
+use crate::txn::{Outcome, Released};
 
 /// What the flow lends a partition while it takes a Fetch answer apart.
 pub(super) struct Intake<'a> {
@@ -75,7 +75,8 @@ impl PartState {
             self.partition_max_bytes = grown;
             return false;
         }
-        let mut placement = super::offsets::OffsetCheck::new(requested_offset, self.fetch_at_batch_end, high_watermark);
+        let mut placement = super::offsets::OffsetCheck::new(requested_offset, self.fetch_at_batch_end, high_watermark)
+            .contiguous(self.contiguous);
         for raw in split.batches {
             let h = *raw.header();
             if self.registry_wait {

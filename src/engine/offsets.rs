@@ -39,12 +39,26 @@ pub struct OffsetCheck {
     high_watermark: i64,
     /// Next offset after the previous batch of this response.
     previous_end: Option<i64>,
+    /// The log has no gaps (its topic is not compacted): every batch starts where the
+    /// one before it ended, and the first holds the requested offset.
+    contiguous: bool,
 }
 
 impl OffsetCheck {
     #[must_use]
     pub fn new(requested: i64, requested_is_batch_end: bool, high_watermark: i64) -> Self {
-        Self { requested, requested_is_batch_end, high_watermark, previous_end: None }
+        Self { requested, requested_is_batch_end, high_watermark, previous_end: None, contiguous: false }
+    }
+
+    /// Holds the batches to a log without gaps: right for every topic that is not
+    /// compacted (only the log cleaner removes offsets from inside a log; retention and
+    /// DeleteRecords move its start, which a Fetch answers with OFFSET_OUT_OF_RANGE). A
+    /// base offset raised by a small flip, still below the high watermark, is then a
+    /// gap, and caught; on a compacted topic it is indistinguishable from compaction.
+    #[must_use]
+    pub fn contiguous(mut self, contiguous: bool) -> Self {
+        self.contiguous = contiguous;
+        self
     }
 
     /// Places the next batch of the response; `Err` says why its offsets cannot be
@@ -68,8 +82,20 @@ impl OffsetCheck {
                     end - 1
                 ));
             }
+            Some(end) if self.contiguous && base > end => {
+                return Err(format!(
+                    "base offset {base} leaves a gap after the batch before it in the same response, which ends at {}, in a topic that is not compacted",
+                    end - 1
+                ));
+            }
             Some(_) => {}
             None => {
+                if self.contiguous && base > self.requested {
+                    return Err(format!(
+                        "base offset {base} is beyond the requested offset {}, a gap in a topic that is not compacted",
+                        self.requested
+                    ));
+                }
                 if next <= self.requested {
                     return Err(format!(
                         "batch {base}..={} lies entirely below the requested offset {}",
@@ -179,5 +205,17 @@ mod tests {
         c.check(&batch(0, 10)).unwrap();
         assert!(c.check(&batch(1 << 33, 1)).is_err());
         c.check(&batch(10, 10)).unwrap();
+    }
+
+    #[test]
+    fn a_gap_is_corruption_where_the_topic_is_not_compacted() {
+        let mut c = OffsetCheck::new(100, true, 200).contiguous(true);
+        assert!(c.check(&batch(100, 3)).is_ok());
+        let e = c.check(&batch(108, 3)).unwrap_err();
+        assert!(e.contains("gap") && e.contains("102"), "{e}");
+        let e = OffsetCheck::new(100, true, 200).contiguous(true).check(&batch(104, 3)).unwrap_err();
+        assert!(e.contains("beyond the requested offset 100"), "{e}");
+        // A start position inside a batch still passes.
+        assert!(OffsetCheck::new(101, false, 200).contiguous(true).check(&batch(100, 3)).is_ok());
     }
 }

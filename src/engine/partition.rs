@@ -24,12 +24,12 @@ use tracing::{debug, error, warn};
 use super::budget::Charge;
 use super::fetch_session::PartitionFetch;
 use super::routes::Sequences;
-use super::txn::TxnStage;
 use super::Side;
 use crate::batch::{ProducerStamp, VerifiedBatch};
 use crate::checkpoint::TailBatch;
 use crate::cluster::TopicPartition;
 use crate::config::{OnDataLoss, Tuning};
+use crate::txn::TxnStage;
 
 /// A batch waiting for (or in) a Produce request.
 pub(super) struct Pending {
@@ -74,6 +74,7 @@ impl Pending {
 }
 
 /// State of one mirrored partition (keyed by its source `TopicPartition`).
+#[allow(clippy::struct_excessive_bools)] // independent facts of one partition
 pub(super) struct PartState {
     pub(super) target: TopicPartition,
     pub(super) source_leader: Option<i32>,
@@ -83,6 +84,9 @@ pub(super) struct PartState {
     /// True when `fetch_offset` is where a batch read before ended (no batch can
     /// start below it), false for a start position, which may be inside a batch.
     pub(super) fetch_at_batch_end: bool,
+    /// The source topic is not compacted, so its log has no gaps (see
+    /// [`super::offsets::OffsetCheck::contiguous`]).
+    pub(super) contiguous: bool,
     /// The fetch offset at which a corrupt batch (CRC or offsets) was met: fetched once
     /// more, and the partition stops if it is corrupt again there.
     pub(super) corrupt_at: Option<i64>,
@@ -129,6 +133,8 @@ pub(super) struct Start {
     /// From a checkpoint: the target position, the target's batches after it (to be
     /// reconciled), the newest mirrored timestamp and the mapping history.
     pub(super) resume: Option<Resume>,
+    /// The source topic is known not to be compacted.
+    pub(super) contiguous: bool,
 }
 
 pub(super) struct Resume {
@@ -217,6 +223,7 @@ impl PartState {
             target_leader: None,
             fetch_offset: source_offset,
             fetch_at_batch_end: false,
+            contiguous: start.contiguous,
             corrupt_at: None,
             high_watermark: source_offset,
             partition_max_bytes: tuning.fetch_partition_max_bytes as i32,

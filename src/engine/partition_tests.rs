@@ -28,7 +28,7 @@ fn tp() -> TopicPartition {
 }
 
 fn part_at(offset: i64) -> PartState {
-    let start = Start { source_offset: offset, stop: None, resume: None };
+    let start = Start { source_offset: offset, stop: None, resume: None, contiguous: false };
     PartState::new(TopicPartition::new("orders", 0), start, &Tuning::default(), Instant::now())
 }
 
@@ -157,6 +157,24 @@ fn a_base_offset_beyond_the_high_watermark_is_corrupt_and_nothing_moves() {
     let why = p.stopped.as_deref().expect("stopped");
     assert!(why.contains("offsets") && why.contains("100"), "{why}");
     assert_eq!((p.fetch_offset, p.mirrored_position()), (100, 100), "the checkpoint cannot move past it");
+}
+
+#[test]
+fn a_small_raise_of_a_base_offset_is_a_gap_where_the_topic_is_not_compacted() {
+    let (mut f, mut p) = (Flow::new(), part_at(100));
+    p.contiguous = true;
+    // The response was cut after the second batch (the log goes on to 200): its end
+    // cannot be held against the high watermark, but the gap it leaves can.
+    let raised = [batch(100, 3, -1), batch(103 + 8, 3, -1)];
+    assert!(f.fetch(&mut p, bytes_of(&raised), 100, 200), "the batch before it goes on");
+    assert_eq!(queued_offsets(&p), [100]);
+    assert_eq!((p.fetch_offset, p.corrupt_at), (103, Some(103)), "fetched again from the real end");
+    let why = {
+        f.fetch(&mut p, bytes_of(&[batch(103 + 8, 3, -1)]), 103, 200);
+        p.stopped.clone().expect("stopped when the gap is there again")
+    };
+    assert!(why.contains("gap") && why.contains("111"), "{why}");
+    assert_eq!(p.mirrored_position(), 100, "no position past offset 103 was ever taken");
 }
 
 #[test]
@@ -330,6 +348,7 @@ fn after_a_restart_batches_already_on_the_target_are_not_sent_again() {
         source_offset: 0,
         stop: None,
         resume: Some(Resume { fresh: false, target_offset: 50, tail, last_timestamp: -1, points: Vec::new() }),
+        contiguous: true,
     };
     let mut p = PartState::new(tp(), start, &Tuning::default(), Instant::now());
     let mut f = Flow::new();
