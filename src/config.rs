@@ -25,6 +25,7 @@ use crate::batch::Compression;
 use crate::net::sasl::{Mechanism, SaslCredentials, Secret};
 use crate::net::tls::TlsFiles;
 use crate::topology::{resolve_provenance, Edge};
+pub use crate::topology::{ProvenanceMode, Rename};
 
 /// A configuration problem, with where it is.
 #[derive(Debug, thiserror::Error)]
@@ -109,15 +110,6 @@ fn default_client_id() -> String {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Rename {
-    /// Target topic has the source topic's name.
-    Identity,
-    /// Target topic is "<source alias>.<topic>" (MirrorMaker 2's DefaultReplicationPolicy).
-    Prefix,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
 pub enum StartAt {
     Earliest,
     Latest,
@@ -173,22 +165,6 @@ pub enum OnDataLoss {
     /// Log the loss as an error, count it, and continue at the log start (retention)
     /// or the log end (truncation).
     Continue,
-}
-
-/// How a flow keeps records from returning to a cluster they have been on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ProvenanceMode {
-    /// The default: every batch the flow writes carries a producer id registered on
-    /// the target with the path of clusters it came through; batches are skipped by
-    /// their producer id, read from the batch header (zero-copy).
-    Registry,
-    /// As `registry`, and every record also gets the `mirrorproxy.provenance` header
-    /// (stamping: compressed batches are decompressed and re-compressed).
-    Header,
-    /// Nothing is skipped (batches written are still registered, so other flows
-    /// can recognise them). Refused on identity-named cycles within one config.
-    Off,
 }
 
 /// The re-batching settings of flow `i`, checked.

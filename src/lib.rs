@@ -15,4 +15,5 @@ pub mod ops;
 pub mod registry;
 pub mod topology;
 pub mod translate;
+pub mod txn;
 pub mod wire;

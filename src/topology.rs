@@ -12,7 +12,34 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use crate::config::{ProvenanceMode, Rename};
+use serde::Deserialize;
+
+/// How a flow names its target topics. (Defined here, with [`ProvenanceMode`], so that
+/// the graph does not depend on the configuration; `config` re-exports both.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Rename {
+    /// Target topic has the source topic's name.
+    Identity,
+    /// Target topic is "<source alias>.<topic>" (MirrorMaker 2's DefaultReplicationPolicy).
+    Prefix,
+}
+
+/// How a flow keeps records from returning to a cluster they have been on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProvenanceMode {
+    /// The default: every batch the flow writes carries a producer id registered on
+    /// the target with the path of clusters it came through; batches are skipped by
+    /// their producer id, read from the batch header (zero-copy).
+    Registry,
+    /// As `registry`, and every record also gets the `mirrorproxy.provenance` header
+    /// (stamping: compressed batches are decompressed and re-compressed).
+    Header,
+    /// Nothing is skipped (batches written are still registered, so other flows
+    /// can recognise them). Refused on identity-named cycles within one config.
+    Off,
+}
 
 /// A flow as the graph sees it.
 #[derive(Debug, Clone)]

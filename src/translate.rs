@@ -21,8 +21,8 @@ use crate::batch::VerifiedBatch;
 use crate::checkpoint::{self, Checkpoint, Fingerprint};
 use crate::cluster::{Cluster, ClusterError, TopicPartition};
 use crate::config::Flow;
-use crate::engine::txn::{Outcome, Released, TxnStage};
 use crate::registry::{self, Registry, Verdict};
+use crate::txn::{Outcome, Released, TxnStage};
 
 /// The result for one partition.
 #[derive(Debug, Clone, PartialEq, Eq)]

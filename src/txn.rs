@@ -16,6 +16,9 @@
 //! reading only control markers; once every open transaction has a known outcome, the
 //! partition re-fetches from the rewind point and decides each batch from the recorded
 //! outcomes. Slower, but neither loses nor duplicates data.
+//!
+//! Sans I/O and outside the engine because `offsets translate` replays the same
+//! decisions over the source log to map offsets exactly (see [`crate::translate`]).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 

@@ -34,7 +34,6 @@ pub mod offsets;
 mod partition;
 mod produce;
 mod routes;
-pub mod txn;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
