@@ -28,9 +28,7 @@ use bytes::{Bytes, BytesMut};
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::{
     create_topics_request::{CreatableTopic, CreatableTopicConfig},
-    fetch_request::{FetchPartition, FetchTopic},
-    produce_request::{PartitionProduceData, TopicProduceData},
-    BrokerId, CreateTopicsRequest, FetchRequest, ProduceRequest, TopicName,
+    CreateTopicsRequest, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::{
@@ -232,44 +230,20 @@ pub async fn read_partition(
     mut each: impl FnMut(batch::VerifiedBatch) -> bool,
 ) -> Result<(), CheckpointError> {
     let err = |reason: String| CheckpointError::Topic { cluster: cluster.alias().into(), topic: topic.into(), reason };
-    let md = cluster.metadata(Some(&[topic.to_owned()])).await?;
-    let leader = md
-        .topics
-        .get(topic)
-        .and_then(|t| t.partitions.get(partition as usize))
-        .map(|p| p.leader)
-        .filter(|l| *l >= 0)
-        .ok_or_else(|| err(format!("partition {partition} has no leader")))?;
-    let conn = cluster.broker(leader).await?;
+    let leader = cluster.leader_of(topic, partition).await?;
     let mut offset = from;
     loop {
-        let req = FetchRequest::default()
-            .with_replica_id(BrokerId(-1))
-            .with_max_wait_ms(50)
-            .with_min_bytes(1)
-            .with_max_bytes(16 << 20)
-            .with_session_epoch(-1)
-            .with_topics(vec![FetchTopic::default()
-                .with_topic(TopicName(StrBytes::from_string(topic.to_owned())))
-                .with_partitions(vec![FetchPartition::default()
-                    .with_partition(partition)
-                    .with_fetch_offset(offset)
-                    .with_log_start_offset(-1)
-                    .with_partition_max_bytes(16 << 20)])]);
-        let resp = conn.call(&req).await.map_err(|e| err(e.to_string()))?;
-        let Some(pd) = resp.responses.into_iter().flat_map(|t| t.partitions).find(|p| p.partition_index == partition)
-        else {
+        let Some(pd) = cluster.fetch_once(leader, topic, partition, offset, 16 << 20).await? else {
             // Some brokers (tansu) leave out partitions that have no data.
             return Ok(());
         };
-        if let Some(e) = ResponseError::try_from_code(pd.error_code) {
+        if let Some(e) = pd.error {
             if e == ResponseError::OffsetOutOfRange {
                 return Ok(()); // past the end
             }
             return Err(err(format!("Fetch of partition {partition} at offset {offset} failed: {e}")));
         }
-        let records = pd.records.unwrap_or_default();
-        let split = batch::split_batches(records).map_err(|e| err(e.to_string()))?;
+        let split = batch::split_batches(pd.records).map_err(|e| err(e.to_string()))?;
         let mut progressed = false;
         for raw in split.batches {
             let h = *raw.header();
@@ -446,29 +420,7 @@ pub async fn write_records(
     if records.is_empty() {
         return Ok(());
     }
-    let err = |reason: String| CheckpointError::Topic { cluster: cluster.alias().into(), topic: topic.into(), reason };
-    let md = cluster.metadata(Some(&[topic.to_owned()])).await?;
-    let leader = md
-        .topics
-        .get(topic)
-        .and_then(|t| t.partitions.first())
-        .map(|p| p.leader)
-        .filter(|l| *l >= 0)
-        .ok_or_else(|| err("no leader for partition 0".into()))?;
-    let conn = cluster.broker(leader).await?;
-    let req = ProduceRequest::default().with_acks(-1).with_timeout_ms(30_000).with_topic_data(vec![
-        TopicProduceData::default().with_name(TopicName(StrBytes::from_string(topic.to_owned()))).with_partition_data(
-            vec![PartitionProduceData::default().with_index(0).with_records(Some(encode_records(records)))],
-        ),
-    ]);
-    let resp = conn.call(&req).await.map_err(|e| err(e.to_string()))?;
-    for t in resp.responses {
-        for p in t.partition_responses {
-            if let Some(e) = ResponseError::try_from_code(p.error_code) {
-                return Err(err(format!("writing failed: {e}")));
-            }
-        }
-    }
+    cluster.produce_batch(topic, 0, encode_records(records)).await?;
     Ok(())
 }
 
