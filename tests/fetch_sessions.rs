@@ -1,6 +1,6 @@
 //! KIP-227 incremental fetch sessions, end to end. tansu 0.6.0 never grants a session
 //! (every other test covers that fallback), so the source here is the benchmark's
-//! synthetic broker (`examples/bench.rs synth-source`), which keeps sessions as Kafka
+//! synthetic broker (`bench synth-source`, examples/bench/synth.rs), which keeps sessions as Kafka
 //! does and evicts them on a timer; the target is a real tansu broker and the data is
 //! read back with librdkafka.
 

@@ -1,0 +1,172 @@
+//! The benchmark harness: real brokers (tansu).
+#![allow(clippy::pedantic, clippy::too_many_arguments, clippy::type_complexity, unused_imports)]
+
+use super::*;
+
+pub(crate) fn start_tansu(ctx: &mut Ctx, tansu: &Path) -> (Proc, String) {
+    let port = free_port();
+    let url = format!("tcp://127.0.0.1:{port}");
+    let log = ctx.log("tansu");
+    let p = Proc::spawn(
+        "tansu",
+        Command::new(tansu)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "memory://tansu/",
+            ])
+            .env_remove("LISTENER_URL")
+            .env_remove("ADVERTISED_LISTENER_URL")
+            .env_remove("STORAGE_ENGINE")
+            .env("RUST_LOG", "warn"),
+        &log,
+    );
+    let addr = format!("127.0.0.1:{port}");
+    assert!(wait_port(&addr, Duration::from_secs(30)), "tansu did not start");
+    (p, addr)
+}
+
+pub(crate) fn watermarks(bootstrap: &str, topic: &str, partitions: i32) -> Option<Vec<i64>> {
+    use rdkafka::config::ClientConfig;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let c: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", bootstrap).set("log_level", "2").create().ok()?;
+    (0..partitions).map(|p| c.fetch_watermarks(topic, p, Duration::from_secs(5)).ok().map(|(_, h)| h)).collect()
+}
+
+/// Real brokers: pre-load the source, start the peer, time the backlog drain (target
+/// high watermarks equal to the source's), then a latency phase at a moderate rate
+/// with consumers on both clusters (the difference is what the mirror adds).
+pub(crate) fn real_run(ctx: &mut Ctx, tansu: &Path, peer: Peer, args: &[String]) -> Value {
+    let records = num(args, "--real-records", 100_000.0) as u64;
+    let size = num(args, "--real-size", 1000.0) as usize;
+    let codec = text(args, "--real-codec", "lz4");
+    let lat_rate = num(args, "--real-latency-rate", 1000.0);
+    let topic = "bench.t".to_owned();
+    let parts = ctx.partitions;
+    let (_src, src) = start_tansu(ctx, tansu);
+    let (_dst, dst) = start_tansu(ctx, tansu);
+    // Pre-create the target topic (the proxy would; librdkafka's mirror would not).
+    let _ = produce(
+        &ProduceSpec {
+            bootstrap: dst.clone(),
+            topic: topic.clone(),
+            records: 0,
+            rate: 0.0,
+            size,
+            codec: codec.clone(),
+            partitions: parts,
+            keys: "seq".into(),
+            key_space: 1,
+            linger_ms: 5,
+        },
+        None,
+    );
+    let load = produce(
+        &ProduceSpec {
+            bootstrap: src.clone(),
+            topic: topic.clone(),
+            records,
+            rate: 0.0,
+            size,
+            codec: codec.clone(),
+            partitions: parts,
+            keys: text(args, "--keys", "seq"),
+            key_space: 10_000,
+            linger_ms: 20,
+        },
+        None,
+    );
+    eprintln!("  real: loaded {} records of {size} B ({codec}) into tansu in {:.1}s", load.records, load.secs);
+    let src_hwm = watermarks(&src, &topic, parts).unwrap_or_default();
+    let log = ctx.log(peer.name());
+    let t0 = Instant::now();
+    let mut proc = match peer {
+        Peer::Proxy => {
+            let cfg = proxy_config(&ctx.out.join("logs"), &src, &dst, &ctx.proxy_tuning, &ctx.proxy_flow, None);
+            Proc::spawn(
+                "mirrorproxy",
+                Command::new(&ctx.proxy_bin)
+                    .args(["run", "--config"])
+                    .arg(&cfg)
+                    .env("RUST_LOG", "info")
+                    .envs(ctx.proxy_env.clone()),
+                &log,
+            )
+        }
+        _ => Proc::spawn(
+            "rdmirror",
+            Command::new(&ctx.exe).args([
+                "rdmirror",
+                "--source",
+                &src,
+                "--target",
+                &dst,
+                "--topic",
+                &topic,
+                "--partitions",
+                &parts.to_string(),
+                "--codec",
+                &codec,
+            ]),
+            &log,
+        ),
+    };
+    let timeout = Duration::from_secs_f64(num(args, "--real-timeout", 120.0));
+    let mut drained = false;
+    while t0.elapsed() < timeout && proc.alive() {
+        if let Some(h) = watermarks(&dst, &topic, parts) {
+            if h == src_hwm {
+                drained = true;
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let drain_s = t0.elapsed().as_secs_f64();
+    let (cpu_drain, _) = proc_stats(proc.pid());
+    let bytes = (records * size as u64) as f64; // payload bytes (values)
+                                                // Latency phase.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut consumers = Vec::new();
+    for b in [src.clone(), dst.clone()] {
+        let (t, s, r) = (topic.clone(), stop.clone(), Arc::new(AtomicBool::new(false)));
+        let r2 = r.clone();
+        consumers.push((std::thread::spawn(move || latency_consumer(b, t, parts, s, r2)), r));
+    }
+    while !consumers.iter().all(|(_, r)| r.load(Ordering::Relaxed)) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let lat_records = (lat_rate * ctx.secs) as u64;
+    let _ = produce(
+        &ProduceSpec {
+            bootstrap: src.clone(),
+            topic: topic.clone(),
+            records: lat_records,
+            rate: lat_rate,
+            size,
+            codec: codec.clone(),
+            partitions: parts,
+            keys: "seq".into(),
+            key_space: 1,
+            linger_ms: 0,
+        },
+        None,
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    let hs: Vec<Histogram<u64>> = consumers.into_iter().map(|(j, _)| j.join().unwrap()).collect();
+    let (_, hwm) = proc_stats(proc.pid());
+    let alive = proc.alive();
+    drop(proc);
+    json!({
+        "mode": "real", "peer": peer.name(), "size": size, "codec": codec, "records": records, "drained": drained,
+        "drain_s": drain_s, "mb_per_s": bytes / drain_s / 1e6, "records_per_s": records as f64 / drain_s,
+        "cpu_s_per_gb": cpu_drain / (bytes / 1e9), "peak_rss_mb": hwm as f64 / 1e6, "alive": alive,
+        "latency_rate": lat_rate, "latency_us_source": hist_json(&hs[0]), "latency_us": hist_json(&hs[1]),
+    })
+}
