@@ -1,7 +1,7 @@
 //! The fetch path: builds Fetch requests per source broker (full, or incremental within
 //! a KIP-227 fetch session), and takes each partition's answer apart: offsets checked
 //! ([`super::offsets`]), CRC verified, loop-prevention verdicts ([`crate::registry`]),
-//! transactional data staged ([`super::txn`]) and what may go to the target queued.
+//! transactional data staged ([`crate::txn`]) and what may go to the target queued.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::Ordering;
