@@ -50,10 +50,11 @@ struct Seed {
 
 impl Seed {
     fn get(test: &str) -> Seed {
-        let base = match std::env::var("FAULTS_SEED") {
+        static BASE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+        let base = *BASE.get_or_init(|| match std::env::var("FAULTS_SEED") {
             Ok(v) => v.trim().parse().unwrap_or_else(|_| panic!("FAULTS_SEED={v:?} is not a u64")),
             Err(_) => std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64,
-        };
+        });
         eprintln!("{test}: FAULTS_SEED={base}");
         let salt = test.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
         Seed { base, value: base ^ salt }
@@ -179,7 +180,11 @@ fn assert_rss_bounded(name: &str, peak_kib: u64) {
 fn mirror(source: &str, target: &str, topic: &str) -> MirrorProxy {
     let mut cfg = edge_to_cloud(source, target, topic, "");
     // [tuning] is the last table of the config
-    cfg.push_str(&format!("buffer_bytes = {BUFFER_BYTES}\n"));
+    cfg.push_str(&format!(
+        "buffer_bytes = {BUFFER_BYTES}\nfetch_max_bytes = {}\nfetch_partition_max_bytes = {}\n",
+        4 << 20,
+        1 << 20
+    ));
     MirrorProxy::start(&cfg)
 }
 
@@ -219,20 +224,19 @@ fn checkpoint_history(target: &str, topic: &str, partition: i32) -> Vec<i64> {
         .create()
         .expect("consumer");
     let mut tpl = TopicPartitionList::new();
-    let mut ends = BTreeMap::new();
     for p in 0..parts {
         tpl.add_partition_offset(cp_topic, p, Offset::Beginning).unwrap();
-        ends.insert(p, watermarks(target, cp_topic, p).1);
     }
     consumer.assign(&tpl).expect("assign");
     let key_suffix = format!("/{topic}/{partition}");
     let mut out = Vec::new();
-    let mut pos: BTreeMap<i32, i64> = BTreeMap::new();
+    // Read until nothing more comes for 2 s (watermarks cannot tell the end on tansu).
+    let mut idle_until = Instant::now() + Duration::from_secs(5);
     let deadline = Instant::now() + Duration::from_secs(30);
-    while ends.iter().any(|(p, end)| pos.get(p).copied().unwrap_or(0) < *end) {
-        assert!(Instant::now() < deadline, "reading {cp_topic}: at {pos:?} of {ends:?}");
+    while Instant::now() < idle_until {
+        assert!(Instant::now() < deadline, "reading {cp_topic} did not end");
         let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) else { continue };
-        pos.insert(m.partition(), m.offset() + 1);
+        idle_until = Instant::now() + Duration::from_secs(2);
         let key = m.key().map(String::from_utf8_lossy).unwrap_or_default();
         if !key.starts_with("mirrorproxy/v1/") || !key.ends_with(&key_suffix) {
             continue;
@@ -291,6 +295,7 @@ fn resets_stalls_fragments_and_delays_on_both_links_lose_and_duplicate_nothing()
     let delivered = feeder.join();
     assert_eq!(delivered.len(), records.len());
 
+    wait_mirrored(&mut proxy, records.len() as u64);
     let got = consume_all(&target.broker.bootstrap, topic, records.len(), WAIT);
     let (s, t) = (source.proxy.stats(), target.proxy.stats());
     eprintln!("source link: {}\ntarget link: {}", s.summary(), t.summary());
@@ -306,9 +311,8 @@ fn resets_stalls_fragments_and_delays_on_both_links_lose_and_duplicate_nothing()
         assert!(n(&st.resets) > 0, "{link}: no reset happened: {}", st.summary());
         assert!(n(&st.fragmented) > 0, "{link}: no fragmented response: {}", st.summary());
         assert!(n(&st.delayed) > 0, "{link}: no delayed response: {}", st.summary());
+        assert!(n(&st.stalls) > 0, "{link}: no stall happened: {}", st.summary());
     }
-    let stalls = s.stalls.load(Ordering::Relaxed) + t.stalls.load(Ordering::Relaxed);
-    assert!(stalls > 0, "no stall happened: {} / {}", s.summary(), t.summary());
     assert!(proxy.stop().success(), "{}", tail(&proxy.log(), 30));
 }
 
@@ -356,6 +360,7 @@ fn a_flipped_record_bit_stops_its_partition_and_no_other() {
     assert!(others.iter().all(|l| l.contains("partition=crc-1")), "only crc-1 stops: {others:#?}");
 
     let expected = expected_with_stops(&records, &delivered, &[(1, b)]);
+    wait_mirrored(&mut proxy, expected.len() as u64);
     let got = consume_all(&target.bootstrap, topic, expected.len(), WAIT);
     assert_same(topic, &expected, &got);
     // the summary keeps naming the stopped partition
@@ -418,6 +423,7 @@ fn a_flipped_base_offset_is_fetched_again_then_stops_its_partition() {
     assert!(others.iter().all(|l| l.contains("partition=offs-1")), "only offs-1 stops: {others:#?}");
 
     let expected = expected_with_stops(&records, &delivered, &[(1, b)]);
+    wait_mirrored(&mut proxy, expected.len() as u64);
     let got = consume_all(&target.bootstrap, topic, expected.len(), WAIT);
     assert_same(topic, &expected, &got);
     assert!(proxy.stop().success(), "{}", tail(&proxy.log(), 30));
@@ -427,7 +433,7 @@ fn a_flipped_base_offset_is_fetched_again_then_stops_its_partition() {
     assert_eq!(history.last(), Some(&b), "offs-1 ends checkpointed at the corrupt batch: {history:?}");
     // No checkpoint of the other partitions went beyond their source's end.
     for p in [0, 2] {
-        let end = watermarks(&source.broker.bootstrap, topic, p).1;
+        let end = delivered.iter().filter(|d| d.partition == p).map(|d| d.offset + 1).max().unwrap();
         let history = checkpoint_history(&target.bootstrap, topic, p);
         assert!(history.iter().all(|o| *o <= end), "offs-{p}: checkpoint beyond the end {end}: {history:?}");
         assert_eq!(history.last(), Some(&end), "offs-{p} ends checkpointed at the source's end");
@@ -466,7 +472,7 @@ fn a_base_offset_raised_on_the_wire_loses_nothing() {
         if let Some(l) = log_lines(&proxy, &["partition stopped", "partition=raise-0"]).into_iter().next() {
             break Some(l);
         }
-        if high_sum(&target.bootstrap, topic) >= records.len() as i64 {
+        if mirrored(&proxy) >= records.len() as u64 {
             break None;
         }
         assert!(Instant::now() < deadline && proxy.is_running(), "neither done nor stopped:\n{}", tail(&proxy.log(), 40));
@@ -487,7 +493,7 @@ fn a_base_offset_raised_on_the_wire_loses_nothing() {
     };
     let expected = expected_with_stops(&records, &delivered, &[(0, s)]);
     assert_same(topic, &expected, &got);
-    let end = watermarks(&source.broker.bootstrap, topic, 0).1;
+    let end = delivered.iter().map(|d| d.offset + 1).max().unwrap();
     let bound = s.min(end);
     assert!(
         history.iter().all(|o| *o <= bound),
@@ -497,22 +503,27 @@ fn a_base_offset_raised_on_the_wire_loses_nothing() {
 
 // ------------------------------------------------------------------ 4. persistent broker restarts
 
-/// Sum of the high watermarks of `topic` (0 while it does not exist).
-fn high_sum(bootstrap: &str, topic: &str) -> i64 {
-    let Some(n) = topic_partitions(bootstrap, topic) else { return 0 };
-    (0..n).map(|p| watermarks(bootstrap, topic, p).1).sum()
+/// The mirror's own count of acknowledged records, from its last summary line (only
+/// to time the waits: what arrived is judged with librdkafka; tansu's ListOffsets end
+/// is the last batch's base offset + 1, so watermarks cannot count records).
+fn mirrored(proxy: &MirrorProxy) -> u64 {
+    let log = proxy.log();
+    let Some(line) = log.lines().rev().find(|l| l.contains(" records mirrored")) else { return 0 };
+    let head = &line[..line.find(" records mirrored").unwrap()];
+    head.rsplit(' ').next().and_then(|n| n.parse().ok()).unwrap_or(0)
 }
 
-fn wait_high_sum(bootstrap: &str, topic: &str, at_least: i64, proxy: &mut MirrorProxy) -> i64 {
+/// Waits until the mirror reports at least `n` records mirrored.
+fn wait_mirrored(proxy: &mut MirrorProxy, n: u64) -> u64 {
     let deadline = Instant::now() + WAIT;
     loop {
-        let now = high_sum(bootstrap, topic);
-        if now >= at_least {
+        let now = mirrored(proxy);
+        if now >= n {
             return now;
         }
         assert!(
             Instant::now() < deadline && proxy.is_running(),
-            "{topic} on {bootstrap} holds {now} records, waited for {at_least}; log:\n{}",
+            "the mirror reports {now} records mirrored, waited for {n}; log:\n{}",
             tail(&proxy.log(), 40)
         );
         thread::sleep(Duration::from_millis(100));
@@ -536,23 +547,24 @@ fn persistent_brokers_killed_mid_stream_lose_and_duplicate_nothing() {
     let records = varied_records(3_000, 2, "durable");
     let feeder = Feeder::start(&source.bootstrap, topic, records.clone(), 30, Duration::from_millis(250), "lz4");
 
-    let before = wait_high_sum(&target.bootstrap, topic, rng.range(300, 800) as i64, &mut proxy);
+    let before = wait_mirrored(&mut proxy, rng.range(300, 800));
     eprintln!("kill -9 the target at {before} records");
     target.kill9();
     thread::sleep(Duration::from_millis(rng.range(200, 1500)));
     target.restart();
-    let before = wait_high_sum(&target.bootstrap, topic, before + 300, &mut proxy);
+    let before = wait_mirrored(&mut proxy, before + 300);
     eprintln!("kill -9 the source with {before} records on the target");
     source.kill9();
     thread::sleep(Duration::from_millis(rng.range(200, 1500)));
     source.restart();
-    assert!(!feeder.is_done() || high_sum(&target.bootstrap, topic) < records.len() as i64, "the kills were mid-stream");
+    assert!(!feeder.is_done() || mirrored(&proxy) < records.len() as u64, "the kills were mid-stream");
     let delivered = feeder.join();
     assert_eq!(delivered.len(), records.len());
 
     // The source itself kept every acknowledged record once (else the mirror cannot).
     let on_source = consume_all(&source.bootstrap, topic, records.len(), WAIT);
     assert_same(&format!("{topic} on the restarted source"), &records, &on_source);
+    wait_mirrored(&mut proxy, records.len() as u64);
     let got = consume_all(&target.bootstrap, topic, records.len(), WAIT);
     assert_same(topic, &records, &got);
     assert!(proxy.is_running(), "the mirror exited:\n{}", tail(&proxy.log(), 40));

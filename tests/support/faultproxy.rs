@@ -120,6 +120,10 @@ pub struct Faults {
     pub delay_per_mille: u32,
     /// Delay range, ms.
     pub delay_ms: (u64, u64),
+    /// Each kind with a non-zero rate also happens for sure once, at a hurt response
+    /// drawn from `3..=force_within` (counted over the whole proxy), so that a short
+    /// run meets every kind it asks for. 0: rates only.
+    pub force_within: u64,
     pub flips: Vec<FlipRule>,
 }
 
@@ -128,12 +132,13 @@ impl Faults {
     /// every ~50 ms meets many times a minute.
     pub fn chaos() -> Faults {
         Faults {
-            reset_per_mille: 6,
-            stall_per_mille: 3,
+            reset_per_mille: 10,
+            stall_per_mille: 4,
             stall_ms: (2_000, 5_000),
             fragment_per_mille: 150,
             delay_per_mille: 200,
             delay_ms: (1, 40),
+            force_within: 40,
             flips: Vec::new(),
         }
     }
@@ -191,6 +196,10 @@ struct Shared {
     stats: Stats,
     seed: u64,
     next_conn: AtomicU64,
+    /// Hurt responses so far, and the indices at which [reset, stall, fragment, delay]
+    /// are forced (0: none).
+    hurt_responses: AtomicU64,
+    forced: Mutex<[u64; 4]>,
 }
 
 /// The proxy; stopped (with its connections) on drop.
@@ -224,6 +233,8 @@ impl FaultProxy {
             stats: Stats::default(),
             seed,
             next_conn: AtomicU64::new(0),
+            hurt_responses: AtomicU64::new(0),
+            forced: Mutex::new([0; 4]),
         });
         let s = shared.clone();
         rt.spawn(async move {
@@ -237,6 +248,16 @@ impl FaultProxy {
     /// Replaces the faults (flip rules start afresh).
     pub fn set_faults(&self, faults: Faults) {
         *self.shared.flip_state.lock().unwrap() = vec![FlipState::default(); faults.flips.len()];
+        let mut rng = Rng::new(self.shared.seed ^ 0x5EED);
+        let base = self.shared.hurt_responses.load(Ordering::Relaxed);
+        let rates = [faults.reset_per_mille, faults.stall_per_mille, faults.fragment_per_mille, faults.delay_per_mille];
+        *self.shared.forced.lock().unwrap() = rates.map(|r| {
+            if r > 0 && faults.force_within >= 3 {
+                base + rng.range(3, faults.force_within)
+            } else {
+                0
+            }
+        });
         *self.shared.faults.lock().unwrap() = faults;
     }
 
@@ -343,6 +364,9 @@ async fn responses(
             continue;
         }
         let faults = shared.faults.lock().unwrap().clone();
+        let index = shared.hurt_responses.fetch_add(1, Ordering::Relaxed) + 1;
+        let [force_reset, force_stall, force_fragment, force_delay] =
+            shared.forced.lock().unwrap().map(|at| at == index);
         if let Some((1, version)) = asked {
             if !faults.flips.is_empty() {
                 if let Some(f) = flip_fetch(&frame, version, &faults.flips, &shared, &mut rng) {
@@ -351,7 +375,7 @@ async fn responses(
             }
         }
         let len = frame.len();
-        if len > 8 && rng.chance(faults.reset_per_mille) {
+        if len > 8 && (force_reset || rng.chance(faults.reset_per_mille)) {
             let cut = rng.range(1, len as u64 - 1) as usize;
             let _ = w.write_all(&frame[..cut]).await;
             // Linger 0 makes the close an RST; with 0 the close does not block.
@@ -360,12 +384,12 @@ async fn responses(
             shared.stats.resets.fetch_add(1, Ordering::Relaxed);
             return; // both sockets close: RST to the client, FIN to the broker
         }
-        if rng.chance(faults.delay_per_mille) {
+        if force_delay || rng.chance(faults.delay_per_mille) {
             shared.stats.delayed.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep(Duration::from_millis(rng.range(faults.delay_ms.0, faults.delay_ms.1))).await;
         }
         let mut at = 0;
-        if rng.chance(faults.fragment_per_mille) {
+        if force_fragment || rng.chance(faults.fragment_per_mille) {
             shared.stats.fragmented.fetch_add(1, Ordering::Relaxed);
             let end = len.min(rng.range(16, 600) as usize);
             while at < end {
@@ -377,7 +401,7 @@ async fn responses(
                 tokio::task::yield_now().await;
             }
         }
-        if len - at > 1 && rng.chance(faults.stall_per_mille) {
+        if len - at > 1 && (force_stall || rng.chance(faults.stall_per_mille)) {
             shared.stats.stalls.fetch_add(1, Ordering::Relaxed);
             let mid = at + rng.range(1, (len - at - 1) as u64) as usize;
             if w.write_all(&frame[at..mid]).await.is_err() {
