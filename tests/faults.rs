@@ -478,6 +478,9 @@ fn a_base_offset_raised_on_the_wire_loses_nothing() {
         assert!(Instant::now() < deadline && proxy.is_running(), "neither done nor stopped:\n{}", tail(&proxy.log(), 40));
         thread::sleep(Duration::from_millis(100));
     };
+    for l in log_lines(&proxy, &["partition=raise-0"]) {
+        eprintln!("mirror: {l}");
+    }
     thread::sleep(Duration::from_secs(1)); // let checkpoints settle
     assert!(proxy.stop().success(), "{}", tail(&proxy.log(), 30));
     let history = checkpoint_history(&target.bootstrap, topic, 0);
