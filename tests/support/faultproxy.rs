@@ -365,8 +365,11 @@ async fn responses(
         }
         let faults = shared.faults.lock().unwrap().clone();
         let index = shared.hurt_responses.fetch_add(1, Ordering::Relaxed) + 1;
+        // A forced fault is due from its index on until it was done (a reset may
+        // have taken the response it was drawn for).
         let [force_reset, force_stall, force_fragment, force_delay] =
-            shared.forced.lock().unwrap().map(|at| at == index);
+            shared.forced.lock().unwrap().map(|at| at != 0 && index >= at);
+        let done = |kind: usize| shared.forced.lock().unwrap()[kind] = 0;
         if let Some((1, version)) = asked {
             if !faults.flips.is_empty() {
                 if let Some(f) = flip_fetch(&frame, version, &faults.flips, &shared, &mut rng) {
@@ -382,15 +385,18 @@ async fn responses(
             #[allow(deprecated)]
             let _ = w.as_ref().set_linger(Some(Duration::ZERO));
             shared.stats.resets.fetch_add(1, Ordering::Relaxed);
+            done(0);
             return; // both sockets close: RST to the client, FIN to the broker
         }
         if force_delay || rng.chance(faults.delay_per_mille) {
             shared.stats.delayed.fetch_add(1, Ordering::Relaxed);
+            done(3);
             tokio::time::sleep(Duration::from_millis(rng.range(faults.delay_ms.0, faults.delay_ms.1))).await;
         }
         let mut at = 0;
         if force_fragment || rng.chance(faults.fragment_per_mille) {
             shared.stats.fragmented.fetch_add(1, Ordering::Relaxed);
+            done(2);
             let end = len.min(rng.range(16, 600) as usize);
             while at < end {
                 let piece = (rng.range(1, 7) as usize).min(end - at);
@@ -403,6 +409,7 @@ async fn responses(
         }
         if len - at > 1 && (force_stall || rng.chance(faults.stall_per_mille)) {
             shared.stats.stalls.fetch_add(1, Ordering::Relaxed);
+            done(1);
             let mid = at + rng.range(1, (len - at - 1) as u64) as usize;
             if w.write_all(&frame[at..mid]).await.is_err() {
                 return;
