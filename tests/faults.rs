@@ -178,13 +178,13 @@ fn assert_rss_bounded(name: &str, peak_kib: u64) {
 
 /// A mirror from `source` to `target` of `topic` with a 16 MiB budget.
 fn mirror(source: &str, target: &str, topic: &str) -> MirrorProxy {
-    let mut cfg = edge_to_cloud(source, target, topic, "");
     // [tuning] is the last table of the config
-    cfg.push_str(&format!(
-        "buffer_bytes = {BUFFER_BYTES}\nfetch_max_bytes = {}\nfetch_partition_max_bytes = {}\n",
+    let cfg = format!(
+        "{}buffer_bytes = {BUFFER_BYTES}\nfetch_max_bytes = {}\nfetch_partition_max_bytes = {}\n",
+        edge_to_cloud(source, target, topic, ""),
         4 << 20,
         1 << 20
-    ));
+    );
     MirrorProxy::start(&cfg)
 }
 
