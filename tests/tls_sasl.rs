@@ -32,6 +32,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use support::sqlite::tansu_sqlite_bin;
 use support::*;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -456,20 +457,6 @@ fn scram_refusals_against_tansu_and_secrets_stay_secret() {
             "{mech}: part of the password leaked"
         );
     }
-}
-
-/// The tansu built with sqlite storage (`$TANSU_SQLITE_BIN`, else `tansu-sqlite` on PATH).
-fn tansu_sqlite_bin() -> PathBuf {
-    let hint = "run `bash tools/install-deps.sh` (builds tansu 0.6.0 with its sqlite storage as tansu-sqlite) \
-                or set TANSU_SQLITE_BIN";
-    if let Some(p) = std::env::var_os("TANSU_SQLITE_BIN") {
-        let p = PathBuf::from(p);
-        assert!(p.is_file(), "TANSU_SQLITE_BIN={} is not a file; {hint}", p.display());
-        return p;
-    }
-    let found = std::env::var_os("PATH")
-        .and_then(|path| std::env::split_paths(&path).map(|d| d.join("tansu-sqlite")).find(|p| p.is_file()));
-    found.unwrap_or_else(|| panic!("tansu-sqlite (tansu 0.6.0 with the libsql feature) not found; {hint}"))
 }
 
 /// A tansu with sqlite storage in `dir`, so users survive a restart; `dir` is the

@@ -8,6 +8,9 @@
 //! panic and say how to install it (`bash tools/install-deps.sh`): never skip.
 #![allow(dead_code, unused_imports, clippy::pedantic)]
 
+pub mod faultproxy;
+pub mod sqlite;
+
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::fs::{self, File};
@@ -118,6 +121,9 @@ pub fn tansu_bin() -> PathBuf {
 pub struct Broker {
     pub port: u16,
     pub bootstrap: String,
+    /// The address put into Metadata (`--advertised-listener-url`): `bootstrap`
+    /// unless started with [`Broker::try_start_advertising`].
+    advertised: String,
     child: Option<Child>,
     log_path: PathBuf,
 }
@@ -143,8 +149,21 @@ impl Broker {
     }
 
     fn try_start_on(port: u16) -> Result<Broker, String> {
+        Broker::try_start_advertising(port, &format!("127.0.0.1:{port}"))
+    }
+
+    /// Start tansu on `port` advertising `advertised` (host:port) in Metadata, so that
+    /// clients reach it through something in front of it (tests/support/faultproxy.rs).
+    /// Err if it does not come up (e.g. the port was taken).
+    pub fn try_start_advertising(port: u16, advertised: &str) -> Result<Broker, String> {
         let (log_path, log) = new_log_file("tansu-");
-        let mut b = Broker { port, bootstrap: format!("127.0.0.1:{port}"), child: None, log_path };
+        let mut b = Broker {
+            port,
+            bootstrap: format!("127.0.0.1:{port}"),
+            advertised: advertised.to_owned(),
+            child: None,
+            log_path,
+        };
         b.spawn(log)?;
         Ok(b)
     }
@@ -152,11 +171,12 @@ impl Broker {
     fn spawn(&mut self, log: File) -> Result<(), String> {
         let bin = tansu_bin();
         let url = format!("tcp://127.0.0.1:{}", self.port);
+        let advertised = format!("tcp://{}", self.advertised);
         let err_log = log.try_clone().expect("clone log file handle");
         let child = Command::new(&bin)
             .arg("broker")
             .args(["--listener-url", &url])
-            .args(["--advertised-listener-url", &url])
+            .args(["--advertised-listener-url", &advertised])
             .args(["--storage-engine", "memory://tansu/"])
             // tansu also reads these from the environment; make sure ours win.
             .env_remove("LISTENER_URL")
@@ -287,7 +307,7 @@ impl Drop for Broker {
     }
 }
 
-fn metadata_ok(bootstrap: &str, timeout: Duration) -> bool {
+pub(crate) fn metadata_ok(bootstrap: &str, timeout: Duration) -> bool {
     let consumer: BaseConsumer = match base_config(bootstrap).create() {
         Ok(c) => c,
         Err(_) => return false,
