@@ -48,7 +48,7 @@ use std::collections::{HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 
 use crate::batch::provenance::{ClusterId, Decision, Hop, Provenance};
-use crate::batch::{BatchHeader, VerifiedBatch};
+use crate::batch::{BatchError, BatchHeader, VerifiedBatch};
 use crate::checkpoint::{self, CheckpointError};
 use crate::cluster::Cluster;
 
@@ -266,6 +266,21 @@ pub fn verdict(registry: &Registry, batch: &VerifiedBatch, guard: &LoopGuard<'_>
     Verdict::Forward(path.with_hop(guard.target))
 }
 
+/// The records of a data batch read from the registry topic (sans I/O: what
+/// [`read_since`] makes of each batch, tested and fuzzed without a broker).
+pub fn raw_records(batch: &VerifiedBatch) -> Result<Vec<RawRecord>, BatchError> {
+    let base_offset = batch.header().base_offset;
+    let (data, spans) = batch.record_spans()?;
+    Ok(spans
+        .into_iter()
+        .map(|s| RawRecord {
+            offset: base_offset.saturating_add(i64::from(s.offset_delta)),
+            key: s.key.map(|r| data[r].to_vec()),
+            value: s.value.map(|r| data[r].to_vec()),
+        })
+        .collect())
+}
+
 /// Reads the registry topic from `from` to its end: the records and where the read
 /// stopped. A missing topic has no records.
 pub async fn read_since(cluster: &Cluster, topic: &str, from: i64) -> Result<(Vec<RawRecord>, i64), CheckpointError> {
@@ -282,15 +297,9 @@ pub async fn read_since(cluster: &Cluster, topic: &str, from: i64) -> Result<(Ve
         if h.is_control() {
             return true;
         }
-        match batch.record_spans() {
-            Ok((data, spans)) => {
-                for s in spans {
-                    out.push(RawRecord {
-                        offset: h.base_offset + i64::from(s.offset_delta),
-                        key: s.key.map(|r| data[r].to_vec()),
-                        value: s.value.map(|r| data[r].to_vec()),
-                    });
-                }
+        match raw_records(&batch) {
+            Ok(records) => {
+                out.extend(records);
                 true
             }
             Err(e) => {
