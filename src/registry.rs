@@ -332,6 +332,21 @@ pub async fn register(
 mod tests {
     use super::*;
 
+    /// A base offset near `i64::MAX` (the base offset is not covered by the CRC, so a
+    /// broker or the network can send any) gives record offsets that saturate, not an
+    /// overflow panic.
+    #[test]
+    fn record_offsets_of_a_batch_at_the_end_of_the_offset_range_do_not_overflow() {
+        let recs = [record(7, &path(&["a", "b"]), "f"), record(8, &path(&["a", "b"]), "f")];
+        let mut bytes = checkpoint::encode_records(&recs).to_vec();
+        bytes[..8].copy_from_slice(&i64::MAX.to_be_bytes());
+        let split = crate::batch::split_batches(bytes.into()).unwrap();
+        let v = split.batches.into_iter().next().unwrap().verify().unwrap();
+        let raw = raw_records(&v).unwrap();
+        assert_eq!(raw.iter().map(|r| r.offset).collect::<Vec<_>>(), [i64::MAX, i64::MAX]);
+        assert_eq!(raw[1].key.as_deref(), Some(key(8).as_bytes()));
+    }
+
     fn path(ids: &[&str]) -> Provenance {
         Provenance::new(ids.iter().map(|i| ClusterId::new(i).unwrap()).collect()).unwrap()
     }
