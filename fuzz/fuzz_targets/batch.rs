@@ -7,7 +7,14 @@
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
+fuzz_target!(
+    init: {
+        // `FUZZ_WRITE_SEEDS=<dir>`: write the seed inputs of every target (see seeds.rs).
+        if let Some(dir) = std::env::var_os("FUZZ_WRITE_SEEDS") {
+            mirrorproxy_fuzz::seeds::write_all(std::path::Path::new(&dir));
+        }
+    },
+    |data: &[u8]| {
     let Some((&sel, records)) = data.split_first() else { return };
     // Mostly with CRCs fixed (the interesting part is past verification); sometimes
     // as they are, which exercises the CRC mismatch path.

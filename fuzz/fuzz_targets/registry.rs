@@ -17,11 +17,10 @@ fuzz_target!(|data: &[u8]| {
     let Ok(split) = split_batches(Bytes::from(records)) else { return };
     let mut registry = Registry::new("mirrorproxy.producers", "east");
     let mut batches = Vec::new();
-    let mut end = 0;
     let mut applied = 0;
     for raw in split.batches {
         let Ok(v) = raw.verify() else { continue };
-        end = v.header().next_offset();
+        let end = v.header().next_offset();
         if !v.header().is_control() {
             if let Ok(records) = raw_records(&v) {
                 assert_eq!(records.len(), v.header().records_count as usize);

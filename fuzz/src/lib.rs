@@ -12,6 +12,8 @@
 //! The caps are above the crate's own decompression cap (256 MiB,
 //! `MAX_DECOMPRESSED_LEN`), so only an allocation no limit bounds trips them.
 
+pub mod seeds;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
