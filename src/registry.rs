@@ -48,7 +48,7 @@ use std::collections::{HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 
 use crate::batch::provenance::{ClusterId, Decision, Hop, Provenance};
-use crate::batch::{BatchHeader, VerifiedBatch};
+use crate::batch::{BatchError, BatchHeader, VerifiedBatch};
 use crate::checkpoint::{self, CheckpointError};
 use crate::cluster::Cluster;
 
@@ -266,6 +266,21 @@ pub fn verdict(registry: &Registry, batch: &VerifiedBatch, guard: &LoopGuard<'_>
     Verdict::Forward(path.with_hop(guard.target))
 }
 
+/// The records of a data batch read from the registry topic (sans I/O: what
+/// [`read_since`] makes of each batch, tested and fuzzed without a broker).
+pub fn raw_records(batch: &VerifiedBatch) -> Result<Vec<RawRecord>, BatchError> {
+    let base_offset = batch.header().base_offset;
+    let (data, spans) = batch.record_spans()?;
+    Ok(spans
+        .into_iter()
+        .map(|s| RawRecord {
+            offset: base_offset.saturating_add(i64::from(s.offset_delta)),
+            key: s.key.map(|r| data[r].to_vec()),
+            value: s.value.map(|r| data[r].to_vec()),
+        })
+        .collect())
+}
+
 /// Reads the registry topic from `from` to its end: the records and where the read
 /// stopped. A missing topic has no records.
 pub async fn read_since(cluster: &Cluster, topic: &str, from: i64) -> Result<(Vec<RawRecord>, i64), CheckpointError> {
@@ -282,15 +297,9 @@ pub async fn read_since(cluster: &Cluster, topic: &str, from: i64) -> Result<(Ve
         if h.is_control() {
             return true;
         }
-        match batch.record_spans() {
-            Ok((data, spans)) => {
-                for s in spans {
-                    out.push(RawRecord {
-                        offset: h.base_offset + i64::from(s.offset_delta),
-                        key: s.key.map(|r| data[r].to_vec()),
-                        value: s.value.map(|r| data[r].to_vec()),
-                    });
-                }
+        match raw_records(&batch) {
+            Ok(records) => {
+                out.extend(records);
                 true
             }
             Err(e) => {
@@ -322,6 +331,21 @@ pub async fn register(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A base offset near `i64::MAX` (the base offset is not covered by the CRC, so a
+    /// broker or the network can send any) gives record offsets that saturate, not an
+    /// overflow panic.
+    #[test]
+    fn record_offsets_of_a_batch_at_the_end_of_the_offset_range_do_not_overflow() {
+        let recs = [record(7, &path(&["a", "b"]), "f"), record(8, &path(&["a", "b"]), "f")];
+        let mut bytes = checkpoint::encode_records(&recs).to_vec();
+        bytes[..8].copy_from_slice(&i64::MAX.to_be_bytes());
+        let split = crate::batch::split_batches(bytes.into()).unwrap();
+        let v = split.batches.into_iter().next().unwrap().verify().unwrap();
+        let raw = raw_records(&v).unwrap();
+        assert_eq!(raw.iter().map(|r| r.offset).collect::<Vec<_>>(), [i64::MAX, i64::MAX]);
+        assert_eq!(raw[1].key.as_deref(), Some(key(8).as_bytes()));
+    }
 
     fn path(ids: &[&str]) -> Provenance {
         Provenance::new(ids.iter().map(|i| ClusterId::new(i).unwrap()).collect()).unwrap()

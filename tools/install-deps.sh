@@ -7,7 +7,8 @@
 #   - tansu 0.6.0 built with its sqlite storage engine, as `tansu-sqlite`: the SCRAM
 #     tests need users that survive a broker restart, which the memory storage of the
 #     prebuilt binary cannot keep. No prebuilt binary has it, so it is built once
-#     (`cargo install`, about 8 minutes on 2 cores) into $TANSU_SQLITE_ROOT.
+#     (`cargo install`, about 8 minutes on 2 cores) into $TANSU_SQLITE_ROOT;
+#   - cargo-fuzz (pinned), for the fuzz targets in fuzz/.
 # Prints the tansu path on its last line of output. `--no-sqlite` skips tansu-sqlite
 # (the demo and the benchmarks do not need it).
 #
@@ -68,6 +69,18 @@ fi
 
 if ! command -v cargo >/dev/null 2>&1; then
     log "WARNING: cargo not found on PATH; the Rust toolchain is expected to be preinstalled"
+fi
+
+# ---------------------------------------------------------------- cargo-fuzz
+# The fuzz targets in fuzz/ (README "Fuzzing"); .ci/run runs each briefly.
+CARGO_FUZZ_VERSION=0.13.2
+if command -v cargo >/dev/null 2>&1; then
+    if cargo fuzz --version 2>/dev/null | grep -q "cargo-fuzz ${CARGO_FUZZ_VERSION}"; then
+        log "cargo-fuzz ${CARGO_FUZZ_VERSION} present"
+    else
+        log "cargo install cargo-fuzz ${CARGO_FUZZ_VERSION} (about 4 minutes)"
+        cargo install cargo-fuzz --version "${CARGO_FUZZ_VERSION}" --locked >&2
+    fi
 fi
 
 # ---------------------------------------------------------------- tansu

@@ -272,6 +272,47 @@ pub struct CheckpointLog {
     pub foreign: usize,
 }
 
+impl CheckpointLog {
+    /// Applies the records of one batch read from the checkpoint topic (sans I/O: the
+    /// parser of what the topic holds, tested and fuzzed without a broker). Errs, naming
+    /// the batch's offset, when its records cannot be walked.
+    pub fn apply_batch(&mut self, verified: &batch::VerifiedBatch, topic: &str) -> Result<(), String> {
+        let offset = verified.header().base_offset;
+        let spans = match verified.record_spans() {
+            Ok((data, spans)) => spans
+                .into_iter()
+                .map(|s| (s.key.map(|r| data[r].to_vec()), s.value.map(|r| data[r].to_vec())))
+                .collect::<Vec<_>>(),
+            Err(e) => return Err(format!("unreadable batch at offset {offset}: {e}")),
+        };
+        for (key, value) in spans {
+            let Some(key) = key.and_then(|k| String::from_utf8(k).ok()) else {
+                self.foreign += 1;
+                continue;
+            };
+            match CheckpointKey::decode(&key) {
+                Ok(None) => self.foreign += 1,
+                Ok(Some(k)) => match value {
+                    None => {
+                        self.entries.remove(&k);
+                    }
+                    Some(v) => {
+                        self.entries.insert(
+                            k,
+                            Checkpoint::from_json(&v).map_err(|e| format!("{e} (record at or after offset {offset})")),
+                        );
+                    }
+                },
+                Err(e) => {
+                    self.foreign += 1;
+                    tracing::warn!("checkpoint topic '{topic}': ignoring record near offset {offset}: {e}");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Reads the whole checkpoint topic. A missing topic is an empty log.
 pub async fn read_log(cluster: &Cluster, topic: &str) -> Result<CheckpointLog, CheckpointError> {
     let md = cluster.metadata(Some(&[topic.to_owned()])).await?;
@@ -281,43 +322,12 @@ pub async fn read_log(cluster: &Cluster, topic: &str) -> Result<CheckpointLog, C
         return Ok(log);
     }
     let mut problem = None;
-    read_partition(cluster, topic, 0, 0, |verified| {
-        let offset = verified.header().base_offset;
-        let spans = match verified.record_spans() {
-            Ok((data, spans)) => spans
-                .into_iter()
-                .map(|s| (s.key.map(|r| data[r].to_vec()), s.value.map(|r| data[r].to_vec())))
-                .collect::<Vec<_>>(),
-            Err(e) => {
-                problem = Some(format!("unreadable batch at offset {offset}: {e}"));
-                return false;
-            }
-        };
-        for (key, value) in spans {
-            let Some(key) = key.and_then(|k| String::from_utf8(k).ok()) else {
-                log.foreign += 1;
-                continue;
-            };
-            match CheckpointKey::decode(&key) {
-                Ok(None) => log.foreign += 1,
-                Ok(Some(k)) => match value {
-                    None => {
-                        log.entries.remove(&k);
-                    }
-                    Some(v) => {
-                        log.entries.insert(
-                            k,
-                            Checkpoint::from_json(&v).map_err(|e| format!("{e} (record at or after offset {offset})")),
-                        );
-                    }
-                },
-                Err(e) => {
-                    log.foreign += 1;
-                    tracing::warn!("checkpoint topic '{topic}': ignoring record near offset {offset}: {e}");
-                }
-            }
+    read_partition(cluster, topic, 0, 0, |verified| match log.apply_batch(&verified, topic) {
+        Ok(()) => true,
+        Err(reason) => {
+            problem = Some(reason);
+            false
         }
-        true
     })
     .await?;
     if let Some(reason) = problem {
