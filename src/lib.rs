@@ -14,5 +14,6 @@ pub mod net;
 pub mod ops;
 pub mod registry;
 pub mod topology;
+pub mod topicsync;
 pub mod translate;
 pub mod wire;

@@ -26,6 +26,9 @@ use tokio::sync::Mutex;
 
 use crate::net::{Connection, NetError, Security};
 
+pub mod acls;
+pub mod configs;
+
 /// A topic and a partition of it: Kafka's own unit of order.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TopicPartition {
