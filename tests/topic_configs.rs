@@ -116,5 +116,20 @@ fn configs_arrive_follow_the_source_and_local_only_topics_stay() {
     assert_eq!(topic_partitions(&dst.bootstrap, "pii.emails"), None, "{}", tail(&proxy.log(), 40));
     let log = proxy.log();
     assert!(!log.contains("creating target topic 'pii.emails'"), "{}", tail(&log, 40));
+
+    // `check` lists the withheld topic and the configs that differ.
+    let out = std::process::Command::new(MirrorProxy::bin())
+        .args(["check", "--config"])
+        .arg(proxy.config_path())
+        .output()
+        .expect("run check");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("check:\n{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("pii.emails: withheld, local_only of cluster 'edge'"), "{stdout}");
+    assert!(
+        stdout.contains("config min.insync.replicas: source 1 target (not described) (kept: excluded by config_exclude)"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("config retention.ms"), "in sync, so not listed: {stdout}");
     proxy.stop();
 }

@@ -70,22 +70,39 @@ pub async fn create_target_topic(
         Err(e) if e.is_retriable() => return Err(e),
         Err(_) => None, // the real creation below says what is wrong
     };
+    if target.metadata(Some(&[tname.to_owned()])).await?.topics.get(tname).is_some_and(|t| t.error.is_none()) {
+        // tansu 0.6.0 creates the topic on a validate_only CreateTopics (pinned in
+        // tests/tansu_probe.rs): give it the configs now, before any data is written.
+        let current = target.describe_topic_config(tname).await?;
+        let set = configs::alterations(&source_configs, current.as_deref(), &flow.config_exclude);
+        if !set.is_empty() {
+            match target.alter_topic_config(tname, &set).await? {
+                Ok(()) => info!(flow = %flow.name, "target topic '{tname}' created, then given the source's configs: {}", show(&set)),
+                Err(r) => warn!(flow = %flow.name, "target topic '{tname}': the source's configs ({}) were refused: {} ({}); the periodic sync names the refused keys", show(&set), r.message, r.error),
+            }
+        }
+        return Ok(());
+    }
     let set = configs::alterations(&source_configs, defaults.as_deref(), &flow.config_exclude);
     if set.is_empty() {
         return target.create_topic(tname, partitions, replication).await;
     }
-    let shown: Vec<String> = set.iter().map(|(k, v)| format!("{k}={v}")).collect();
     match target.create_topic_with_configs(tname, partitions, replication, &set, false).await {
         Ok(_) => {
-            info!(flow = %flow.name, "target topic '{tname}' created with the source's configs: {}", shown.join(", "));
+            info!(flow = %flow.name, "target topic '{tname}' created with the source's configs: {}", show(&set));
             Ok(())
         }
         Err(e) if e.is_retriable() => Err(e),
         Err(e) => {
-            warn!(flow = %flow.name, "target topic '{tname}': creating it with the source's configs ({}) was refused: {e}; creating it without them", shown.join(", "));
+            warn!(flow = %flow.name, "target topic '{tname}': creating it with the source's configs ({}) was refused: {e}; creating it without them", show(&set));
             target.create_topic(tname, partitions, replication).await
         }
     }
+}
+
+/// `k=v, k=v` for logs.
+fn show(set: &[(String, String)]) -> String {
+    set.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ")
 }
 
 /// Starts the config (and ACL) sync of every flow that has it; each task ends when
@@ -273,9 +290,8 @@ impl ConfigSync {
         report: &mut RoundReport,
     ) -> Result<(), ClusterError> {
         let flow = self.flow.name.clone();
-        let shown = |set: &[(String, String)]| set.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ");
         if self.target.alter_topic_config(tname, &set).await?.is_ok() {
-            info!(flow = %flow, "target topic '{tname}': configs synced from the source: {}", shown(&set));
+            info!(flow = %flow, "target topic '{tname}': configs synced from the source: {}", show(&set));
             report.set.extend(set.into_iter().map(|(k, v)| (tname.to_owned(), k, v)));
             return Ok(());
         }
