@@ -60,6 +60,10 @@ pub struct ClusterConfig {
     /// Set it to keep the id when renaming the alias (see the README).
     #[serde(default)]
     pub provenance_id: Option<String>,
+    /// Data residency: topics of this cluster matching this regex (whole name) never
+    /// leave it, on any flow, whatever the flow's `topics` says (see [`crate::topicsync`]).
+    #[serde(default)]
+    pub local_only: Option<String>,
 }
 
 /// Where a cluster is, as far as the network goes.
@@ -150,6 +154,21 @@ pub struct FlowConfig {
     /// mirror has not copied (retention overtook it, or the log was truncated).
     #[serde(default)]
     pub on_data_loss: OnDataLoss,
+    /// Create target topics with the source topic's configs and keep them in sync
+    /// every `tuning.config_sync_interval_ms` (default true; see [`crate::topicsync`]).
+    #[serde(default = "default_true")]
+    pub sync_topic_configs: bool,
+    /// Config names (regex, whole name) never copied; absent: MirrorMaker 2's list
+    /// ([`crate::topicsync::configs::DEFAULT_EXCLUDE`]).
+    #[serde(default)]
+    pub config_exclude: Option<String>,
+    /// Copy ACL bindings of the mirrored topics and synced groups (default false).
+    #[serde(default)]
+    pub sync_acls: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// What to do when a fetch position is out of range because the source deleted
@@ -252,6 +271,8 @@ pub struct Tuning {
     pub registry_topic: String,
     /// How often consumer group offsets are synced for flows with `groups`.
     pub group_sync_interval_ms: u64,
+    /// How often topic configs are synced for flows with `sync_topic_configs`.
+    pub config_sync_interval_ms: u64,
     /// Threads of the async runtime; 0 = one per core. Each flow is one task with its
     /// connections, so a single flow gains little from more threads, while every extra
     /// thread costs wake-ups: 1 used about a quarter less CPU per GB than 2 in the isolation
@@ -282,6 +303,7 @@ impl Default for Tuning {
             checkpoint_topic: crate::checkpoint::DEFAULT_TOPIC.to_owned(),
             registry_topic: crate::registry::DEFAULT_TOPIC.to_owned(),
             group_sync_interval_ms: 10_000,
+            config_sync_interval_ms: 30_000,
             worker_threads: 0,
         }
     }
@@ -333,6 +355,13 @@ pub struct Flow {
     pub rebatch: Option<Rebatch>,
     /// What an out-of-range fetch position that means lost records does.
     pub on_data_loss: OnDataLoss,
+    /// Whether target topic configs follow the source's, and the names never copied.
+    pub sync_topic_configs: bool,
+    pub config_exclude: Regex,
+    /// Whether ACL bindings are copied ([`crate::topicsync::acls`]).
+    pub sync_acls: bool,
+    /// The source cluster's `local_only`: its topics that never leave it.
+    pub local_only: Option<Regex>,
 }
 
 /// How a flow merges source batches (see [`crate::batch::merge`]).
@@ -390,6 +419,8 @@ impl Flow {
     /// own; never, with prefix renaming, a topic whose name says it came from the
     /// target (MirrorMaker 2's `DefaultReplicationPolicy`: `B.orders` is not mirrored
     /// back to `B`, nor `C.B.orders`, which went through `B` before `C`).
+    /// Topics matching the source cluster's `local_only` never pass, whatever `topics`
+    /// says: deny wins.
     #[must_use]
     pub fn mirrors(&self, topic: &str, is_internal: bool) -> bool {
         !is_internal
@@ -397,6 +428,7 @@ impl Flow {
             && (self.rename != Rename::Prefix || !came_from(topic, &self.target))
             && self.topics.is_match(topic)
             && !self.exclude.as_ref().is_some_and(|e| e.is_match(topic))
+            && !self.local_only.as_ref().is_some_and(|l| l.is_match(topic))
     }
 
     /// The target topic for a source topic.
@@ -407,6 +439,12 @@ impl Flow {
             Rename::Prefix => format!("{}.{topic}", self.source),
         }
     }
+}
+
+/// `re` compiled to match whole names; the error says what is wrong with it.
+fn anchored_regex(re: &str) -> Result<Regex, String> {
+    Regex::new(&format!("^(?:{re})$"))
+        .map_err(|e| format!("invalid regex '{re}': {}", e.to_string().replace('\n', " ")))
 }
 
 /// Whether a prefix-renamed topic name (`<alias>.<alias>...<topic>`) holds `alias` in
@@ -455,6 +493,9 @@ impl Config {
                     format!("clusters.{alias}"),
                     "a cluster alias may hold only letters, digits, '-' and '_'".into(),
                 ));
+            }
+            if let Some(re) = &c.local_only {
+                anchored_regex(re).map_err(|why| invalid(format!("clusters.{alias}.local_only"), why))?;
             }
             if c.bootstrap_list().is_empty() {
                 return Err(invalid(format!("clusters.{alias}.bootstrap"), "is empty".into()));
@@ -527,6 +568,15 @@ impl Config {
                 })
             };
             let topics = anchored("topics", &f.topics)?;
+            let local_only = raw.clusters[&f.source]
+                .local_only
+                .as_deref()
+                .map(|re| anchored_regex(re).map_err(|why| invalid(format!("clusters.{}.local_only", f.source), why)))
+                .transpose()?;
+            let config_exclude = anchored_regex(
+                f.config_exclude.as_deref().unwrap_or(crate::topicsync::configs::DEFAULT_EXCLUDE),
+            )
+            .map_err(|why| invalid(format!("flows[{i}].config_exclude"), why))?;
             let exclude = f.exclude.as_deref().map(|e| anchored("exclude", e)).transpose()?;
             flows.push(Flow {
                 name: format!("{}->{}", f.source, f.target),
@@ -546,6 +596,10 @@ impl Config {
                 groups_exclude: f.groups_exclude.as_deref().map(|g| anchored("groups_exclude", g)).transpose()?,
                 rebatch: rebatch(i, f, &raw.tuning).map_err(|(at, why)| invalid(at, why))?,
                 on_data_loss: f.on_data_loss,
+                sync_topic_configs: f.sync_topic_configs,
+                config_exclude,
+                sync_acls: f.sync_acls,
+                local_only,
             });
         }
         for (i, a) in flows.iter().enumerate() {
@@ -615,6 +669,7 @@ impl Config {
         check(t.checkpoint_interval_ms >= 100, "checkpoint_interval_ms", "must be at least 100")?;
         check(t.worker_threads <= 1024, "worker_threads", "must be 0 (one per core) to 1024")?;
         check(t.group_sync_interval_ms >= 100, "group_sync_interval_ms", "must be at least 100")?;
+        check(t.config_sync_interval_ms >= 100, "config_sync_interval_ms", "must be at least 100")?;
         for (key, name) in [("checkpoint_topic", &t.checkpoint_topic), ("registry_topic", &t.registry_topic)] {
             check(
                 !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)),

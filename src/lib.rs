@@ -14,6 +14,7 @@ pub mod net;
 pub mod ops;
 pub mod registry;
 pub mod topology;
+pub mod topicsync;
 pub mod translate;
 pub mod txn;
 pub mod wire;

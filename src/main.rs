@@ -228,7 +228,16 @@ async fn run(path: &std::path::Path) -> Result<(), String> {
         error!("second signal: exiting now");
         std::process::exit(130);
     });
+    for flow in &config.flows {
+        for t in mirrorproxy::topicsync::residency::literal_local_only(flow) {
+            warn!(flow = %flow.name, "topics names '{t}', which is local_only on cluster '{}': it is not mirrored", flow.source);
+        }
+    }
+    let config_syncs = mirrorproxy::topicsync::spawn(&config.flows, &clusters, &config.tuning, &rx);
     Engine::new(&config.flows, &clusters, &config.tuning, &rx).run().await;
+    for h in config_syncs {
+        let _ = h.await;
+    }
     Ok(())
 }
 
@@ -311,6 +320,18 @@ async fn check(path: &std::path::Path) -> Result<(), String> {
                 Some(tt) => format!("exists with {} partitions", tt.partitions.len()),
             };
             println!("  {name} ({} partitions) -> {target_name}: {target_state}", t.partitions.len());
+            if target_state.starts_with("exists") {
+                check_configs(flow, &clusters, name, &mut problems).await;
+            }
+        }
+        let mut withheld: Vec<(&String, String)> = src
+            .topics
+            .iter()
+            .filter_map(|(n, t)| mirrorproxy::topicsync::residency::withheld(flow, n, t.is_internal).map(|w| (n, w)))
+            .collect();
+        withheld.sort();
+        for (name, why) in withheld {
+            println!("  {name}: withheld, {why}");
         }
     }
     if problems.is_empty() {
@@ -318,6 +339,30 @@ async fn check(path: &std::path::Path) -> Result<(), String> {
         Ok(())
     } else {
         Err(problems.join("\n"))
+    }
+}
+
+/// `check`: the configs of a mirrored topic that differ between source and target.
+async fn check_configs(
+    flow: &mirrorproxy::config::Flow,
+    clusters: &HashMap<String, Arc<Cluster>>,
+    name: &str,
+    problems: &mut Vec<String>,
+) {
+    use mirrorproxy::topicsync::configs::Verdict;
+    match mirrorproxy::topicsync::differences(flow, &clusters[&flow.source], &clusters[&flow.target], name).await {
+        Ok(diffs) => {
+            for d in diffs {
+                let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "(not described)".into());
+                let what = match d.verdict {
+                    Verdict::Copy if flow.sync_topic_configs => "synced to the source value".to_owned(),
+                    Verdict::Copy => "not synced (sync_topic_configs = false)".to_owned(),
+                    Verdict::Kept(why) => format!("kept: {why}"),
+                };
+                println!("    config {}: source {} target {} ({what})", d.name, show(&d.source), show(&d.target));
+            }
+        }
+        Err(e) => problems.push(format!("flow {}: comparing the configs of '{name}': {e}", flow.name)),
     }
 }
 

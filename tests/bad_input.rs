@@ -5,6 +5,9 @@
 //! starting with `error:` that says what is wrong and where; nothing may panic.
 //! The peers here are synthetic (std threads speaking the protocol through
 //! `mirrorproxy::wire`), so no real Kafka is needed.
+//!
+//! The same synthetic brokers also cover what tansu 0.6.0 cannot do: growing a target
+//! topic when its source grows (CreatePartitions).
 #![allow(clippy::pedantic)]
 
 use std::collections::HashSet;
@@ -12,7 +15,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -20,11 +23,13 @@ use std::time::{Duration, Instant};
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
     api_versions_response::ApiVersion,
+    create_partitions_response::CreatePartitionsTopicResult,
     create_topics_response::CreatableTopicResult,
     list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse},
     metadata_response::{MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic},
     produce_response::{PartitionProduceResponse, TopicProduceResponse},
-    ApiKey, ApiVersionsRequest, ApiVersionsResponse, BrokerId, CreateTopicsRequest, CreateTopicsResponse,
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, BrokerId, CreatePartitionsRequest, CreatePartitionsResponse,
+    CreateTopicsRequest, CreateTopicsResponse,
     DescribeConfigsRequest, DescribeConfigsResponse, FetchRequest, InitProducerIdRequest, InitProducerIdResponse,
     ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse,
     ProducerId, RequestHeader, TopicName,
@@ -335,15 +340,22 @@ enum FetchAnswer {
     /// A well-formed response with one valid batch (its CRC right) whose base offset,
     /// which the CRC does not cover, has bit 32 flipped: far beyond the high watermark.
     FlippedBaseOffset,
+    /// A well-formed response without data.
+    Empty,
 }
 
 /// One synthetic broker: node id 1 at its own address, topic "orders" with one
-/// partition led by itself. Speaks the real protocol through `mirrorproxy::wire`.
+/// partition (or `partitions`) led by itself. Speaks the real protocol through
+/// `mirrorproxy::wire`; CreatePartitions on "orders" grows it.
 struct SynthBroker {
     addr: String,
     port: i32,
     fetch: FetchAnswer,
     fetches: AtomicU64,
+    /// Partitions of "orders".
+    partitions: AtomicI32,
+    /// (topic, count) of every CreatePartitions request.
+    grown: Mutex<Vec<(String, i32)>>,
     /// API keys seen, for diagnostics.
     seen: Mutex<Vec<String>>,
 }
@@ -357,6 +369,8 @@ impl SynthBroker {
             port: i32::from(a.port()),
             fetch,
             fetches: AtomicU64::new(0),
+            partitions: AtomicI32::new(1),
+            grown: Mutex::new(Vec::new()),
             seen: Mutex::new(Vec::new()),
         });
         let b = me.clone();
@@ -407,7 +421,7 @@ impl SynthBroker {
         match api {
             ApiKey::ApiVersions => {
                 ApiVersionsRequest::decode(&mut body, v).ok()?;
-                let ranges: [(ApiKey, i16, i16); 8] = [
+                let ranges: [(ApiKey, i16, i16); 9] = [
                     (ApiKey::ApiVersions, 0, 3),
                     (ApiKey::Metadata, 0, 12),
                     (ApiKey::Fetch, 4, 12),
@@ -416,6 +430,7 @@ impl SynthBroker {
                     (ApiKey::CreateTopics, 2, 7),
                     (ApiKey::InitProducerId, 0, 4),
                     (ApiKey::DescribeConfigs, 1, 4),
+                    (ApiKey::CreatePartitions, 0, 3),
                 ];
                 let keys = ranges
                     .iter()
@@ -435,15 +450,20 @@ impl SynthBroker {
                 let req = MetadataRequest::decode(&mut body, v).ok()?;
                 // "orders" and the mirror's checkpoint topic exist, led by this broker.
                 let known = |n: &str| n == "orders" || n == CHECKPOINTS;
+                let count = |n: &str| if n == "orders" { self.partitions.load(Ordering::Relaxed) } else { 1 };
                 let orders = |n: &str| {
-                    MetadataResponseTopic::default().with_name(Some(topic_name(n))).with_partitions(vec![
-                        MetadataResponsePartition::default()
-                            .with_partition_index(0)
-                            .with_leader_id(BrokerId(1))
-                            .with_leader_epoch(0)
-                            .with_replica_nodes(vec![BrokerId(1)])
-                            .with_isr_nodes(vec![BrokerId(1)]),
-                    ])
+                    MetadataResponseTopic::default().with_name(Some(topic_name(n))).with_partitions(
+                        (0..count(n))
+                            .map(|i| {
+                                MetadataResponsePartition::default()
+                                    .with_partition_index(i)
+                                    .with_leader_id(BrokerId(1))
+                                    .with_leader_epoch(0)
+                                    .with_replica_nodes(vec![BrokerId(1)])
+                                    .with_isr_nodes(vec![BrokerId(1)])
+                            })
+                            .collect(),
+                    )
                 };
                 let topics = match req.topics {
                     None => vec![orders("orders")],
@@ -500,10 +520,14 @@ impl SynthBroker {
                         .ok();
                 }
                 let n = self.fetches.fetch_add(1, Ordering::Relaxed);
+                if matches!(self.fetch, FetchAnswer::Empty) {
+                    return encode_response::<FetchRequest>(&kafka_protocol::messages::FetchResponse::default(), v, id)
+                        .ok();
+                }
                 let mut frame_body = BytesMut::new();
                 frame_body.put_i32(id);
                 match self.fetch {
-                    FetchAnswer::RandomGarbage => frame_body.extend_from_slice(&garbage(n)),
+                    FetchAnswer::RandomGarbage | FetchAnswer::Empty => frame_body.extend_from_slice(&garbage(n)),
                     FetchAnswer::HugeArrayLength => {
                         frame_body.put_u8(0); // no tagged fields in the v1 response header
                         frame_body.put_i32(0); // throttle_time_ms
@@ -553,6 +577,25 @@ impl SynthBroker {
                     .map(|t| CreatableTopicResult::default().with_name(t.name.clone()).with_error_code(36))
                     .collect();
                 encode_response::<CreateTopicsRequest>(&CreateTopicsResponse::default().with_topics(topics), v, id).ok()
+            }
+            ApiKey::CreatePartitions => {
+                let req = CreatePartitionsRequest::decode(&mut body, v).ok()?;
+                let results = req
+                    .topics
+                    .iter()
+                    .map(|t| {
+                        self.grown.lock().unwrap().push((t.name.0.to_string(), t.count));
+                        let ok = t.name.0.as_str() == "orders" && t.count > self.partitions.load(Ordering::Relaxed);
+                        if ok {
+                            self.partitions.store(t.count, Ordering::Relaxed);
+                        }
+                        CreatePartitionsTopicResult::default()
+                            .with_name(t.name.clone())
+                            .with_error_code(if ok { 0 } else { 37 }) // INVALID_PARTITIONS
+                    })
+                    .collect();
+                let resp = CreatePartitionsResponse::default().with_results(results);
+                encode_response::<CreatePartitionsRequest>(&resp, v, id).ok()
             }
             ApiKey::Produce => {
                 let req = ProduceRequest::decode(&mut body, v).ok()?;
@@ -776,4 +819,38 @@ fn a_flipped_base_offset_stops_the_partition_naming_it() {
     let summaries: Vec<&str> = all.lines().filter(|l| l.contains("records mirrored")).collect();
     assert!(!summaries.is_empty(), "{all}");
     assert!(summaries.iter().all(|l| l.contains(", 0 records mirrored")), "nothing is written: {summaries:?}");
+}
+
+/// The target grows with the source (CreatePartitions), once, to the source's count;
+/// the new partition is then mirrored (its start offset is looked up on the source).
+#[test]
+fn a_target_topic_grows_when_its_source_grows() {
+    let source = SynthBroker::start(FetchAnswer::Empty);
+    let target = SynthBroker::start(FetchAnswer::Empty);
+    let (_d, path) = config(&two_clusters(&source.addr, &target.addr, ""));
+    let mut run = Running::start(&path, None);
+    let listed = |b: &SynthBroker| b.seen().iter().filter(|s| s.starts_with("ListOffsets")).count();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while listed(&source) == 0 {
+        assert!(Instant::now() < deadline, "orders-0 never started; source saw {:?}\n{}", source.seen(), run.drain());
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(target.grown.lock().unwrap().is_empty(), "nothing to grow yet");
+    source.partitions.store(3, Ordering::Relaxed);
+    let line = run.wait_for_line(Duration::from_secs(20), |l| l.contains("growing target topic 'orders'"));
+    assert!(line.is_some_and(|l| l.contains("grew to 3 partitions")), "no growth logged\n{}", run.drain());
+    let before = listed(&source);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while target.partitions.load(Ordering::Relaxed) != 3 || listed(&source) == before {
+        assert!(Instant::now() < deadline, "target not grown / new partitions not started; target saw {:?}", target.seen());
+        thread::sleep(Duration::from_millis(50));
+    }
+    // A few more discovery rounds (metadata_refresh_ms = 500): no second growth.
+    thread::sleep(Duration::from_millis(1500));
+    assert_eq!(*target.grown.lock().unwrap(), [("orders".to_owned(), 3)]);
+    run.sigint();
+    let status = wait_with_timeout(&mut run.child, Duration::from_secs(10));
+    let all = run.drain();
+    assert!(!all.contains("panicked") && !all.contains("cannot grow"), "{all}");
+    assert!(status.is_some_and(|s| s.success()), "exit after SIGINT: {status:?}\n{all}");
 }

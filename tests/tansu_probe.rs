@@ -493,3 +493,83 @@ fn init_producer_id_gives_a_new_id_each_time() {
     println!("PROBE: producer ids {ids:?}");
     assert!(ids[0] >= 0 && ids[0] != ids[1] && ids[1] != ids[2] && ids[0] != ids[2], "{ids:?}");
 }
+
+#[test]
+fn describe_configs_reports_only_set_configs_and_marks_them_default() {
+    // The topic config sync (src/topicsync/configs.rs) decides by value because of this:
+    // tansu 0.6.0 describes only the configs set on a topic, each with source
+    // DEFAULT_CONFIG (librdkafka: is_default = true), where Kafka describes every config
+    // and marks the set ones DYNAMIC_TOPIC_CONFIG.
+    use mirrorproxy::cluster::configs::ConfigSource;
+    use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+    use rdkafka::client::DefaultClientContext;
+    let b = Broker::start();
+    create_topic_with_config(&b.bootstrap, "set", 1, &[("cleanup.policy", "compact"), ("retention.ms", "-1")]);
+    let admin: AdminClient<DefaultClientContext> = base_config(&b.bootstrap).create().unwrap();
+    let res = futures::executor::block_on(admin.describe_configs(
+        [&ResourceSpecifier::Topic("set")],
+        &AdminOptions::new().request_timeout(Some(Duration::from_secs(10))),
+    ))
+    .unwrap();
+    let entries = res.into_iter().next().unwrap().unwrap().entries;
+    let shown: Vec<String> = entries.iter().map(|e| format!("{}={:?} default={}", e.name, e.value, e.is_default)).collect();
+    println!("PROBE: DescribeConfigs (librdkafka): {shown:?}");
+    let mut names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["cleanup.policy", "retention.ms"], "only the set configs");
+    assert!(entries.iter().all(|e| e.is_default), "set configs marked default: {shown:?}");
+
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let c = mirrorproxy::cluster::Cluster::new("probe", vec![b.bootstrap.clone()], Default::default());
+        let ours = c.describe_topic_config("set").await.unwrap().expect("DescribeConfigs implemented");
+        println!("PROBE: DescribeConfigs (mirrorproxy): {ours:?}");
+        assert!(ours.iter().all(|e| e.source == ConfigSource::Default && !e.read_only), "{ours:?}");
+        // IncrementalAlterConfigs works, and a later describe shows the new value (also as a default).
+        let r = c.alter_topic_config("set", &[("max.message.bytes".into(), "2000000".into())]).await.unwrap();
+        println!("PROBE: IncrementalAlterConfigs SET max.message.bytes=2000000 -> {r:?}");
+        assert!(r.is_ok(), "{r:?}");
+        let after = c.describe_topic_config("set").await.unwrap().unwrap();
+        let v = after.iter().find(|e| e.name == "max.message.bytes").and_then(|e| e.value.clone());
+        assert_eq!(v.as_deref(), Some("2000000"), "{after:?}");
+        assert_eq!(after.len(), 3, "{after:?}");
+        // CreateTopics validate_only: what it says about a new topic's configs.
+        let probe = c.create_topic_with_configs("would-be", 1, 1, &[], true).await;
+        println!("PROBE: CreateTopics validate_only -> {probe:?}");
+        // tansu quirk: validate_only creates the topic (Kafka creates nothing), and says
+        // nothing of its configs. create_target_topic copes with both.
+        let created = topic_partitions(&b.bootstrap, "would-be");
+        println!("PROBE: 'would-be' exists after validate_only: {created:?}");
+        assert_eq!(probe.map_err(|e| e.to_string()), Ok(vec![]), "no configs in the answer");
+        assert_eq!(created, Some(1), "tansu creates the topic on validate_only");
+        // ACLs: what tansu answers (no authorizer is configured in these tests).
+        use mirrorproxy::cluster::acls::{AclBinding, ALLOW, OP_READ, PATTERN_LITERAL, RESOURCE_TOPIC};
+        let before = c.describe_acls().await;
+        println!("PROBE: DescribeAcls -> {before:?}");
+        let binding = AclBinding {
+            resource_type: RESOURCE_TOPIC,
+            name: "set".into(),
+            pattern_type: PATTERN_LITERAL,
+            principal: "User:alice".into(),
+            host: "*".into(),
+            operation: OP_READ,
+            permission: ALLOW,
+        };
+        let created = c.create_acls(std::slice::from_ref(&binding)).await;
+        println!("PROBE: CreateAcls -> {created:?}");
+        println!("PROBE: DescribeAcls after CreateAcls -> {:?}", c.describe_acls().await);
+        let conn = c.any_broker().await.unwrap();
+        use kafka_protocol::messages::{
+            CreateAclsRequest, CreatePartitionsRequest, DeleteAclsRequest, DescribeAclsRequest,
+            IncrementalAlterConfigsRequest,
+        };
+        println!(
+            "PROBE: versions: IncrementalAlterConfigs {:?} CreatePartitions {:?} DescribeAcls {:?} CreateAcls {:?} DeleteAcls {:?}",
+            conn.version_for::<IncrementalAlterConfigsRequest>().ok(),
+            conn.version_for::<CreatePartitionsRequest>().ok(),
+            conn.version_for::<DescribeAclsRequest>().ok(),
+            conn.version_for::<CreateAclsRequest>().ok(),
+            conn.version_for::<DeleteAclsRequest>().ok(),
+        );
+    });
+}

@@ -26,6 +26,8 @@ use tokio::sync::Mutex;
 
 use crate::net::{Connection, NetError, Security};
 
+pub mod acls;
+pub mod configs;
 mod data;
 pub use data::FetchedPartition;
 
