@@ -6,6 +6,7 @@
 //! partitions; [`config`] and the CLI sit on top.
 pub mod batch;
 pub mod checkpoint;
+pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod engine;
@@ -13,8 +14,8 @@ pub mod groups;
 pub mod net;
 pub mod ops;
 pub mod registry;
-pub mod topology;
 pub mod topicsync;
+pub mod topology;
 pub mod translate;
 pub mod txn;
 pub mod wire;

@@ -49,7 +49,13 @@ impl std::fmt::Display for AclBinding {
             OP_WRITE => "WRITE".to_owned(),
             n => format!("operation {n}"),
         };
-        let perm = if self.permission == DENY { "DENY" } else if self.permission == ALLOW { "ALLOW" } else { "?" };
+        let perm = if self.permission == DENY {
+            "DENY"
+        } else if self.permission == ALLOW {
+            "ALLOW"
+        } else {
+            "?"
+        };
         write!(f, "{perm} {op} on {resource} '{}' for {} from {}", self.name, self.principal, self.host)
     }
 }
@@ -126,9 +132,8 @@ impl Cluster {
             .results
             .iter()
             .map(|r| {
-                ResponseError::try_from_code(r.error_code).map(|e| {
-                    r.error_message.as_ref().map_or_else(|| e.to_string(), |m| format!("{e}: {}", m.as_str()))
-                })
+                ResponseError::try_from_code(r.error_code)
+                    .map(|e| r.error_message.as_ref().map_or_else(|| e.to_string(), |m| format!("{e}: {}", m.as_str())))
             })
             .collect())
     }

@@ -147,7 +147,8 @@ async fn discover_inner(round: &Round) -> Result<Discovery, ClusterError> {
                 let rf = (*replicas).clamp(1, tgt.brokers.len().max(1)) as i16;
                 info!(flow = %flow.name, "creating target topic '{tname}' on '{}' with {partitions} partitions, replication factor {rf}", target.alias());
                 if let Err(e) =
-                    crate::topicsync::create_target_topic(flow, source, target, name, tname, *partitions as i32, rf).await
+                    crate::topicsync::create_target_topic(flow, source, target, name, tname, *partitions as i32, rf)
+                        .await
                 {
                     if e.is_retriable() {
                         return Err(e);

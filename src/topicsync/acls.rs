@@ -13,13 +13,19 @@
 
 use std::collections::{BTreeSet, HashSet};
 
-use crate::cluster::acls::{AclBinding, ALLOW, OP_ALL, OP_READ, OP_WRITE, PATTERN_LITERAL, RESOURCE_GROUP, RESOURCE_TOPIC};
+use crate::cluster::acls::{
+    AclBinding, ALLOW, OP_ALL, OP_READ, OP_WRITE, PATTERN_LITERAL, RESOURCE_GROUP, RESOURCE_TOPIC,
+};
 use crate::config::Flow;
 
 /// The bindings the target should have for `source` (deduplicated, sorted).
 /// `mirrored`: the source topics the flow mirrors.
 #[must_use]
-pub fn wanted(flow: &Flow, source: &[AclBinding], mirrored: &HashSet<String>) -> Vec<AclBinding> {
+pub fn wanted<S: std::hash::BuildHasher>(
+    flow: &Flow,
+    source: &[AclBinding],
+    mirrored: &HashSet<String, S>,
+) -> Vec<AclBinding> {
     let mut out = BTreeSet::new();
     for b in source {
         if b.pattern_type != PATTERN_LITERAL {
@@ -84,15 +90,15 @@ mod tests {
         assert!(f.sync_acls);
         let mirrored: HashSet<String> = ["orders".to_owned()].into();
         let source = vec![
-            b(RESOURCE_TOPIC, "orders", PATTERN_LITERAL, OP_WRITE, ALLOW),  // dropped
-            b(RESOURCE_TOPIC, "orders", PATTERN_LITERAL, OP_ALL, ALLOW),    // -> READ
-            b(RESOURCE_TOPIC, "orders", PATTERN_LITERAL, OP_READ, ALLOW),   // same as above once renamed
-            b(RESOURCE_TOPIC, "orders", PATTERN_LITERAL, OP_WRITE, DENY),   // kept
-            b(RESOURCE_TOPIC, "orders", 4, OP_READ, ALLOW),                 // prefixed: not copied
+            b(RESOURCE_TOPIC, "orders", PATTERN_LITERAL, OP_WRITE, ALLOW), // dropped
+            b(RESOURCE_TOPIC, "orders", PATTERN_LITERAL, OP_ALL, ALLOW),   // -> READ
+            b(RESOURCE_TOPIC, "orders", PATTERN_LITERAL, OP_READ, ALLOW),  // same as above once renamed
+            b(RESOURCE_TOPIC, "orders", PATTERN_LITERAL, OP_WRITE, DENY),  // kept
+            b(RESOURCE_TOPIC, "orders", 4, OP_READ, ALLOW),                // prefixed: not copied
             b(RESOURCE_TOPIC, "payments", PATTERN_LITERAL, OP_READ, ALLOW), // not mirrored
             b(RESOURCE_GROUP, "app-billing", PATTERN_LITERAL, OP_ALL, ALLOW), // -> READ
             b(RESOURCE_GROUP, "app-billing", PATTERN_LITERAL, OP_DELETE_FOR_TEST, DENY), // kept
-            b(RESOURCE_GROUP, "other", PATTERN_LITERAL, OP_READ, ALLOW),    // group not synced
+            b(RESOURCE_GROUP, "other", PATTERN_LITERAL, OP_READ, ALLOW),   // group not synced
         ];
         let w = wanted(&f, &source, &mirrored);
         let want = vec![

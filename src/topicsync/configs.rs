@@ -261,6 +261,10 @@ mod tests {
         ];
         assert_eq!(names(&alterations(&source, None, &exclude())), ["retention.ms"]);
         let own = Regex::new("^(?:retention\\..*)$").unwrap();
-        assert_eq!(names(&alterations(&source, None, &own)), ["min.insync.replicas"], "config_exclude replaces the list");
+        assert_eq!(
+            names(&alterations(&source, None, &own)),
+            ["min.insync.replicas"],
+            "config_exclude replaces the list"
+        );
     }
 }

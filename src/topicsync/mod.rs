@@ -66,9 +66,9 @@ pub async fn create_target_topic(
     let defaults = target.create_topic_with_configs(tname, partitions, replication, &[], true).await;
     let defaults: Option<Vec<ConfigEntry>> = match defaults {
         Ok(d) if !d.is_empty() => Some(d),
-        Ok(_) => None,
         Err(e) if e.is_retriable() => return Err(e),
-        Err(_) => None, // the real creation below says what is wrong
+        // A target that does not say, or an error the real creation below names.
+        Ok(_) | Err(_) => None,
     };
     if target.metadata(Some(&[tname.to_owned()])).await?.topics.get(tname).is_some_and(|t| t.error.is_none()) {
         // tansu 0.6.0 creates the topic on a validate_only CreateTopics (pinned in
@@ -77,8 +77,12 @@ pub async fn create_target_topic(
         let set = configs::alterations(&source_configs, current.as_deref(), &flow.config_exclude);
         if !set.is_empty() {
             match target.alter_topic_config(tname, &set).await? {
-                Ok(()) => info!(flow = %flow.name, "target topic '{tname}' created, then given the source's configs: {}", show(&set)),
-                Err(r) => warn!(flow = %flow.name, "target topic '{tname}': the source's configs ({}) were refused: {} ({}); the periodic sync names the refused keys", show(&set), r.message, r.error),
+                Ok(()) => {
+                    info!(flow = %flow.name, "target topic '{tname}' created, then given the source's configs: {}", show(&set));
+                }
+                Err(r) => {
+                    warn!(flow = %flow.name, "target topic '{tname}': the source's configs ({}) were refused: {} ({}); the periodic sync names the refused keys", show(&set), r.message, r.error);
+                }
             }
         }
         return Ok(());
@@ -107,9 +111,10 @@ fn show(set: &[(String, String)]) -> String {
 
 /// Starts the config (and ACL) sync of every flow that has it; each task ends when
 /// `shutdown` turns true.
-pub fn spawn(
+#[must_use]
+pub fn spawn<S: std::hash::BuildHasher>(
     flows: &[Flow],
-    clusters: &HashMap<String, Arc<Cluster>>,
+    clusters: &HashMap<String, Arc<Cluster>, S>,
     tuning: &Tuning,
     shutdown: &watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
@@ -228,7 +233,7 @@ impl ConfigSync {
         let names: Vec<String> = topics.iter().map(|n| self.flow.target_topic(n)).collect();
         let tgt = self.target.metadata(Some(&names)).await?;
         for (name, tname) in topics.into_iter().zip(names) {
-            if !tgt.topics.get(&tname).is_some_and(|t| t.error.is_none()) {
+            if tgt.topics.get(&tname).is_none_or(|t| t.error.is_some()) {
                 continue; // not created yet: the engine creates it with the configs
             }
             let Some(s) = self.source.describe_topic_config(name).await? else { return Ok(report) };

@@ -27,7 +27,11 @@ pub fn withheld(flow: &Flow, topic: &str, is_internal: bool) -> Option<String> {
 #[must_use]
 pub fn literal_local_only(flow: &Flow) -> Vec<String> {
     let Some(l) = &flow.local_only else { return Vec::new() };
-    split_alternatives(unanchored(flow.topics.as_str())).into_iter().filter_map(|alt| literal(&alt)).filter(|t| l.is_match(t)).collect()
+    split_alternatives(unanchored(flow.topics.as_str()))
+        .into_iter()
+        .filter_map(|alt| literal(&alt))
+        .filter(|t| l.is_match(t))
+        .collect()
 }
 
 /// The regex as written in the config (the config anchors it as `^(?:...)$`).
@@ -111,7 +115,10 @@ mod tests {
     fn a_literal_local_only_topic_in_topics_is_found() {
         let f = flow(r"orders|pii\.emails|events\..*", r"pii\..*");
         assert_eq!(literal_local_only(&f), ["pii.emails"]);
-        assert!(literal_local_only(&flow(r"pii\..*|(pii\.a|b)", r"pii\..*")).is_empty(), "patterns are not literal names");
+        assert!(
+            literal_local_only(&flow(r"pii\..*|(pii\.a|b)", r"pii\..*")).is_empty(),
+            "patterns are not literal names"
+        );
     }
 
     #[test]
@@ -120,7 +127,9 @@ mod tests {
                     [[flows]]\nsource = \"us\"\ntarget = \"eu\"\ntopics = \".*\"\n";
         let e = Config::parse(text, "m.toml").unwrap_err().to_string();
         assert!(e.contains("clusters.eu.local_only") && e.contains("invalid regex") && !e.contains('\n'), "{e}");
-        let text = text.replace("local_only = \"pii([\"", "").replace("topics = \".*\"", "topics = \".*\"\nconfig_exclude = \"a(\"");
+        let text = text
+            .replace("local_only = \"pii([\"", "")
+            .replace("topics = \".*\"", "topics = \".*\"\nconfig_exclude = \"a(\"");
         let e = Config::parse(&text, "m.toml").unwrap_err().to_string();
         assert!(e.contains("flows[0].config_exclude") && e.contains("invalid regex") && !e.contains('\n'), "{e}");
     }

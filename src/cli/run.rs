@@ -1,0 +1,60 @@
+//! `run`: mirror until SIGINT/SIGTERM (a second signal exits at once).
+
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use super::{clusters, spawn_tls_reloader, Clusters};
+use crate::config::Config;
+use crate::engine::Engine;
+
+pub async fn run(path: &std::path::Path) -> Result<(), String> {
+    let config = Config::load(path).map_err(|e| e.to_string())?;
+    let Clusters { clusters, tls } = clusters(&config)?;
+    spawn_tls_reloader(tls);
+    // Fail fast on a cluster that is not there at start; outages later are ridden out.
+    for (alias, cluster) in &clusters {
+        let md = cluster.metadata(Some(&[])).await.map_err(|e| e.to_string())?;
+        info!(
+            "cluster '{alias}': {} broker(s), cluster id {}",
+            md.brokers.len(),
+            md.cluster_id.as_deref().unwrap_or("-")
+        );
+    }
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        info!("signal received: stopping");
+        let _ = tx.send(true);
+        wait_for_signal().await;
+        error!("second signal: exiting now");
+        std::process::exit(130);
+    });
+    for flow in &config.flows {
+        for t in crate::topicsync::residency::literal_local_only(flow) {
+            warn!(flow = %flow.name, "topics names '{t}', which is local_only on cluster '{}': it is not mirrored", flow.source);
+        }
+    }
+    let config_syncs = crate::topicsync::spawn(&config.flows, &clusters, &config.tuning, &rx);
+    Engine::new(&config.flows, &clusters, &config.tuning, &rx).run().await;
+    for h in config_syncs {
+        let _ = h.await;
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
