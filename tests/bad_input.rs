@@ -29,10 +29,9 @@ use kafka_protocol::messages::{
     metadata_response::{MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic},
     produce_response::{PartitionProduceResponse, TopicProduceResponse},
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, BrokerId, CreatePartitionsRequest, CreatePartitionsResponse,
-    CreateTopicsRequest, CreateTopicsResponse,
-    DescribeConfigsRequest, DescribeConfigsResponse, FetchRequest, InitProducerIdRequest, InitProducerIdResponse,
-    ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse,
-    ProducerId, RequestHeader, TopicName,
+    CreateTopicsRequest, CreateTopicsResponse, DescribeConfigsRequest, DescribeConfigsResponse, FetchRequest,
+    InitProducerIdRequest, InitProducerIdResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest,
+    MetadataResponse, ProduceRequest, ProduceResponse, ProducerId, RequestHeader, TopicName,
 };
 use kafka_protocol::protocol::{decode_request_header_from_buffer, Decodable, StrBytes};
 use mirrorproxy::wire::encode_response;
@@ -589,9 +588,11 @@ impl SynthBroker {
                         if ok {
                             self.partitions.store(t.count, Ordering::Relaxed);
                         }
-                        CreatePartitionsTopicResult::default()
-                            .with_name(t.name.clone())
-                            .with_error_code(if ok { 0 } else { 37 }) // INVALID_PARTITIONS
+                        CreatePartitionsTopicResult::default().with_name(t.name.clone()).with_error_code(if ok {
+                            0
+                        } else {
+                            37
+                        }) // INVALID_PARTITIONS
                     })
                     .collect();
                 let resp = CreatePartitionsResponse::default().with_results(results);
@@ -842,7 +843,11 @@ fn a_target_topic_grows_when_its_source_grows() {
     let before = listed(&source);
     let deadline = Instant::now() + Duration::from_secs(20);
     while target.partitions.load(Ordering::Relaxed) != 3 || listed(&source) == before {
-        assert!(Instant::now() < deadline, "target not grown / new partitions not started; target saw {:?}", target.seen());
+        assert!(
+            Instant::now() < deadline,
+            "target not grown / new partitions not started; target saw {:?}",
+            target.seen()
+        );
         thread::sleep(Duration::from_millis(50));
     }
     // A few more discovery rounds (metadata_refresh_ms = 500): no second growth.

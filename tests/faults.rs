@@ -101,7 +101,14 @@ struct Feeder {
 }
 
 impl Feeder {
-    fn start(bootstrap: &str, topic: &str, records: Vec<TestRecord>, chunks: usize, pause: Duration, codec: &'static str) -> Feeder {
+    fn start(
+        bootstrap: &str,
+        topic: &str,
+        records: Vec<TestRecord>,
+        chunks: usize,
+        pause: Duration,
+        codec: &'static str,
+    ) -> Feeder {
         let bootstrap = bootstrap.to_owned();
         let topic = topic.to_owned();
         let handle = thread::spawn(move || {
@@ -291,7 +298,8 @@ fn resets_stalls_fragments_and_delays_on_both_links_lose_and_duplicate_nothing()
     let mut proxy = mirror(&source.proxy.addr, &target.proxy.addr, topic);
     let rss = RssSampler::start(proxy.pid().unwrap());
     let records = varied_records(4_500, 3, "chaos");
-    let feeder = Feeder::start(&source.broker.bootstrap, topic, records.clone(), 15, Duration::from_millis(400), "zstd");
+    let feeder =
+        Feeder::start(&source.broker.bootstrap, topic, records.clone(), 15, Duration::from_millis(400), "zstd");
     let delivered = feeder.join();
     assert_eq!(delivered.len(), records.len());
 
@@ -342,7 +350,8 @@ fn a_flipped_record_bit_stops_its_partition_and_no_other() {
     let mut proxy = mirror(&source.proxy.addr, &target.bootstrap, topic);
     let rss = RssSampler::start(proxy.pid().unwrap());
     let records = varied_records(1_800, 3, "crc");
-    let feeder = Feeder::start(&source.broker.bootstrap, topic, records.clone(), 12, Duration::from_millis(300), "none");
+    let feeder =
+        Feeder::start(&source.broker.bootstrap, topic, records.clone(), 12, Duration::from_millis(300), "none");
     let stop = wait_log_line(&mut proxy, &["partition stopped", "partition=crc-1", "CRC-32C mismatch"], WAIT);
     let delivered = feeder.join();
 
@@ -402,7 +411,8 @@ fn a_flipped_base_offset_is_fetched_again_then_stops_its_partition() {
     let mut proxy = mirror(&source.proxy.addr, &target.bootstrap, topic);
     let rss = RssSampler::start(proxy.pid().unwrap());
     let records = varied_records(1_800, 3, "offs");
-    let feeder = Feeder::start(&source.broker.bootstrap, topic, records.clone(), 12, Duration::from_millis(300), "none");
+    let feeder =
+        Feeder::start(&source.broker.bootstrap, topic, records.clone(), 12, Duration::from_millis(300), "none");
     let stop = wait_log_line(&mut proxy, &["partition stopped", "partition=offs-1", "corrupt batch (offsets)"], WAIT);
     let delivered = feeder.join();
 
@@ -475,7 +485,11 @@ fn a_base_offset_raised_on_the_wire_loses_nothing() {
         if mirrored(&proxy) >= records.len() as u64 {
             break None;
         }
-        assert!(Instant::now() < deadline && proxy.is_running(), "neither done nor stopped:\n{}", tail(&proxy.log(), 40));
+        assert!(
+            Instant::now() < deadline && proxy.is_running(),
+            "neither done nor stopped:\n{}",
+            tail(&proxy.log(), 40)
+        );
         thread::sleep(Duration::from_millis(100));
     };
     for l in log_lines(&proxy, &["partition=raise-0"]) {

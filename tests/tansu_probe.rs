@@ -512,7 +512,8 @@ fn describe_configs_reports_only_set_configs_and_marks_them_default() {
     ))
     .unwrap();
     let entries = res.into_iter().next().unwrap().unwrap().entries;
-    let shown: Vec<String> = entries.iter().map(|e| format!("{}={:?} default={}", e.name, e.value, e.is_default)).collect();
+    let shown: Vec<String> =
+        entries.iter().map(|e| format!("{}={:?} default={}", e.name, e.value, e.is_default)).collect();
     println!("PROBE: DescribeConfigs (librdkafka): {shown:?}");
     let mut names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
     names.sort_unstable();

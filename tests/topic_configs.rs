@@ -69,7 +69,8 @@ fn configs_arrive_follow_the_source_and_local_only_topics_stay() {
         &[("message.timestamp.type", "CreateTime"), ("min.insync.replicas", "1"), ("retention.ms", "3600000")],
     );
     create_topic(&src.bootstrap, "pii.emails", 1);
-    let records = |tag: &str| (0..10).map(|i| TestRecord::kv(0, &format!("k{i}"), &format!("{tag}-{i}"))).collect::<Vec<_>>();
+    let records =
+        |tag: &str| (0..10).map(|i| TestRecord::kv(0, &format!("k{i}"), &format!("{tag}-{i}"))).collect::<Vec<_>>();
     produce(&src.bootstrap, "compacted", &records("c"), "none", false);
     produce(&src.bootstrap, "stamped", &records("s"), "none", false);
     produce(&src.bootstrap, "pii.emails", &records("p"), "none", false);
@@ -127,7 +128,8 @@ fn configs_arrive_follow_the_source_and_local_only_topics_stay() {
     println!("check:\n{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("pii.emails: withheld, local_only of cluster 'edge'"), "{stdout}");
     assert!(
-        stdout.contains("config min.insync.replicas: source 1 target (not described) (kept: excluded by config_exclude)"),
+        stdout
+            .contains("config min.insync.replicas: source 1 target (not described) (kept: excluded by config_exclude)"),
         "{stdout}"
     );
     assert!(!stdout.contains("config retention.ms"), "in sync, so not listed: {stdout}");

@@ -251,13 +251,8 @@ impl FaultProxy {
         let mut rng = Rng::new(self.shared.seed ^ 0x5EED);
         let base = self.shared.hurt_responses.load(Ordering::Relaxed);
         let rates = [faults.reset_per_mille, faults.stall_per_mille, faults.fragment_per_mille, faults.delay_per_mille];
-        *self.shared.forced.lock().unwrap() = rates.map(|r| {
-            if r > 0 && faults.force_within >= 3 {
-                base + rng.range(3, faults.force_within)
-            } else {
-                0
-            }
-        });
+        *self.shared.forced.lock().unwrap() =
+            rates.map(|r| if r > 0 && faults.force_within >= 3 { base + rng.range(3, faults.force_within) } else { 0 });
         *self.shared.faults.lock().unwrap() = faults;
     }
 
@@ -471,7 +466,13 @@ fn flip_fetch(frame: &[u8], version: i16, rules: &[FlipRule], shared: &Shared, r
 
 /// Flips the bit of `rule` in the chosen batch of `records`, choosing it first if
 /// needed. Returns what was flipped (topic and partition left for the caller).
-fn flip_in(records: &mut [u8], rule_index: usize, rule: &FlipRule, st: &mut FlipState, rng: &mut Rng) -> Option<Flipped> {
+fn flip_in(
+    records: &mut [u8],
+    rule_index: usize,
+    rule: &FlipRule,
+    st: &mut FlipState,
+    rng: &mut Rng,
+) -> Option<Flipped> {
     let mut at = 0usize;
     while records.len() - at >= 61 {
         let b = &records[at..];

@@ -45,14 +45,8 @@ impl SqliteBroker {
         let dir = tempfile::Builder::new().prefix("tansu-sqlite-").tempdir().expect("temp dir");
         let log_path = dir.path().join("tansu.log");
         let port = free_port();
-        let mut b = SqliteBroker {
-            port,
-            bootstrap: format!("127.0.0.1:{port}"),
-            dir,
-            child: None,
-            log_path,
-            restarts: 0,
-        };
+        let mut b =
+            SqliteBroker { port, bootstrap: format!("127.0.0.1:{port}"), dir, child: None, log_path, restarts: 0 };
         b.spawn_until_ready();
         b
     }
