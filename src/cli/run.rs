@@ -7,13 +7,29 @@ use super::{clusters, spawn_tls_reloader, Clusters};
 use crate::config::Config;
 use crate::engine::Engine;
 
+/// Metadata attempts per cluster at start before `run` gives up.
+const STARTUP_ATTEMPTS: u32 = 3;
+
 pub async fn run(path: &std::path::Path) -> Result<(), String> {
     let config = Config::load(path).map_err(|e| e.to_string())?;
     let Clusters { clusters, tls } = clusters(&config)?;
     spawn_tls_reloader(tls);
     // Fail fast on a cluster that is not there at start; outages later are ridden out.
+    // A connection that breaks once (a reset on a flaky link) is not "not there": a few
+    // quick retries, then the error.
     for (alias, cluster) in &clusters {
-        let md = cluster.metadata(Some(&[])).await.map_err(|e| e.to_string())?;
+        let mut attempt = 1;
+        let md = loop {
+            match cluster.metadata(Some(&[])).await {
+                Ok(md) => break md,
+                Err(e) if e.is_retriable() && attempt < STARTUP_ATTEMPTS => {
+                    warn!("cluster '{alias}': {e}; retrying ({attempt} of {STARTUP_ATTEMPTS})");
+                    attempt += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        };
         info!(
             "cluster '{alias}': {} broker(s), cluster id {}",
             md.brokers.len(),

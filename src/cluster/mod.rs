@@ -15,11 +15,10 @@ use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::{
     create_partitions_request::CreatePartitionsTopic,
     create_topics_request::CreatableTopic,
-    describe_configs_request::DescribeConfigsResource,
     list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic},
     metadata_request::MetadataRequestTopic,
-    BrokerId, CreatePartitionsRequest, CreateTopicsRequest, DescribeConfigsRequest, InitProducerIdRequest,
-    ListOffsetsRequest, MetadataRequest, ProducerId, TopicName,
+    BrokerId, CreatePartitionsRequest, CreateTopicsRequest, InitProducerIdRequest, ListOffsetsRequest, MetadataRequest,
+    ProducerId, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use tokio::sync::Mutex;
@@ -310,32 +309,13 @@ impl Cluster {
         Ok(())
     }
 
-    /// Reads a topic's configuration (name → value). Brokers that do not implement
-    /// DescribeConfigs give an empty map: the caller then uses Kafka's defaults.
+    /// Reads a topic's configuration (name → value; see
+    /// [`Cluster::describe_topic_config`] for where each value comes from). Brokers that
+    /// do not implement DescribeConfigs give an empty map: the caller then uses Kafka's
+    /// defaults.
     pub async fn topic_configs(&self, name: &str) -> Result<HashMap<String, String>, ClusterError> {
-        let conn = self.any_broker().await?;
-        if conn.version_for::<DescribeConfigsRequest>().is_err() {
-            return Ok(HashMap::new());
-        }
-        let req = DescribeConfigsRequest::default().with_resources(vec![DescribeConfigsResource::default()
-            .with_resource_type(2) // TOPIC
-            .with_resource_name(StrBytes::from_string(name.to_owned()))
-            .with_configuration_keys(None)]);
-        let resp = conn.call(&req).await.map_err(|e| self.net(e))?;
-        let mut out = HashMap::new();
-        for r in resp.results {
-            if let Some(e) =
-                self.kafka(format!("reading the config of topic '{name}'"), r.error_code, r.error_message.as_ref())
-            {
-                return Err(e);
-            }
-            for c in r.configs {
-                if let Some(v) = c.value {
-                    out.insert(c.name.as_str().to_owned(), v.as_str().to_owned());
-                }
-            }
-        }
-        Ok(out)
+        let entries = self.describe_topic_config(name).await?.unwrap_or_default();
+        Ok(entries.into_iter().filter_map(|c| Some((c.name, c.value?))).collect())
     }
 
     /// Obtains a producer id and epoch for an idempotent (not transactional) producer.
