@@ -150,6 +150,14 @@ pub struct FlowConfig {
     /// codec, and only batches of one codec are merged.
     #[serde(default)]
     pub rebatch_compression: Option<String>,
+    /// Coalescing (on by default, where `rebatch_max_bytes` is off): a run of queued
+    /// source batches each smaller than this many bytes is merged into one target batch,
+    /// in the source codec; larger batches pass through as bytes. 0: never merge.
+    #[serde(default = "default_coalesce_below")]
+    pub coalesce_below_bytes: u32,
+    /// Largest batch that coalescing makes, in source bytes.
+    #[serde(default = "default_coalesce_max")]
+    pub coalesce_max_bytes: u32,
     /// "stop" (default) or "continue": when the source no longer has records the
     /// mirror has not copied (retention overtook it, or the log was truncated).
     #[serde(default)]
@@ -169,6 +177,20 @@ pub struct FlowConfig {
 
 fn default_true() -> bool {
     true
+}
+
+/// Below 16 KiB a batch's fixed cost (its Produce entry, its header, its broker-side
+/// append) outweighs its bytes; measured in `tools/bench/README.md` ("coalescing").
+pub const DEFAULT_COALESCE_BELOW: u32 = 16 * 1024;
+/// Merged batches of 256 KiB: large enough that per-batch costs vanish, small enough
+/// that one batch's recompression does not hold a partition back.
+pub const DEFAULT_COALESCE_MAX: u32 = 256 * 1024;
+
+fn default_coalesce_below() -> u32 {
+    DEFAULT_COALESCE_BELOW
+}
+fn default_coalesce_max() -> u32 {
+    DEFAULT_COALESCE_MAX
 }
 
 /// What to do when a fetch position is out of range because the source deleted
@@ -209,7 +231,23 @@ fn rebatch(i: usize, f: &FlowConfig, tuning: &Tuning) -> Result<Option<Rebatch>,
                 "only applies with rebatch_max_bytes (re-batching is off)".into(),
             ));
         }
-        return Ok(None);
+        if f.coalesce_below_bytes == 0 {
+            return Ok(None);
+        }
+        if f.coalesce_max_bytes < f.coalesce_below_bytes || f.coalesce_max_bytes > tuning.produce_max_bytes {
+            return Err((
+                format!("flows[{i}].coalesce_max_bytes"),
+                format!(
+                    "must be between coalesce_below_bytes ({}) and tuning.produce_max_bytes ({})",
+                    f.coalesce_below_bytes, tuning.produce_max_bytes
+                ),
+            ));
+        }
+        return Ok(Some(Rebatch {
+            max_bytes: f.coalesce_max_bytes as usize,
+            compression: None,
+            small_below: Some(f.coalesce_below_bytes as usize),
+        }));
     }
     if f.rebatch_max_bytes < 1024 || f.rebatch_max_bytes > tuning.produce_max_bytes {
         return Err((
@@ -217,7 +255,7 @@ fn rebatch(i: usize, f: &FlowConfig, tuning: &Tuning) -> Result<Option<Rebatch>,
             format!("must be between 1024 and tuning.produce_max_bytes ({})", tuning.produce_max_bytes),
         ));
     }
-    Ok(Some(Rebatch { max_bytes: f.rebatch_max_bytes as usize, compression }))
+    Ok(Some(Rebatch { max_bytes: f.rebatch_max_bytes as usize, compression, small_below: None }))
 }
 
 fn default_rename() -> Rename {
@@ -351,7 +389,8 @@ pub struct Flow {
     /// Consumer groups to sync to the target, and those excluded.
     pub groups: Option<Regex>,
     pub groups_exclude: Option<Regex>,
-    /// Re-batching for remote writes; None: pass-through.
+    /// Re-batching for remote writes, or coalescing of small batches; None:
+    /// pass-through.
     pub rebatch: Option<Rebatch>,
     /// What an out-of-range fetch position that means lost records does.
     pub on_data_loss: OnDataLoss,
@@ -371,6 +410,9 @@ pub struct Rebatch {
     pub max_bytes: usize,
     /// Codec of merged batches; None: the source codec.
     pub compression: Option<Compression>,
+    /// Coalescing: only batches smaller than this are merged (the others pass through
+    /// as bytes). None: every mergeable batch is (`rebatch_max_bytes`).
+    pub small_below: Option<usize>,
 }
 
 impl Flow {

@@ -76,8 +76,19 @@ fn unknown_key_is_named() {
 fn rebatching_is_parsed_and_its_mistakes_are_named() {
     let on = GOOD.replace("rename = \"prefix\"", "rebatch_max_bytes = 1048576\nrebatch_compression = \"zstd\"");
     let c = Config::parse(&on, "m.toml").unwrap();
-    assert_eq!(c.flows[0].rebatch, Some(Rebatch { max_bytes: 1 << 20, compression: Some(Compression::Zstd) }));
-    assert_eq!(Config::parse(GOOD, "m.toml").unwrap().flows[0].rebatch, None, "off by default");
+    let explicit = Rebatch { max_bytes: 1 << 20, compression: Some(Compression::Zstd), small_below: None };
+    assert_eq!(c.flows[0].rebatch, Some(explicit));
+    let coalescing = Rebatch { max_bytes: 256 << 10, compression: None, small_below: Some(16 << 10) };
+    assert_eq!(Config::parse(GOOD, "m.toml").unwrap().flows[0].rebatch, Some(coalescing), "coalescing by default");
+    let off = GOOD.replace("rename = \"prefix\"", "coalesce_below_bytes = 0");
+    assert_eq!(Config::parse(&off, "m.toml").unwrap().flows[0].rebatch, None, "pass-through asked for");
+    let small = GOOD.replace("rename = \"prefix\"", "coalesce_below_bytes = 4096\ncoalesce_max_bytes = 65536");
+    assert_eq!(
+        Config::parse(&small, "m.toml").unwrap().flows[0].rebatch,
+        Some(Rebatch { max_bytes: 64 << 10, compression: None, small_below: Some(4096) })
+    );
+    let e = err(&GOOD.replace("rename = \"prefix\"", "coalesce_max_bytes = 1000"));
+    assert!(e.contains("flows[0].coalesce_max_bytes") && e.contains("coalesce_below_bytes (16384)"), "{e}");
     let e = err(&on.replace("\"zstd\"", "\"brotli\""));
     assert!(e.contains("flows[0].rebatch_compression") && e.contains("brotli"), "{e}");
     let e = err(&GOOD.replace("rename = \"prefix\"", "rebatch_compression = \"lz4\""));

@@ -118,9 +118,15 @@ impl FlowDriver {
                 forgotten.entry(tp.topic.clone()).or_default().push(tp.partition);
             }
             let topic_name = |t: &Arc<str>| TopicName(StrBytes::from_string(t.to_string()));
+            // Catching up: no long-poll wait, the data is there (and tansu 0.6.0 sleeps
+            // max_wait/2 after every Fetch, also one it answers with data). At the tail,
+            // Kafka's long poll.
+            // A broker not answered yet is taken to be behind (the start is a backlog more
+            // often than not; if not, one empty answer later it long-polls).
+            let max_wait = if self.fetch_at_tail.contains(&broker) { self.tuning.fetch_max_wait_ms as i32 } else { 0 };
             let req = FetchRequest::default()
                 .with_replica_id(BrokerId(-1))
-                .with_max_wait_ms(self.tuning.fetch_max_wait_ms as i32)
+                .with_max_wait_ms(max_wait)
                 .with_min_bytes(1)
                 .with_max_bytes(max_bytes)
                 .with_isolation_level(0) // read_uncommitted: markers decide (see txn.rs)
@@ -159,6 +165,7 @@ impl FlowDriver {
         result: Result<FetchResponse, NetError>,
         mut charge: Charge,
     ) {
+        self.fetch_at_tail.insert(broker); // until this answer shows a partition behind
         let resp = match result {
             Ok(r) => r,
             Err(e) => {
@@ -233,8 +240,13 @@ impl FlowDriver {
         // the last batch of this response is acknowledged (see `Pending::_charge`).
         charge.shrink_to(fetched_bytes);
         let charge = Arc::new(charge);
+        let mut behind = false;
         for (tp, records, offset, hwm) in holds {
             self.accept_records(&tp, records, offset, hwm, &charge);
+            behind |= self.parts.get(&tp).is_some_and(|p| p.stopped.is_none() && p.fetch_offset < p.high_watermark);
+        }
+        if behind {
+            self.fetch_at_tail.remove(&broker);
         }
     }
 

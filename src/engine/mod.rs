@@ -200,6 +200,9 @@ struct FlowDriver {
     target_conns: HashMap<i32, Arc<Connection>>,
     connecting: HashSet<i32>,
     fetching: HashSet<i32>,
+    /// Source brokers whose last answer left no partition behind its high watermark:
+    /// their next Fetch long-polls; the others' does not wait (catching up).
+    fetch_at_tail: HashSet<i32>,
     /// KIP-227 fetch session per source broker.
     fetch_sessions: HashMap<i32, FetchSession>,
     /// Partitions whose fetch state may have changed since their broker's session was
@@ -268,6 +271,7 @@ impl FlowDriver {
             target_conns: HashMap::new(),
             connecting: HashSet::new(),
             fetching: HashSet::new(),
+            fetch_at_tail: HashSet::new(),
             fetch_sessions: HashMap::new(),
             fetch_dirty: HashSet::new(),
             source_brokers: HashSet::new(),
@@ -292,6 +296,9 @@ impl FlowDriver {
     async fn run(mut self) {
         let name = self.flow.name.clone();
         info!(flow = %name, "flow starting");
+        // The producer id of the flow's own route is needed for the first batch: ask for
+        // it (and register it) while discovery and the first fetch run.
+        self.request_producer(self.origin_route, Duration::ZERO);
         let mut metadata_tick = tokio::time::interval(Tuning::ms(self.tuning.metadata_refresh_ms));
         let mut summary_tick = tokio::time::interval(Tuning::ms(self.tuning.summary_interval_ms));
         summary_tick.tick().await;

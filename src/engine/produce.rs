@@ -1,6 +1,6 @@
 //! The produce path: picks the partitions whose next batch can go now, stamps it with
 //! its route's producer id and the partition's next sequence (KIP-98), merges runs of
-//! small batches where re-batching is on, groups one batch per partition per request,
+//! runs of small batches (coalescing, on by default; all batches with re-batching), groups one batch per partition per request,
 //! and handles the answers: in-order acknowledgement, resend from the oldest
 //! unacknowledged batch after an error, a new producer id when the target lost ours.
 
@@ -193,11 +193,14 @@ impl FlowDriver {
         self.tasks.push(Box::pin(async move {
             tokio::time::sleep(delay).await;
             let result = async {
+                let asked = Instant::now();
                 let (id, epoch) =
                     target.init_producer_id().await.map_err(|e| format!("cannot get a producer id: {e}"))?;
+                let got = asked.elapsed();
                 registry::register(&target, &topic, id, &path, &flow)
                     .await
                     .map_err(|e| format!("cannot register producer id {id} in the producer registry: {e}"))?;
+                tracing::debug!(flow = %flow, producer_id = id, "producer id in {got:?}, registered in {:?}", asked.elapsed() - got);
                 Ok((id, epoch))
             }
             .await;
@@ -329,7 +332,8 @@ impl FlowDriver {
     }
 }
 
-/// How many queued batches, from `idx` on, go out as one target batch (re-batching). A
+/// How many queued batches, from `idx` on, go out as one target batch (re-batching, or
+/// coalescing, which takes only batches below its size and keeps their codec). A
 /// run already sent under the current producer stamps is resent as it was; otherwise
 /// consecutive unsent batches are taken while they can merge and stay within the size
 /// limits (source bytes; the target's max.message.bytes is checked on the result).
@@ -344,7 +348,8 @@ pub(super) fn merge_run(
     if matches!(first.stamp, Some((g, _)) if g == generation) && first.group > 0 {
         return first.group;
     }
-    if !batch::merge::mergeable(&first.batch) {
+    let small = |b: &VerifiedBatch| r.small_below.is_none_or(|below| b.bytes().len() < below);
+    if !batch::merge::mergeable(&first.batch) || !small(&first.batch) {
         return 1;
     }
     let limit = max_message.map_or(r.max_bytes, |m| r.max_bytes.min(m.saturating_sub(1024)));
@@ -356,6 +361,7 @@ pub(super) fn merge_run(
             || !fresh
             || next.route != first.route
             || !batch::merge::mergeable(&next.batch)
+            || !small(&next.batch)
             || (r.compression.is_none() && !batch::merge::same_codec(&first.batch, &next.batch))
             || bytes + next.batch.bytes().len() > limit
         {
