@@ -14,6 +14,9 @@ pub(crate) struct ProduceSpec {
     pub(crate) keys: String,
     pub(crate) key_space: u64,
     pub(crate) linger_ms: u32,
+    /// librdkafka's batch.num.messages (0: its default): small batches, as producers
+    /// with `linger.ms=0` make them.
+    pub(crate) batch_records: u32,
 }
 
 impl ProduceSpec {
@@ -29,6 +32,7 @@ impl ProduceSpec {
             keys: text(args, "--keys", "seq"),
             key_space: num(args, "--key-space", 10_000.0) as u64,
             linger_ms: num(args, "--linger-ms", 20.0) as u32,
+            batch_records: num(args, "--batch-num-messages", 0.0) as u32,
         }
     }
 }
@@ -50,7 +54,11 @@ pub(crate) fn produce(p: &ProduceSpec, stop: Option<&AtomicBool>) -> ProduceOut 
         ClientConfig::new().set("bootstrap.servers", &p.bootstrap).create().expect("admin");
     let spec = NewTopic::new(&p.topic, p.partitions, TopicReplication::Fixed(1));
     let _ = futures::executor::block_on(admin.create_topics([&spec], &AdminOptions::new()));
-    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+    let mut config = ClientConfig::new();
+    if p.batch_records > 0 {
+        config.set("batch.num.messages", p.batch_records.to_string());
+    }
+    let producer: ThreadedProducer<DefaultProducerContext> = config
         .set("bootstrap.servers", &p.bootstrap)
         .set("compression.type", &p.codec)
         .set("enable.idempotence", "true")

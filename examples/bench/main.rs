@@ -8,6 +8,7 @@
 //! bench synth-source --listen H:P [--advertise H:P] [--topic T] [--partitions P]
 //!       [--size BYTES] [--codec none|lz4|...] [--batch-records N] [--rate RECORDS_PER_S]
 //!       [--batches N] [--no-sessions] [--evict-sessions-ms MS]
+//! bench log-ends --bootstrap H:P [--topic T] [--partitions P]   (tansu: true ends)
 //! bench rdmirror --source H:P --target H:P --topic T [--partitions P] [--codec C]
 //! bench relay --listen H:P --upstream H:P
 //! bench link --listen H:P --upstream H:P [--rate 200mbit] [--rtt-ms 50]
@@ -115,8 +116,13 @@ pub(crate) fn main() {
             let out = produce(&p, None);
             println!("bench produce: {} records in {:.1}s", out.records, out.secs);
         }
+        "log-ends" => {
+            let (b, t) = (arg(&args, "--bootstrap").expect("--bootstrap"), text(&args, "--topic", "bench.t"));
+            let h = watermarks(&b, &t, num(&args, "--partitions", 4.0) as i32).expect("watermarks");
+            println!("high watermarks {h:?}, log ends {:?}", log_ends(&b, &t, &h));
+        }
         _ => {
-            eprintln!("usage: bench run|synth-source|rdmirror|relay|produce ... (see tools/bench/README.md)");
+            eprintln!("usage: bench run|synth-source|rdmirror|relay|produce|log-ends ... (see tools/bench/README.md)");
             std::process::exit(2);
         }
     }

@@ -38,6 +38,32 @@ pub(crate) fn watermarks(bootstrap: &str, topic: &str, partitions: i32) -> Optio
     (0..partitions).map(|p| c.fetch_watermarks(topic, p, Duration::from_secs(5)).ok().map(|(_, h)| h)).collect()
 }
 
+/// The true log end of each partition, given its high watermarks: tansu 0.6.0 reports
+/// the last batch's base offset + 1 as the high watermark, so the last batch is read
+/// (from there) and its last offset taken. Batch boundaries differ between source and
+/// target when a mirror re-batches, so only these ends can be compared.
+pub(crate) fn log_ends(bootstrap: &str, topic: &str, hwms: &[i64]) -> Option<Vec<i64>> {
+    // With mirrorproxy's own one-shot Fetch: librdkafka, asked to start at the last
+    // batch of a long tansu log, reads nothing there (seen with 50,000 offsets).
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+    rt.block_on(async {
+        let c = mirrorproxy::cluster::Cluster::new("bench", vec![bootstrap.to_owned()], Default::default());
+        let mut ends = hwms.to_vec();
+        for (p, &h) in hwms.iter().enumerate() {
+            if h <= 0 {
+                continue;
+            }
+            let leader = c.leader_of(topic, p as i32).await.ok()?;
+            let got = c.fetch_once(leader, topic, p as i32, h - 1, 8 << 20).await.ok()??;
+            let split = mirrorproxy::batch::split_batches(got.records).ok()?;
+            if let Some(end) = split.batches.iter().map(|b| b.header().next_offset()).max() {
+                ends[p] = ends[p].max(end);
+            }
+        }
+        Some(ends)
+    })
+}
+
 /// Real brokers: pre-load the source, start the peer, time the backlog drain (target
 /// high watermarks equal to the source's), then a latency phase at a moderate rate
 /// with consumers on both clusters (the difference is what the mirror adds).
@@ -63,6 +89,7 @@ pub(crate) fn real_run(ctx: &mut Ctx, tansu: &Path, peer: Peer, args: &[String])
             keys: "seq".into(),
             key_space: 1,
             linger_ms: 5,
+            batch_records: 0,
         },
         None,
     );
@@ -77,12 +104,14 @@ pub(crate) fn real_run(ctx: &mut Ctx, tansu: &Path, peer: Peer, args: &[String])
             partitions: parts,
             keys: text(args, "--keys", "seq"),
             key_space: 10_000,
-            linger_ms: 20,
+            linger_ms: num(args, "--real-linger-ms", 20.0) as u32,
+            batch_records: num(args, "--real-batch-records", 0.0) as u32,
         },
         None,
     );
     eprintln!("  real: loaded {} records of {size} B ({codec}) into tansu in {:.1}s", load.records, load.secs);
     let src_hwm = watermarks(&src, &topic, parts).unwrap_or_default();
+    let src_ends = log_ends(&src, &topic, &src_hwm).expect("source log ends");
     let log = ctx.log(peer.name());
     let t0 = Instant::now();
     let mut proc = match peer {
@@ -120,7 +149,7 @@ pub(crate) fn real_run(ctx: &mut Ctx, tansu: &Path, peer: Peer, args: &[String])
     let mut drained = false;
     while t0.elapsed() < timeout && proc.alive() {
         if let Some(h) = watermarks(&dst, &topic, parts) {
-            if h == src_hwm {
+            if log_ends(&dst, &topic, &h).is_some_and(|e| e == src_ends) {
                 drained = true;
                 break;
             }
@@ -154,6 +183,7 @@ pub(crate) fn real_run(ctx: &mut Ctx, tansu: &Path, peer: Peer, args: &[String])
             keys: "seq".into(),
             key_space: 1,
             linger_ms: 0,
+            batch_records: 0,
         },
         None,
     );
@@ -164,7 +194,8 @@ pub(crate) fn real_run(ctx: &mut Ctx, tansu: &Path, peer: Peer, args: &[String])
     let alive = proc.alive();
     drop(proc);
     json!({
-        "mode": "real", "peer": peer.name(), "size": size, "codec": codec, "records": records, "drained": drained,
+        "mode": "real", "peer": peer.name(), "size": size, "codec": codec,
+        "linger_ms": num(args, "--real-linger-ms", 20.0), "batch_num_messages": num(args, "--real-batch-records", 0.0), "records": records, "drained": drained,
         "drain_s": drain_s, "mb_per_s": bytes / drain_s / 1e6, "records_per_s": records as f64 / drain_s,
         "cpu_s_per_gb": cpu_drain / (bytes / 1e9), "peak_rss_mb": hwm as f64 / 1e6, "alive": alive,
         "latency_rate": lat_rate, "latency_us_source": hist_json(&hs[0]), "latency_us": hist_json(&hs[1]),
