@@ -245,8 +245,9 @@ fn unreachable_bootstrap_fails_run_promptly() {
 
 // ------------------------------------------------------------------ not Kafka on the port
 
-/// A tiny HTTP server answering every connection with 400 Bad Request.
-fn http_server() -> String {
+/// A peer that is not Kafka: every connection's first read is answered with `reply`,
+/// then the connection is held open for `hold` (or closed at once).
+fn canned_server(reply: &'static [u8], hold: Duration) -> String {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = l.local_addr().unwrap().to_string();
     thread::spawn(move || {
@@ -256,13 +257,20 @@ fn http_server() -> String {
                 let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
                 let mut buf = [0u8; 1024];
                 let _ = s.read(&mut buf);
-                let _ = s.write_all(
-                    b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 11\r\nConnection: close\r\n\r\nBad Request",
-                );
+                let _ = s.write_all(reply);
+                thread::sleep(hold);
             });
         }
     });
     addr
+}
+
+/// A tiny HTTP server answering every connection with 400 Bad Request.
+fn http_server() -> String {
+    canned_server(
+        b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 11\r\nConnection: close\r\n\r\nBad Request",
+        Duration::ZERO,
+    )
 }
 
 #[test]
@@ -280,21 +288,8 @@ fn http_server_instead_of_kafka_is_named() {
 /// A TLS listener met with plaintext: answers with a TLS alert record and keeps the
 /// connection open, as a TLS server waiting for a ClientHello may.
 fn tls_server() -> String {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = l.local_addr().unwrap().to_string();
-    thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            thread::spawn(move || {
-                let mut buf = [0u8; 1024];
-                let _ = s.read(&mut buf);
-                // alert(21), TLS 1.2, length 2, fatal(2), protocol_version(70)
-                let _ = s.write_all(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x46]);
-                thread::sleep(Duration::from_secs(30));
-            });
-        }
-    });
-    addr
+    // alert(21), TLS 1.2, length 2, fatal(2), protocol_version(70)
+    canned_server(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x46], Duration::from_secs(30))
 }
 
 /// `check_frame` names a TLS peer only when the record header, read as a length, is
