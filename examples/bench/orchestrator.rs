@@ -75,6 +75,20 @@ pub(crate) fn proxy_config(
     path
 }
 
+/// Starts the proxy under test from `source` to `target` with the run's tuning.
+pub(crate) fn spawn_proxy(ctx: &Ctx, source: &str, target: &str, target_tls: Option<&Path>, log: &Path) -> Proc {
+    let cfg = proxy_config(&ctx.out.join("logs"), source, target, &ctx.proxy_tuning, &ctx.proxy_flow, target_tls);
+    Proc::spawn(
+        "mirrorproxy",
+        Command::new(&ctx.proxy_bin)
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .env("RUST_LOG", "info")
+            .envs(ctx.proxy_env.clone()),
+        log,
+    )
+}
+
 pub(crate) fn run(args: &[String]) {
     let out = PathBuf::from(text(args, "--out", "target/bench"));
     std::fs::create_dir_all(out.join("logs")).unwrap();
@@ -325,25 +339,7 @@ pub(crate) fn measure(
     let stop = Arc::new(AtomicBool::new(false));
     let log = ctx.log(peer.name());
     let mut proc = match peer {
-        Peer::Proxy => {
-            let cfg = proxy_config(
-                &ctx.out.join("logs"),
-                src_addr,
-                &sink_addr,
-                &ctx.proxy_tuning,
-                &ctx.proxy_flow,
-                ctx.target_tls.as_deref(),
-            );
-            Proc::spawn(
-                "mirrorproxy",
-                Command::new(&ctx.proxy_bin)
-                    .args(["run", "--config"])
-                    .arg(&cfg)
-                    .env("RUST_LOG", "info")
-                    .envs(ctx.proxy_env.clone()),
-                &log,
-            )
-        }
+        Peer::Proxy => spawn_proxy(ctx, src_addr, &sink_addr, ctx.target_tls.as_deref(), &log),
         Peer::RdMirror => Proc::spawn(
             "rdmirror",
             Command::new(&ctx.exe)
