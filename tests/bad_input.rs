@@ -3,38 +3,25 @@
 //!
 //! Every failure must end the process with a non-zero status and exactly one line
 //! starting with `error:` that says what is wrong and where; nothing may panic.
-//! The peers here are synthetic (std threads speaking the protocol through
-//! `mirrorproxy::wire`), so no real Kafka is needed.
+//! The peers here are synthetic (small std servers for what is not Kafka, and the
+//! shared synthetic broker, `synthbroker/`, for a broker gone bad), so no real Kafka is
+//! needed.
 //!
-//! The same synthetic brokers also cover what tansu 0.6.0 cannot do: growing a target
+//! The same synthetic broker also covers what tansu 0.6.0 cannot do: growing a target
 //! topic when its source grows (CreatePartitions).
 #![allow(clippy::pedantic)]
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, Bytes, BytesMut};
-use kafka_protocol::messages::{
-    api_versions_response::ApiVersion,
-    create_partitions_response::CreatePartitionsTopicResult,
-    create_topics_response::CreatableTopicResult,
-    list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse},
-    metadata_response::{MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic},
-    produce_response::{PartitionProduceResponse, TopicProduceResponse},
-    ApiKey, ApiVersionsRequest, ApiVersionsResponse, BrokerId, CreatePartitionsRequest, CreatePartitionsResponse,
-    CreateTopicsRequest, CreateTopicsResponse, DescribeConfigsRequest, DescribeConfigsResponse, FetchRequest,
-    InitProducerIdRequest, InitProducerIdResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest,
-    MetadataResponse, ProduceRequest, ProduceResponse, ProducerId, RequestHeader, TopicName,
-};
-use kafka_protocol::protocol::{decode_request_header_from_buffer, Decodable, StrBytes};
-use mirrorproxy::wire::encode_response;
+use kafka_protocol::messages::ApiKey;
+use synthbroker::{Config, Fault, Serving, SynthBroker};
 
 const EXIT_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -258,8 +245,9 @@ fn unreachable_bootstrap_fails_run_promptly() {
 
 // ------------------------------------------------------------------ not Kafka on the port
 
-/// A tiny HTTP server answering every connection with 400 Bad Request.
-fn http_server() -> String {
+/// A peer that is not Kafka: every connection's first read is answered with `reply`,
+/// then the connection is held open for `hold` (or closed at once).
+fn canned_server(reply: &'static [u8], hold: Duration) -> String {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = l.local_addr().unwrap().to_string();
     thread::spawn(move || {
@@ -269,13 +257,20 @@ fn http_server() -> String {
                 let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
                 let mut buf = [0u8; 1024];
                 let _ = s.read(&mut buf);
-                let _ = s.write_all(
-                    b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 11\r\nConnection: close\r\n\r\nBad Request",
-                );
+                let _ = s.write_all(reply);
+                thread::sleep(hold);
             });
         }
     });
     addr
+}
+
+/// A tiny HTTP server answering every connection with 400 Bad Request.
+fn http_server() -> String {
+    canned_server(
+        b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 11\r\nConnection: close\r\n\r\nBad Request",
+        Duration::ZERO,
+    )
 }
 
 #[test]
@@ -293,21 +288,8 @@ fn http_server_instead_of_kafka_is_named() {
 /// A TLS listener met with plaintext: answers with a TLS alert record and keeps the
 /// connection open, as a TLS server waiting for a ClientHello may.
 fn tls_server() -> String {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = l.local_addr().unwrap().to_string();
-    thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            thread::spawn(move || {
-                let mut buf = [0u8; 1024];
-                let _ = s.read(&mut buf);
-                // alert(21), TLS 1.2, length 2, fatal(2), protocol_version(70)
-                let _ = s.write_all(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x46]);
-                thread::sleep(Duration::from_secs(30));
-            });
-        }
-    });
-    addr
+    // alert(21), TLS 1.2, length 2, fatal(2), protocol_version(70)
+    canned_server(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x46], Duration::from_secs(30))
 }
 
 /// `check_frame` names a TLS peer only when the record header, read as a length, is
@@ -325,312 +307,14 @@ fn tls_listener_instead_of_plaintext_is_named() {
 
 // ------------------------------------------------------------------ synthetic brokers
 
-/// The checkpoint topic the mirror writes on its target.
-const CHECKPOINTS: &str = mirrorproxy::checkpoint::DEFAULT_TOPIC;
-
-/// What a synthetic broker answers to Fetch.
-#[derive(Clone, Copy)]
-enum FetchAnswer {
-    /// A frame with the right correlation id and pseudo-random bytes after it.
-    RandomGarbage,
-    /// A well-formed response header, then a body whose first array claims ~4 billion
-    /// elements (a length that no real response can have).
-    HugeArrayLength,
-    /// A well-formed response with one valid batch (its CRC right) whose base offset,
-    /// which the CRC does not cover, has bit 32 flipped: far beyond the high watermark.
-    FlippedBaseOffset,
-    /// A well-formed response without data.
-    Empty,
-}
-
-/// One synthetic broker: node id 1 at its own address, topic "orders" with one
-/// partition (or `partitions`) led by itself. Speaks the real protocol through
-/// `mirrorproxy::wire`; CreatePartitions on "orders" grows it.
-struct SynthBroker {
-    addr: String,
-    port: i32,
-    fetch: FetchAnswer,
-    fetches: AtomicU64,
-    /// Partitions of "orders".
-    partitions: AtomicI32,
-    /// (topic, count) of every CreatePartitions request.
-    grown: Mutex<Vec<(String, i32)>>,
-    /// API keys seen, for diagnostics.
-    seen: Mutex<Vec<String>>,
-}
-
-impl SynthBroker {
-    fn start(fetch: FetchAnswer) -> Arc<Self> {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let a = l.local_addr().unwrap();
-        let me = Arc::new(Self {
-            addr: a.to_string(),
-            port: i32::from(a.port()),
-            fetch,
-            fetches: AtomicU64::new(0),
-            partitions: AtomicI32::new(1),
-            grown: Mutex::new(Vec::new()),
-            seen: Mutex::new(Vec::new()),
-        });
-        let b = me.clone();
-        thread::spawn(move || {
-            for s in l.incoming() {
-                let Ok(s) = s else { continue };
-                let b = b.clone();
-                thread::spawn(move || b.serve(s));
-            }
-        });
-        me
-    }
-
-    fn seen(&self) -> Vec<String> {
-        self.seen.lock().unwrap().clone()
-    }
-
-    fn serve(&self, mut s: TcpStream) {
-        let _ = s.set_nodelay(true);
-        loop {
-            let mut len = [0u8; 4];
-            if s.read_exact(&mut len).is_err() {
-                return;
-            }
-            let len = i32::from_be_bytes(len);
-            if !(8..=64 << 20).contains(&len) {
-                return;
-            }
-            let mut body = vec![0u8; len as usize];
-            if s.read_exact(&mut body).is_err() {
-                return;
-            }
-            let mut body = Bytes::from(body);
-            let Ok(header) = decode_request_header_from_buffer(&mut body) else { return };
-            let Some(reply) = self.answer(&header, body) else { return };
-            if s.write_all(&reply).is_err() {
-                return;
-            }
-        }
-    }
-
-    fn answer(&self, h: &RequestHeader, mut body: Bytes) -> Option<Bytes> {
-        let api = ApiKey::try_from(h.request_api_key).ok()?;
-        let v = h.request_api_version;
-        let id = h.correlation_id;
-        self.seen.lock().unwrap().push(format!("{api:?} v{v}"));
-        let topic_name = |n: &str| TopicName(StrBytes::from_string(n.to_owned()));
-        match api {
-            ApiKey::ApiVersions => {
-                ApiVersionsRequest::decode(&mut body, v).ok()?;
-                let ranges: [(ApiKey, i16, i16); 9] = [
-                    (ApiKey::ApiVersions, 0, 3),
-                    (ApiKey::Metadata, 0, 12),
-                    (ApiKey::Fetch, 4, 12),
-                    (ApiKey::ListOffsets, 1, 8),
-                    (ApiKey::Produce, 3, 12),
-                    (ApiKey::CreateTopics, 2, 7),
-                    (ApiKey::InitProducerId, 0, 4),
-                    (ApiKey::DescribeConfigs, 1, 4),
-                    (ApiKey::CreatePartitions, 0, 3),
-                ];
-                let keys = ranges
-                    .iter()
-                    .map(|(k, min, max)| {
-                        ApiVersion::default().with_api_key(*k as i16).with_min_version(*min).with_max_version(*max)
-                    })
-                    .collect();
-                if v > 3 {
-                    // KIP-511: unknown version -> v0 answer with UNSUPPORTED_VERSION.
-                    let resp = ApiVersionsResponse::default().with_error_code(35).with_api_keys(keys);
-                    return encode_response::<ApiVersionsRequest>(&resp, 0, id).ok();
-                }
-                let resp = ApiVersionsResponse::default().with_api_keys(keys);
-                encode_response::<ApiVersionsRequest>(&resp, v, id).ok()
-            }
-            ApiKey::Metadata => {
-                let req = MetadataRequest::decode(&mut body, v).ok()?;
-                // "orders" and the mirror's checkpoint topic exist, led by this broker.
-                let known = |n: &str| n == "orders" || n == CHECKPOINTS;
-                let count = |n: &str| if n == "orders" { self.partitions.load(Ordering::Relaxed) } else { 1 };
-                let orders = |n: &str| {
-                    MetadataResponseTopic::default().with_name(Some(topic_name(n))).with_partitions(
-                        (0..count(n))
-                            .map(|i| {
-                                MetadataResponsePartition::default()
-                                    .with_partition_index(i)
-                                    .with_leader_id(BrokerId(1))
-                                    .with_leader_epoch(0)
-                                    .with_replica_nodes(vec![BrokerId(1)])
-                                    .with_isr_nodes(vec![BrokerId(1)])
-                            })
-                            .collect(),
-                    )
-                };
-                let topics = match req.topics {
-                    None => vec![orders("orders")],
-                    Some(ts) => ts
-                        .iter()
-                        .filter_map(|t| t.name.as_ref())
-                        .map(|n| {
-                            if known(n.0.as_str()) {
-                                orders(n.0.as_str())
-                            } else {
-                                MetadataResponseTopic::default().with_name(Some(n.clone())).with_error_code(3)
-                            }
-                        })
-                        .collect(),
-                };
-                let resp = MetadataResponse::default()
-                    .with_brokers(vec![MetadataResponseBroker::default()
-                        .with_node_id(BrokerId(1))
-                        .with_host(StrBytes::from_static_str("127.0.0.1"))
-                        .with_port(self.port)])
-                    .with_cluster_id(Some(StrBytes::from_static_str("synthetic")))
-                    .with_controller_id(BrokerId(1))
-                    .with_topics(topics);
-                encode_response::<MetadataRequest>(&resp, v, id).ok()
-            }
-            ApiKey::ListOffsets => {
-                let req = ListOffsetsRequest::decode(&mut body, v).ok()?;
-                let topics = req
-                    .topics
-                    .iter()
-                    .map(|t| {
-                        ListOffsetsTopicResponse::default().with_name(t.name.clone()).with_partitions(
-                            t.partitions
-                                .iter()
-                                .map(|p| {
-                                    ListOffsetsPartitionResponse::default()
-                                        .with_partition_index(p.partition_index)
-                                        .with_timestamp(-1)
-                                        .with_offset(0)
-                                        .with_leader_epoch(0)
-                                })
-                                .collect(),
-                        )
-                    })
-                    .collect();
-                encode_response::<ListOffsetsRequest>(&ListOffsetsResponse::default().with_topics(topics), v, id).ok()
-            }
-            ApiKey::Fetch => {
-                let req = FetchRequest::decode(&mut body, v).ok()?;
-                if req.topics.iter().all(|t| t.topic.0.as_str() == CHECKPOINTS) {
-                    // The mirror's own checkpoint topic reads as empty; the bad answers are
-                    // for the data it mirrors.
-                    return encode_response::<FetchRequest>(&kafka_protocol::messages::FetchResponse::default(), v, id)
-                        .ok();
-                }
-                let n = self.fetches.fetch_add(1, Ordering::Relaxed);
-                if matches!(self.fetch, FetchAnswer::Empty) {
-                    return encode_response::<FetchRequest>(&kafka_protocol::messages::FetchResponse::default(), v, id)
-                        .ok();
-                }
-                let mut frame_body = BytesMut::new();
-                frame_body.put_i32(id);
-                match self.fetch {
-                    FetchAnswer::RandomGarbage | FetchAnswer::Empty => frame_body.extend_from_slice(&garbage(n)),
-                    FetchAnswer::HugeArrayLength => {
-                        frame_body.put_u8(0); // no tagged fields in the v1 response header
-                        frame_body.put_i32(0); // throttle_time_ms
-                        frame_body.put_i16(0); // error_code
-                        frame_body.put_i32(0); // session_id
-                        frame_body.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f]); // responses: u32::MAX - 1 topics
-                        frame_body.extend_from_slice(&[0u8; 16]);
-                    }
-                    FetchAnswer::FlippedBaseOffset => {
-                        use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-                        let mut batch = BytesMut::from(
-                            &mirrorproxy::checkpoint::encode_records(&[("k".into(), b"v".to_vec())])[..],
-                        );
-                        batch[0..8].copy_from_slice(&(1i64 << 32).to_be_bytes());
-                        let resp = kafka_protocol::messages::FetchResponse::default().with_responses(vec![
-                            FetchableTopicResponse::default().with_topic(topic_name("orders")).with_partitions(vec![
-                                PartitionData::default()
-                                    .with_partition_index(0)
-                                    .with_high_watermark(1)
-                                    .with_last_stable_offset(1)
-                                    .with_log_start_offset(0)
-                                    .with_records(Some(batch.freeze())),
-                            ]),
-                        ]);
-                        return encode_response::<FetchRequest>(&resp, v, id).ok();
-                    }
-                }
-                let mut frame = BytesMut::new();
-                frame.put_i32(frame_body.len() as i32);
-                frame.extend_from_slice(&frame_body);
-                Some(frame.freeze())
-            }
-            ApiKey::DescribeConfigs => {
-                DescribeConfigsRequest::decode(&mut body, v).ok()?;
-                encode_response::<DescribeConfigsRequest>(&DescribeConfigsResponse::default(), v, id).ok()
-            }
-            ApiKey::InitProducerId => {
-                InitProducerIdRequest::decode(&mut body, v).ok()?;
-                let resp = InitProducerIdResponse::default().with_producer_id(ProducerId(4242)).with_producer_epoch(0);
-                encode_response::<InitProducerIdRequest>(&resp, v, id).ok()
-            }
-            ApiKey::CreateTopics => {
-                let req = CreateTopicsRequest::decode(&mut body, v).ok()?;
-                let topics = req
-                    .topics
-                    .iter()
-                    .map(|t| CreatableTopicResult::default().with_name(t.name.clone()).with_error_code(36))
-                    .collect();
-                encode_response::<CreateTopicsRequest>(&CreateTopicsResponse::default().with_topics(topics), v, id).ok()
-            }
-            ApiKey::CreatePartitions => {
-                let req = CreatePartitionsRequest::decode(&mut body, v).ok()?;
-                let results = req
-                    .topics
-                    .iter()
-                    .map(|t| {
-                        self.grown.lock().unwrap().push((t.name.0.to_string(), t.count));
-                        let ok = t.name.0.as_str() == "orders" && t.count > self.partitions.load(Ordering::Relaxed);
-                        if ok {
-                            self.partitions.store(t.count, Ordering::Relaxed);
-                        }
-                        CreatePartitionsTopicResult::default().with_name(t.name.clone()).with_error_code(if ok {
-                            0
-                        } else {
-                            37
-                        }) // INVALID_PARTITIONS
-                    })
-                    .collect();
-                let resp = CreatePartitionsResponse::default().with_results(results);
-                encode_response::<CreatePartitionsRequest>(&resp, v, id).ok()
-            }
-            ApiKey::Produce => {
-                let req = ProduceRequest::decode(&mut body, v).ok()?;
-                let responses = req
-                    .topic_data
-                    .iter()
-                    .map(|t| {
-                        TopicProduceResponse::default().with_name(t.name.clone()).with_partition_responses(
-                            t.partition_data
-                                .iter()
-                                .map(|p| PartitionProduceResponse::default().with_index(p.index).with_base_offset(0))
-                                .collect(),
-                        )
-                    })
-                    .collect();
-                encode_response::<ProduceRequest>(&ProduceResponse::default().with_responses(responses), v, id).ok()
-            }
-            _ => None,
-        }
-    }
-}
-
-/// Deterministic pseudo-random bytes (xorshift64*), 24..=279 of them, different for
-/// every `n`.
-fn garbage(n: u64) -> Vec<u8> {
-    let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ n.wrapping_mul(0xD1B5_4A32_D192_ED03);
-    let mut next = || {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    };
-    let len = 24 + (next() % 256) as usize;
-    (0..len).map(|_| (next() >> 56) as u8).collect()
+/// A broker with the topic "orders" (one partition) that logs the requests it sees; with
+/// `fault`, its Fetch answers for "orders" are wrong that way.
+fn broker(fault: Option<Fault>) -> Serving {
+    let config = Config::new("orders", 1).log_requests();
+    SynthBroker::start(match fault {
+        Some(f) => config.fault(f),
+        None => config,
+    })
 }
 
 /// A running `mirrorproxy run` whose stderr lines arrive on a channel.
@@ -715,12 +399,12 @@ impl Drop for Running {
 
 /// Runs the mirror from a source broker answering Fetch with `fetch` to a healthy
 /// target; returns the error line about the Fetch response and everything printed.
-fn mirror_from_bad_source(fetch: FetchAnswer, address_space_kib: Option<u64>) -> (String, String) {
-    let source = SynthBroker::start(fetch);
-    let target = SynthBroker::start(FetchAnswer::RandomGarbage);
-    let (_d, path) = config(&two_clusters(&source.addr, &target.addr, ""));
+fn mirror_from_bad_source(fault: Fault, address_space_kib: Option<u64>) -> (String, String) {
+    let source = broker(Some(fault));
+    let target = broker(None);
+    let (_d, path) = config(&two_clusters(source.addr(), target.addr(), ""));
     let mut run = Running::start(&path, address_space_kib);
-    let src_addr = source.addr.clone();
+    let src_addr = source.addr().to_owned();
     let found = run.wait_for_line(Duration::from_secs(20), |l| {
         l.contains("ERROR") && l.contains("not a valid Kafka response") && l.contains("Fetch") && l.contains(&src_addr)
     });
@@ -736,14 +420,16 @@ fn mirror_from_bad_source(fetch: FetchAnswer, address_space_kib: Option<u64>) ->
     assert!(error_line.contains("source"), "says it is the source side: {error_line}");
     // Let it retry a few times (new connection, new Fetch, new garbage) before stopping.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while source.fetches.load(Ordering::Relaxed) < 4 && Instant::now() < deadline {
+    while source.fetches() < 4 && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(50));
         if let Ok(Some(status)) = run.child.try_wait() {
             let stderr = run.drain();
             panic!("mirrorproxy exited on its own ({status:?}) after a garbage Fetch response\nstderr:\n{stderr}");
         }
     }
-    assert!(source.fetches.load(Ordering::Relaxed) >= 2, "the Fetch is retried; source saw {:?}", source.seen());
+    assert!(source.fetches() >= 2, "the Fetch is retried; source saw {:?}", source.seen());
+    // The faults are shaped for v12, the flexible version the proxy uses against Kafka.
+    assert!(source.seen().iter().any(|s| s == "Fetch v12"), "source saw {:?}", source.seen());
     run.sigint();
     let status = wait_with_timeout(&mut run.child, Duration::from_secs(10));
     let stderr = run.drain();
@@ -769,14 +455,14 @@ impl Running {
 
 #[test]
 fn garbage_fetch_response_is_reported_and_run_stops_cleanly_on_sigint() {
-    let (line, _) = mirror_from_bad_source(FetchAnswer::RandomGarbage, None);
+    let (line, _) = mirror_from_bad_source(Fault::RandomGarbage, None);
     eprintln!("reported: {line}");
     assert!(line.contains("could not decode Fetch"), "{line}");
 }
 
 #[test]
 fn huge_array_length_in_fetch_response_is_an_error_not_an_abort() {
-    let (line, _) = mirror_from_bad_source(FetchAnswer::HugeArrayLength, None);
+    let (line, _) = mirror_from_bad_source(Fault::HugeArrayLength, None);
     eprintln!("reported: {line}");
     assert!(line.contains("could not decode Fetch"), "{line}");
 }
@@ -788,7 +474,7 @@ fn huge_array_length_in_fetch_response_is_an_error_not_an_abort() {
 /// hid it. vendor/kafka-protocol checks the length against the bytes present.
 #[test]
 fn huge_array_length_in_fetch_response_under_a_memory_limit() {
-    let (line, _) = mirror_from_bad_source(FetchAnswer::HugeArrayLength, Some(4 << 20));
+    let (line, _) = mirror_from_bad_source(Fault::HugeArrayLength, Some(4 << 20));
     eprintln!("reported: {line}");
 }
 
@@ -798,9 +484,9 @@ fn huge_array_length_in_fetch_response_under_a_memory_limit() {
 /// topic, partition and offsets named, and nothing is written to the target.
 #[test]
 fn a_flipped_base_offset_stops_the_partition_naming_it() {
-    let source = SynthBroker::start(FetchAnswer::FlippedBaseOffset);
-    let target = SynthBroker::start(FetchAnswer::RandomGarbage);
-    let (_d, path) = config(&two_clusters(&source.addr, &target.addr, ""));
+    let source = broker(Some(Fault::FlippedBaseOffset));
+    let target = broker(None);
+    let (_d, path) = config(&two_clusters(source.addr(), target.addr(), ""));
     let mut run = Running::start(&path, None);
     let stopped = run.wait_for_line(Duration::from_secs(20), |l| l.contains("partition stopped"));
     let Some(line) = stopped else {
@@ -809,7 +495,7 @@ fn a_flipped_base_offset_stops_the_partition_naming_it() {
     for needle in ["orders-0", "4294967296", "high watermark 1", "fetched a second time", "source"] {
         assert!(line.contains(needle), "missing {needle:?} in: {line}");
     }
-    assert!(source.fetches.load(Ordering::Relaxed) >= 2, "fetched once more before stopping");
+    assert!(source.fetches() >= 2, "fetched once more before stopping");
     run.sigint();
     let status = wait_with_timeout(&mut run.child, Duration::from_secs(10));
     let all = run.drain();
@@ -826,23 +512,23 @@ fn a_flipped_base_offset_stops_the_partition_naming_it() {
 /// the new partition is then mirrored (its start offset is looked up on the source).
 #[test]
 fn a_target_topic_grows_when_its_source_grows() {
-    let source = SynthBroker::start(FetchAnswer::Empty);
-    let target = SynthBroker::start(FetchAnswer::Empty);
-    let (_d, path) = config(&two_clusters(&source.addr, &target.addr, ""));
+    let source = broker(None);
+    let target = broker(None);
+    let (_d, path) = config(&two_clusters(source.addr(), target.addr(), ""));
     let mut run = Running::start(&path, None);
-    let listed = |b: &SynthBroker| b.seen().iter().filter(|s| s.starts_with("ListOffsets")).count();
+    let listed = |b: &SynthBroker| b.requests(ApiKey::ListOffsets);
     let deadline = Instant::now() + Duration::from_secs(20);
     while listed(&source) == 0 {
         assert!(Instant::now() < deadline, "orders-0 never started; source saw {:?}\n{}", source.seen(), run.drain());
         thread::sleep(Duration::from_millis(50));
     }
-    assert!(target.grown.lock().unwrap().is_empty(), "nothing to grow yet");
-    source.partitions.store(3, Ordering::Relaxed);
+    assert!(target.grown().is_empty(), "nothing to grow yet");
+    source.set_partitions(3);
     let line = run.wait_for_line(Duration::from_secs(20), |l| l.contains("growing target topic 'orders'"));
     assert!(line.is_some_and(|l| l.contains("grew to 3 partitions")), "no growth logged\n{}", run.drain());
     let before = listed(&source);
     let deadline = Instant::now() + Duration::from_secs(20);
-    while target.partitions.load(Ordering::Relaxed) != 3 || listed(&source) == before {
+    while target.partitions() != 3 || listed(&source) == before {
         assert!(
             Instant::now() < deadline,
             "target not grown / new partitions not started; target saw {:?}",
@@ -852,7 +538,7 @@ fn a_target_topic_grows_when_its_source_grows() {
     }
     // A few more discovery rounds (metadata_refresh_ms = 500): no second growth.
     thread::sleep(Duration::from_millis(1500));
-    assert_eq!(*target.grown.lock().unwrap(), [("orders".to_owned(), 3)]);
+    assert_eq!(target.grown(), [("orders".to_owned(), 3)]);
     run.sigint();
     let status = wait_with_timeout(&mut run.child, Duration::from_secs(10));
     let all = run.drain();

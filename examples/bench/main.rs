@@ -16,7 +16,8 @@
 //!       [--codec C] [--partitions P] [--keys seq|random|none] [--key-space K]
 //! ```
 //!
-//! * `synth-source` is a Kafka broker that has one topic and answers Fetch from a
+//! * `synth-source` runs the synthetic broker of `synthbroker/` (shared with the tests)
+//!   as a source, in a process of its own: one topic, Fetch answered from a
 //!   pre-built record batch (base offset patched per response; the CRC does not cover
 //!   it) at memory speed; with `--rate` it makes batches available at that rate, each
 //!   record's key carrying the wall-clock microsecond it became readable (partitions
@@ -24,8 +25,9 @@
 //!   fetch sessions like a Kafka broker (`--no-sessions`: like tansu, never) and prints
 //!   what it saw of them (`synth-source fetch-sessions {...}`), including fetches that
 //!   re-read data it had served already.
-//! * the synthetic sink (inside `run`) acknowledges Produce, counts bytes and records,
-//!   and, for uncompressed batches, reads each record's key back to measure latency.
+//! * the synthetic sink (the same broker without data, inside `run`) acknowledges
+//!   Produce, counts bytes and records, and, for uncompressed batches, reads each
+//!   record's key back to measure latency.
 //! * `rdmirror` is the decode/re-encode peer (librdkafka consumer + producer per
 //!   record: the MirrorMaker model); `relay` is a tokio TCP copy relay (the physical
 //!   limit for bytes through one process).
@@ -35,38 +37,28 @@
 //!   sender is held back by TCP flow control as on a real link.
 #![allow(clippy::pedantic, clippy::too_many_arguments)]
 
-use std::collections::{BTreeMap, HashMap};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use hdrhistogram::Histogram;
-use kafka_protocol::indexmap::IndexMap;
 use kafka_protocol::messages::{
-    api_versions_response::ApiVersion,
-    create_topics_response::CreatableTopicResult,
-    describe_configs_response::DescribeConfigsResult,
     fetch_request::{FetchPartition, FetchTopic},
-    list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse},
-    metadata_response::{MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic},
-    produce_response::{PartitionProduceResponse, TopicProduceResponse},
-    ApiKey, ApiVersionsRequest, ApiVersionsResponse, BrokerId, CreateTopicsRequest, CreateTopicsResponse,
-    DescribeConfigsRequest, DescribeConfigsResponse, FetchRequest, InitProducerIdRequest, InitProducerIdResponse,
-    ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse,
-    ProducerId, RequestHeader, TopicName,
+    BrokerId, FetchRequest, TopicName,
 };
-use kafka_protocol::protocol::{Decodable, StrBytes};
-use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+use kafka_protocol::protocol::StrBytes;
 use mirrorproxy::wire;
 use serde_json::{json, Value};
+use synthbroker::{
+    encode_batch, now_us, tls_acceptor, value_bytes, Compression, Config, SessionStats, Source, SynthBroker,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-mod batches;
 mod link;
 mod load;
 mod orchestrator;
@@ -74,10 +66,9 @@ mod output;
 mod procs;
 mod rdmirror;
 mod relay;
-mod synth;
+mod source;
 mod tansu;
 mod wan;
-use batches::*;
 use link::*;
 use load::*;
 use orchestrator::*;
@@ -85,7 +76,7 @@ use output::*;
 use procs::*;
 use rdmirror::*;
 use relay::*;
-use synth::*;
+use source::*;
 use tansu::*;
 use wan::*;
 
@@ -126,10 +117,6 @@ pub(crate) fn main() {
             std::process::exit(2);
         }
     }
-}
-
-pub(crate) fn now_us() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as i64
 }
 
 pub(crate) fn codec_of(name: &str) -> Compression {

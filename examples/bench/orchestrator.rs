@@ -75,6 +75,20 @@ pub(crate) fn proxy_config(
     path
 }
 
+/// Starts the proxy under test from `source` to `target` with the run's tuning.
+pub(crate) fn spawn_proxy(ctx: &Ctx, source: &str, target: &str, target_tls: Option<&Path>, log: &Path) -> Proc {
+    let cfg = proxy_config(&ctx.out.join("logs"), source, target, &ctx.proxy_tuning, &ctx.proxy_flow, target_tls);
+    Proc::spawn(
+        "mirrorproxy",
+        Command::new(&ctx.proxy_bin)
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .env("RUST_LOG", "info")
+            .envs(ctx.proxy_env.clone()),
+        log,
+    )
+}
+
 pub(crate) fn run(args: &[String]) {
     let out = PathBuf::from(text(args, "--out", "target/bench"));
     std::fs::create_dir_all(out.join("logs")).unwrap();
@@ -197,20 +211,8 @@ pub(crate) fn run(args: &[String]) {
             ctx.secs = ctx.secs.max(10.0);
             ctx.warmup = ctx.warmup.max(3.0);
             let src_addr = format!("127.0.0.1:{}", free_port());
-            let log = ctx.log("synth-source");
-            let _source = Proc::spawn(
-                "synth-source",
-                Command::new(&ctx.exe).args(["synth-source", "--listen", &src_addr, "--topic", "bench.t"]).args([
-                    "--partitions",
-                    &ctx.partitions.to_string(),
-                    "--size",
-                    "1000",
-                    "--batch-records",
-                    &ctx.batch_records.to_string(),
-                ]),
-                &log,
-            );
-            assert!(wait_port(&src_addr, Duration::from_secs(10)), "synth-source did not start");
+            let mut cmd = Command::new(&ctx.exe);
+            let _source = spawn_source(&mut ctx, &mut cmd, "synth-source", &src_addr, &src_addr, 1000, "none", 0.0);
             let mode = if flow_extra.is_empty() { "remote-write" } else { "remote-write, rebatch" };
             let mut v = measure(&mut ctx, peer, &src_addr, &src_addr, 1000, "none", false, 0, mode);
             (ctx.secs, ctx.warmup) = saved;
@@ -280,28 +282,11 @@ pub(crate) fn isolation_run(
     lat: Option<LatencyRun>,
     rep: usize,
 ) -> Value {
-    let topic = "bench.t";
     let src_port = free_port();
     let src_addr = format!("127.0.0.1:{src_port}");
     let rate = lat.as_ref().map_or(0.0, |l| l.rate);
-    let log = ctx.log("synth-source");
-    let _source = Proc::spawn(
-        "synth-source",
-        Command::new(&ctx.exe).args(["synth-source", "--listen", &src_addr, "--topic", topic]).args([
-            "--partitions",
-            &ctx.partitions.to_string(),
-            "--size",
-            &size.to_string(),
-            "--codec",
-            codec,
-            "--batch-records",
-            &ctx.batch_records.to_string(),
-            "--rate",
-            &rate.to_string(),
-        ]),
-        &log,
-    );
-    assert!(wait_port(&src_addr, Duration::from_secs(10)), "synth-source did not start");
+    let mut cmd = Command::new(&ctx.exe);
+    let _source = spawn_source(ctx, &mut cmd, "synth-source", &src_addr, &src_addr, size, codec, rate);
     measure(ctx, peer, &src_addr, &src_addr, size, codec, lat.is_some(), rep, "isolation")
 }
 
@@ -340,46 +325,21 @@ pub(crate) fn measure(
         }
         None => (sink_listen.clone(), sink_port, None),
     };
-    let mut sink = Synth::new(
-        ("127.0.0.1".into(), i32::from(advertised_port)),
-        topic,
-        ctx.partitions,
-        10,
-        Compression::None,
-        1,
-        0.0,
-    );
-    sink.serves_data = false;
-    let sink = Arc::new(sink);
+    // The sink: the data topic reads as empty, Produce is acknowledged and counted.
+    let sink = Arc::new(SynthBroker::new(
+        Config::new(topic, ctx.partitions).advertise("127.0.0.1", i32::from(advertised_port)),
+    ));
     if latency {
-        *sink.sink.latency.lock().unwrap() = Some(Histogram::new_with_bounds(1, 60_000_000, 3).unwrap());
+        *sink.sink().latency.lock().unwrap() = Some(Histogram::new_with_bounds(1, 60_000_000, 3).unwrap());
     }
     let listener = ctx.rt.block_on(TcpListener::bind(&sink_listen)).unwrap();
     let acceptor = ctx.target_tls.as_deref().map(tls_acceptor);
-    let sink_task = ctx.rt.spawn(serve_maybe_tls(listener, sink.clone(), acceptor));
+    let sink_task = ctx.rt.spawn(sink.clone().serve(listener, acceptor));
     let relay_bytes = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let log = ctx.log(peer.name());
     let mut proc = match peer {
-        Peer::Proxy => {
-            let cfg = proxy_config(
-                &ctx.out.join("logs"),
-                src_addr,
-                &sink_addr,
-                &ctx.proxy_tuning,
-                &ctx.proxy_flow,
-                ctx.target_tls.as_deref(),
-            );
-            Proc::spawn(
-                "mirrorproxy",
-                Command::new(&ctx.proxy_bin)
-                    .args(["run", "--config"])
-                    .arg(&cfg)
-                    .env("RUST_LOG", "info")
-                    .envs(ctx.proxy_env.clone()),
-                &log,
-            )
-        }
+        Peer::Proxy => spawn_proxy(ctx, src_addr, &sink_addr, ctx.target_tls.as_deref(), &log),
         Peer::RdMirror => Proc::spawn(
             "rdmirror",
             Command::new(&ctx.exe)
@@ -399,11 +359,11 @@ pub(crate) fn measure(
             p
         }
     };
-    let counters = |s: &Synth| -> (u64, u64) {
+    let counters = |s: &SynthBroker| -> (u64, u64) {
         if peer == Peer::Relay {
             (relay_bytes.load(Ordering::Relaxed), 0)
         } else {
-            (s.sink.bytes.load(Ordering::Relaxed), s.sink.records.load(Ordering::Relaxed))
+            (s.sink().bytes.load(Ordering::Relaxed), s.sink().records.load(Ordering::Relaxed))
         }
     };
     // Warm-up: wait for data to flow, then `warmup` seconds more.
@@ -413,7 +373,7 @@ pub(crate) fn measure(
     }
     std::thread::sleep(Duration::from_secs_f64(ctx.warmup));
     if latency {
-        if let Some(h) = sink.sink.latency.lock().unwrap().as_mut() {
+        if let Some(h) = sink.sink().latency.lock().unwrap().as_mut() {
             h.reset();
         }
     }
@@ -444,7 +404,7 @@ pub(crate) fn measure(
         "cpu_util": cpu / dt, "peak_rss_mb": hwm as f64 / 1e6, "alive": alive,
     });
     if latency {
-        if let Some(h) = sink.sink.latency.lock().unwrap().as_ref() {
+        if let Some(h) = sink.sink().latency.lock().unwrap().as_ref() {
             v["latency_us"] = hist_json(h);
         }
     }

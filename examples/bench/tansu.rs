@@ -115,18 +115,7 @@ pub(crate) fn real_run(ctx: &mut Ctx, tansu: &Path, peer: Peer, args: &[String])
     let log = ctx.log(peer.name());
     let t0 = Instant::now();
     let mut proc = match peer {
-        Peer::Proxy => {
-            let cfg = proxy_config(&ctx.out.join("logs"), &src, &dst, &ctx.proxy_tuning, &ctx.proxy_flow, None);
-            Proc::spawn(
-                "mirrorproxy",
-                Command::new(&ctx.proxy_bin)
-                    .args(["run", "--config"])
-                    .arg(&cfg)
-                    .env("RUST_LOG", "info")
-                    .envs(ctx.proxy_env.clone()),
-                &log,
-            )
-        }
+        Peer::Proxy => spawn_proxy(ctx, &src, &dst, None, &log),
         _ => Proc::spawn(
             "rdmirror",
             Command::new(&ctx.exe).args([

@@ -84,8 +84,6 @@ pub(crate) enum WanLink {
 }
 
 pub(crate) fn wan_run(ctx: &mut Ctx, wan: &WanLink, peer: Peer, size: usize, codec: &str) -> Value {
-    let topic = "bench.t";
-    let log = ctx.log("synth-source-wan");
     let (mut cmd, src_addr, listen, link_addr) = match wan {
         WanLink::Netem(_) => {
             let mut c = Command::new("ip");
@@ -99,21 +97,7 @@ pub(crate) fn wan_run(ctx: &mut Ctx, wan: &WanLink, peer: Peer, size: usize, cod
             (Command::new(&ctx.exe), link.clone(), listen, Some(link))
         }
     };
-    let _source = Proc::spawn(
-        "synth-source",
-        cmd.args(["synth-source", "--listen", &listen, "--advertise", &src_addr, "--topic", topic]).args([
-            "--partitions",
-            &ctx.partitions.to_string(),
-            "--size",
-            &size.to_string(),
-            "--codec",
-            codec,
-            "--batch-records",
-            &ctx.batch_records.to_string(),
-        ]),
-        &log,
-    );
-    assert!(wait_port(&listen, Duration::from_secs(10)), "synth-source for the WAN run did not start");
+    let _source = spawn_source(ctx, &mut cmd, "synth-source-wan", &listen, &src_addr, size, codec, 0.0);
     let _link = match (wan, &link_addr) {
         (WanLink::UserSpace { rate, rtt_ms }, Some(link)) => {
             let log = ctx.log("link");
