@@ -138,7 +138,9 @@ impl<T> TxnStage<T> {
 
     /// Takes the decided prefix out of the stage.
     pub fn release(&mut self) -> Vec<Released<T>> {
-        let mut out = Vec::new();
+        // Sized once: a Fetch of small batches releases thousands at a time.
+        let decided = self.staged.iter().take_while(|s| matches!(s.2, Slot::Decided(_))).count();
+        let mut out = Vec::with_capacity(decided);
         while let Some((_, _, Slot::Decided(outcome), _)) = self.staged.front() {
             let outcome = *outcome;
             let (_, _, _, batch) = self.staged.pop_front().expect("front exists");

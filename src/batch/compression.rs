@@ -142,7 +142,7 @@ pub fn decompress_with_limit(compression: Compression, data: &[u8], limit: usize
             Ok(data.to_vec())
         }
         Compression::Gzip => read_bounded(compression, flate2::read::MultiGzDecoder::new(data), data.len(), limit),
-        Compression::Lz4 => read_bounded(compression, lz4_flex::frame::FrameDecoder::new(data), data.len(), limit),
+        Compression::Lz4 => super::lz4::decompress_frame(data, limit),
         Compression::Zstd => {
             let decoder =
                 zstd::stream::read::Decoder::with_buffer(data).map_err(|e| decompress_error(compression, &e))?;

@@ -68,6 +68,7 @@ mod compression;
 pub mod crc;
 mod error;
 mod header;
+mod lz4;
 pub mod merge;
 pub mod provenance;
 mod records;

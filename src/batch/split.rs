@@ -86,7 +86,7 @@ impl RawBatch {
 // Owned `Bytes` by design: the returned batches share (and keep alive) its buffer.
 #[allow(clippy::needless_pass_by_value)]
 pub fn split_batches(records: Bytes) -> Result<Split, BatchError> {
-    let mut split = Split::default();
+    let mut split = Split { batches: Vec::with_capacity(count_batches(&records)), ..Split::default() };
     let mut pos = 0usize;
     let len = records.len();
     while pos < len {
@@ -130,4 +130,21 @@ pub fn split_batches(records: Bytes) -> Result<Split, BatchError> {
         pos += total;
     }
     Ok(split)
+}
+
+/// How many batches `records` seems to hold, from their length fields only (checked
+/// by [`split_batches`]): one allocation for a response of thousands of small batches,
+/// where growing the vector took a sixth of the proxy's time (fresh pages, zeroed).
+fn count_batches(records: &[u8]) -> usize {
+    let (mut pos, mut n) = (0usize, 0usize);
+    while let Some(b) = records.get(pos + 8..pos + 12) {
+        let length = i32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+        let Ok(length) = usize::try_from(length) else { break };
+        if length < MIN_BATCH_LENGTH as usize {
+            break;
+        }
+        n += 1;
+        pos = pos.saturating_add(length).saturating_add(super::LOG_OVERHEAD);
+    }
+    n
 }
