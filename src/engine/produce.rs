@@ -200,7 +200,7 @@ impl FlowDriver {
                 registry::register(&target, &topic, id, &path, &flow)
                     .await
                     .map_err(|e| format!("cannot register producer id {id} in the producer registry: {e}"))?;
-                tracing::debug!(flow = %flow, producer_id = id, "producer id in {got:?}, registered in {:?}", asked.elapsed() - got);
+                tracing::debug!(flow = %flow, producer_id = id, "producer id in {got:?}, registered in {:?}", asked.elapsed().saturating_sub(got));
                 Ok((id, epoch))
             }
             .await;
