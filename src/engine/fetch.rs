@@ -120,9 +120,8 @@ impl FlowDriver {
             let topic_name = |t: &Arc<str>| TopicName(StrBytes::from_string(t.to_string()));
             // Catching up: no long-poll wait, the data is there (and tansu 0.6.0 sleeps
             // max_wait/2 after every Fetch, also one it answers with data). At the tail,
-            // Kafka's long poll.
-            // A broker not answered yet is taken to be behind (the start is a backlog more
-            // often than not; if not, one empty answer later it long-polls).
+            // Kafka's long poll. A broker not answered yet counts as behind: the start
+            // is a backlog more often than not, and one empty answer later it long-polls.
             let max_wait = if self.fetch_at_tail.contains(&broker) { self.tuning.fetch_max_wait_ms as i32 } else { 0 };
             let req = FetchRequest::default()
                 .with_replica_id(BrokerId(-1))

@@ -1,8 +1,9 @@
 //! The produce path: picks the partitions whose next batch can go now, stamps it with
 //! its route's producer id and the partition's next sequence (KIP-98), merges runs of
-//! runs of small batches (coalescing, on by default; all batches with re-batching), groups one batch per partition per request,
-//! and handles the answers: in-order acknowledgement, resend from the oldest
-//! unacknowledged batch after an error, a new producer id when the target lost ours.
+//! small batches (coalescing, on by default; of all batches with re-batching), groups
+//! one batch per partition per request, and handles the answers: in-order
+//! acknowledgement, resend from the oldest unacknowledged batch after an error, a new
+//! producer id when the target lost ours.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::Ordering;
