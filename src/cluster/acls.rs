@@ -43,12 +43,26 @@ impl std::fmt::Display for AclBinding {
             RESOURCE_GROUP => "group",
             _ => "resource",
         };
-        let op = match self.operation {
-            OP_ALL => "ALL".to_owned(),
-            OP_READ => "READ".to_owned(),
-            OP_WRITE => "WRITE".to_owned(),
-            n => format!("operation {n}"),
-        };
+        // `AclOperation` codes 2..=14 (Kafka's `AclOperation.java`).
+        const OPS: [&str; 13] = [
+            "ALL",
+            "READ",
+            "WRITE",
+            "CREATE",
+            "DELETE",
+            "ALTER",
+            "DESCRIBE",
+            "CLUSTER_ACTION",
+            "DESCRIBE_CONFIGS",
+            "ALTER_CONFIGS",
+            "IDEMPOTENT_WRITE",
+            "CREATE_TOKENS",
+            "DESCRIBE_TOKENS",
+        ];
+        let op = usize::try_from(self.operation - OP_ALL)
+            .ok()
+            .and_then(|i| OPS.get(i))
+            .map_or_else(|| format!("operation {}", self.operation), |s| (*s).to_owned());
         let perm = if self.permission == DENY {
             "DENY"
         } else if self.permission == ALLOW {

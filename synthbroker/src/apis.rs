@@ -9,15 +9,14 @@ use bytes::Bytes;
 use kafka_protocol::messages::{
     api_versions_response::ApiVersion,
     create_partitions_response::CreatePartitionsTopicResult,
-    create_topics_response::CreatableTopicResult,
-    describe_configs_response::DescribeConfigsResult,
     list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse},
     metadata_response::{MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic},
     produce_response::{PartitionProduceResponse, TopicProduceResponse},
-    ApiKey, ApiVersionsRequest, ApiVersionsResponse, BrokerId, CreatePartitionsRequest, CreatePartitionsResponse,
-    CreateTopicsRequest, CreateTopicsResponse, DescribeConfigsRequest, DescribeConfigsResponse, FetchRequest,
-    InitProducerIdRequest, InitProducerIdResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest,
-    MetadataResponse, ProduceRequest, ProduceResponse, ProducerId, RequestHeader, TopicName,
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, BrokerId, CreateAclsRequest, CreatePartitionsRequest,
+    CreatePartitionsResponse, CreateTopicsRequest, DescribeAclsRequest, DescribeConfigsRequest, FetchRequest,
+    IncrementalAlterConfigsRequest, InitProducerIdRequest, InitProducerIdResponse, ListOffsetsRequest,
+    ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse, ProducerId, RequestHeader,
+    TopicName,
 };
 use kafka_protocol::protocol::{decode_request_header_from_buffer, Decodable, StrBytes};
 use mirrorproxy::wire::{encode_response, WireError};
@@ -29,13 +28,12 @@ use crate::SynthBroker;
 /// Kafka error codes it answers with.
 const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
 const UNSUPPORTED_VERSION: i16 = 35;
-const TOPIC_ALREADY_EXISTS: i16 = 36;
 const INVALID_PARTITIONS: i16 = 37;
 
 /// The versions it offers. Fetch stops at v11, the last non-flexible version, because
 /// the data answer is encoded by hand (`fetch.rs`); with a [`crate::Fault`] it goes to
 /// v12 (see there).
-const VERSIONS: [(ApiKey, i16, i16); 9] = [
+const VERSIONS: [(ApiKey, i16, i16); 12] = [
     (ApiKey::Produce, 3, 9),
     (ApiKey::Fetch, 4, 11),
     (ApiKey::ListOffsets, 1, 7),
@@ -45,6 +43,9 @@ const VERSIONS: [(ApiKey, i16, i16); 9] = [
     (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::InitProducerId, 0, 4),
     (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::IncrementalAlterConfigs, 0, 1),
+    (ApiKey::DescribeAcls, 1, 3),
+    (ApiKey::CreateAcls, 1, 3),
 ];
 
 fn topic_name(n: &str) -> TopicName {
@@ -116,18 +117,19 @@ impl SynthBroker {
             }
             ApiKey::DescribeConfigs => {
                 let req = DescribeConfigsRequest::decode(&mut body, v).map_err(dec)?;
-                // every resource is there, with no configs set
-                let results = req
-                    .resources
-                    .iter()
-                    .map(|r| {
-                        DescribeConfigsResult::default()
-                            .with_resource_type(r.resource_type)
-                            .with_resource_name(r.resource_name.clone())
-                    })
-                    .collect();
-                let resp = DescribeConfigsResponse::default().with_results(results);
-                encode_response::<DescribeConfigsRequest>(&resp, v, corr).map_err(e)?
+                encode_response::<DescribeConfigsRequest>(&self.describe_configs(&req), v, corr).map_err(e)?
+            }
+            ApiKey::IncrementalAlterConfigs => {
+                let req = IncrementalAlterConfigsRequest::decode(&mut body, v).map_err(dec)?;
+                encode_response::<IncrementalAlterConfigsRequest>(&self.alter_configs(&req), v, corr).map_err(e)?
+            }
+            ApiKey::DescribeAcls => {
+                let req = DescribeAclsRequest::decode(&mut body, v).map_err(dec)?;
+                encode_response::<DescribeAclsRequest>(&self.describe_acls(&req), v, corr).map_err(e)?
+            }
+            ApiKey::CreateAcls => {
+                let req = CreateAclsRequest::decode(&mut body, v).map_err(dec)?;
+                encode_response::<CreateAclsRequest>(&self.create_acls(&req), v, corr).map_err(e)?
             }
             ApiKey::CreateTopics => {
                 let req = CreateTopicsRequest::decode(&mut body, v).map_err(dec)?;
@@ -221,29 +223,6 @@ impl SynthBroker {
             })
             .collect();
         ListOffsetsResponse::default().with_topics(topics)
-    }
-
-    /// New topics are made (e.g. the proxy's own); one that exists is TOPIC_ALREADY_EXISTS.
-    fn create_topics(&self, req: &CreateTopicsRequest) -> CreateTopicsResponse {
-        let topics = req
-            .topics
-            .iter()
-            .map(|t| {
-                let name = t.name.0.as_str();
-                let exists = name == self.topic || {
-                    let mut topics = self.topics.lock().unwrap();
-                    let had = topics.contains_key(name);
-                    topics.entry(name.to_owned()).or_insert(t.num_partitions.max(1));
-                    had
-                };
-                CreatableTopicResult::default()
-                    .with_name(t.name.clone())
-                    .with_num_partitions(t.num_partitions)
-                    .with_replication_factor(t.replication_factor)
-                    .with_error_code(if exists { TOPIC_ALREADY_EXISTS } else { 0 })
-            })
-            .collect();
-        CreateTopicsResponse::default().with_topics(topics)
     }
 
     /// A topic grows to a larger count; a smaller or equal one is INVALID_PARTITIONS.

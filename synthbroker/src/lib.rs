@@ -11,7 +11,9 @@
 //! * the bad-input tests' **faulty source** (`Config::fault`): answers Fetch of the data
 //!   topic with garbage, a huge array length or a flipped base offset ([`Fault`]);
 //! * CreatePartitions (tansu has none), so a target topic can grow, and a log of the
-//!   requests seen (`Config::log_requests`) for a test's diagnostics.
+//!   requests seen (`Config::log_requests`) for a test's diagnostics;
+//! * topic configs and ACLs as Kafka answers them (`admin.rs`): refused config values,
+//!   an ACL store or no authorizer at all, where tansu cannot stand in.
 //!
 //! Every behaviour above is a field of one [`Config`] on one [`SynthBroker`], so there is
 //! one implementation of Metadata, ListOffsets, CreateTopics, Produce and the rest, not
@@ -31,6 +33,7 @@
 //! ([`SynthBroker::start`]). Bytes from the network never make it panic: a request it
 //! cannot read or does not implement closes that connection.
 
+mod admin;
 mod apis;
 mod batches;
 mod faults;
@@ -49,6 +52,7 @@ use mirrorproxy::wire;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+pub use admin::Acl;
 pub use batches::{encode_batch, scan_batches, value_bytes};
 pub use fetch::SessionStats;
 pub use kafka_protocol::records::Compression;
@@ -121,6 +125,12 @@ pub struct Config {
     pub evict_sessions_every: Option<Duration>,
     /// Keep "Api vN" of every request, for [`SynthBroker::seen`].
     pub log_requests: bool,
+    /// The configs set on the data topic (DescribeConfigs answers them).
+    pub topic_configs: Vec<(String, String)>,
+    /// Config values refused with INVALID_CONFIG: (key, value, the broker's message).
+    pub refuse_configs: Vec<(String, String, String)>,
+    /// The ACL store; None: no authorizer (SECURITY_DISABLED).
+    pub acls: Option<Vec<Acl>>,
 }
 
 impl Config {
@@ -135,6 +145,9 @@ impl Config {
             sessions: true,
             evict_sessions_every: None,
             log_requests: false,
+            topic_configs: Vec::new(),
+            refuse_configs: Vec::new(),
+            acls: None,
         }
     }
 
@@ -173,6 +186,28 @@ impl Config {
         self.log_requests = true;
         self
     }
+
+    /// Sets config `key` on the data topic.
+    #[must_use]
+    pub fn topic_config(mut self, key: &str, value: &str) -> Self {
+        self.topic_configs.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Refuses `key=value` (in CreateTopics and IncrementalAlterConfigs) with
+    /// INVALID_CONFIG and `message`, as Kafka refuses a value above a broker limit.
+    #[must_use]
+    pub fn refuse_config(mut self, key: &str, value: &str, message: &str) -> Self {
+        self.refuse_configs.push((key.to_owned(), value.to_owned(), message.to_owned()));
+        self
+    }
+
+    /// An authorizer with these bindings to start with.
+    #[must_use]
+    pub fn authorizer(mut self, bindings: Vec<Acl>) -> Self {
+        self.acls = Some(bindings);
+        self
+    }
 }
 
 /// What a sink received on its data topic.
@@ -204,6 +239,10 @@ pub struct SynthBroker {
     fetches: AtomicU64,
     grown: Mutex<Vec<(String, i32)>>,
     log: Option<Mutex<Vec<String>>>,
+    /// Configs set per topic.
+    configs: Mutex<BTreeMap<String, BTreeMap<String, String>>>,
+    refuse: admin::Refusals,
+    acls: Option<Mutex<Vec<Acl>>>,
 }
 
 impl SynthBroker {
@@ -211,7 +250,11 @@ impl SynthBroker {
     #[must_use]
     pub fn new(config: Config) -> Self {
         let advertise = config.advertise.expect("SynthBroker::new needs Config::advertise");
+        let data_configs = config.topic_configs.into_iter().collect();
         Self {
+            configs: Mutex::new(BTreeMap::from([(config.topic.clone(), data_configs)])),
+            refuse: config.refuse_configs.into_iter().map(|(k, v, m)| ((k, v), m)).collect(),
+            acls: config.acls.map(Mutex::new),
             feed: config.source.map(|s| source::Feed::new(s, config.partitions)),
             topic: config.topic,
             advertise,
@@ -263,6 +306,32 @@ impl SynthBroker {
     #[must_use]
     pub fn grown(&self) -> Vec<(String, i32)> {
         self.grown.lock().unwrap().clone()
+    }
+
+    /// The configs set on `topic` now (None: no such topic).
+    #[must_use]
+    pub fn topic_configs(&self, topic: &str) -> Option<BTreeMap<String, String>> {
+        self.partitions_of(topic)?;
+        Some(self.configs.lock().unwrap().get(topic).cloned().unwrap_or_default())
+    }
+
+    /// Sets config `key` of `topic`, as its cluster's admin would.
+    pub fn set_topic_config(&self, topic: &str, key: &str, value: &str) {
+        self.configs.lock().unwrap().entry(topic.to_owned()).or_default().insert(key.to_owned(), value.to_owned());
+    }
+
+    /// The ACL bindings now, sorted (None: no authorizer).
+    #[must_use]
+    pub fn acls(&self) -> Option<Vec<Acl>> {
+        let mut v = self.acls.as_ref()?.lock().unwrap().clone();
+        v.sort();
+        Some(v)
+    }
+
+    /// Records acknowledged on `topic`'s partition so far (its log end offset).
+    #[must_use]
+    pub fn log_end(&self, topic: &str, partition: i32) -> i64 {
+        self.next_offsets.lock().unwrap().get(&(topic.to_owned(), partition)).copied().unwrap_or(0)
     }
 
     /// Fetch requests that named the data topic.
