@@ -206,6 +206,19 @@ fn invalid_regex_names_the_flow_field() {
 }
 
 #[test]
+fn invalid_config_exclude_and_local_only_regexes_name_their_keys() {
+    let exclude = format!("{GOOD}config_exclude = \"retention(\"\n");
+    let local = GOOD.replace("bootstrap = \"127.0.0.1:9092\"", "bootstrap = \"127.0.0.1:9092\"\nlocal_only = \"pii[\"");
+    for (text, key, re) in [(exclude, "flows[0].config_exclude", "retention("), (local, "clusters.src.local_only", "pii[")] {
+        let (_d, path) = config(&text);
+        for cmd in ["check", "run"] {
+            let o = run_cli(cmd, &path);
+            assert_one_error(&o, &[&path.display().to_string(), key, "invalid regex", re]);
+        }
+    }
+}
+
+#[test]
 fn missing_config_file_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("does-not-exist.toml");
