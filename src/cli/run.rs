@@ -12,6 +12,12 @@ const STARTUP_ATTEMPTS: u32 = 3;
 
 pub async fn run(path: &std::path::Path) -> Result<(), String> {
     let config = Config::load(path).map_err(|e| e.to_string())?;
+    // Bound first: a port in use is the one error, before any cluster is asked.
+    let metrics: crate::metrics::http::Shared = std::sync::Arc::default();
+    let endpoint = match &config.metrics {
+        Some(m) => Some(crate::metrics::http::spawn(crate::metrics::http::bind(&m.listen).await?, metrics.clone())),
+        None => None,
+    };
     let Clusters { clusters, tls } = clusters(&config)?;
     spawn_tls_reloader(tls);
     // Fail fast on a cluster that is not there at start; outages later are ridden out.
@@ -51,7 +57,14 @@ pub async fn run(path: &std::path::Path) -> Result<(), String> {
         }
     }
     let config_syncs = crate::topicsync::spawn(&config.flows, &clusters, &config.tuning, &rx);
-    Engine::new(&config.flows, &clusters, &config.tuning, &rx).run().await;
+    let engine = Engine::new(&config.flows, &clusters, &config.tuning, &rx);
+    if let Some(m) = &config.metrics {
+        let _ = metrics.set(crate::metrics::Metrics::new(engine.stats(), engine.budget(), m.partition_labels));
+    }
+    engine.run().await;
+    if let Some(h) = endpoint {
+        h.abort();
+    }
     for h in config_syncs {
         let _ = h.await;
     }

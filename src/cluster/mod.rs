@@ -65,7 +65,34 @@ pub enum ClusterError {
     Kafka { cluster: String, what: String, error: ResponseError, message: String },
 }
 
+/// Kafka's own name of an error (`Errors.java`: `NOT_LEADER_OR_FOLLOWER`), from
+/// kafka-protocol's CamelCase variant name; metrics label errors with it.
+#[must_use]
+pub fn kafka_error_name(e: ResponseError) -> String {
+    let camel = format!("{e:?}");
+    let mut out = String::with_capacity(camel.len() + 8);
+    for (i, c) in camel.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_uppercase());
+    }
+    out
+}
+
 impl ClusterError {
+    /// The Kafka error this is, by name (see [`NetError::kafka_name`]).
+    #[must_use]
+    pub fn kafka_name(&self) -> String {
+        match self {
+            ClusterError::Net { source, .. } => source.kafka_name().to_owned(),
+            ClusterError::NoBroker { .. } => "NETWORK_EXCEPTION".to_owned(),
+            ClusterError::UnknownBroker { .. } => "LEADER_NOT_AVAILABLE".to_owned(),
+            ClusterError::Other { .. } => "UNKNOWN_SERVER_ERROR".to_owned(),
+            ClusterError::Kafka { error, .. } => kafka_error_name(*error),
+        }
+    }
+
     /// Whether trying again later may succeed.
     #[must_use]
     pub fn is_retriable(&self) -> bool {

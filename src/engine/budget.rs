@@ -37,6 +37,12 @@ impl Budget {
         }
     }
 
+    /// The most bytes it lends (`buffer_bytes`).
+    #[must_use]
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
     /// Bytes in use now.
     #[must_use]
     pub fn used(&self) -> u64 {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tracing::{debug, error, info, warn};
 
 use super::partition::{PartState, Resume, Start};
-use super::{Event, FlowDriver};
+use super::{Event, FlowDriver, Side};
 use crate::checkpoint::{self, Checkpoint, CheckpointKey};
 use crate::cluster::{Cluster, ClusterError, ClusterMetadata, TopicPartition};
 use crate::config::{Flow, StartAt};
@@ -37,8 +37,10 @@ impl FlowDriver {
             Ok(d) => d,
             Err(e) => {
                 if e.to_string().contains(&format!("cluster '{}'", self.source.alias())) {
+                    self.stats.error(Side::Source, &e.kafka_name());
                     self.source_unreachable(&e.to_string());
                 } else {
+                    self.stats.error(Side::Target, &e.kafka_name());
                     self.target_unreachable(&e.to_string());
                 }
                 return;
@@ -46,6 +48,11 @@ impl FlowDriver {
         };
         self.first_discovery_done = true;
         self.source_ok();
+        if generation == self.target_generation {
+            // The round read the target's metadata: it answers again, also while no
+            // data flows to prove it (readiness must not wait for the next record).
+            self.target_ok();
+        }
         for (topic, why) in d.refused {
             if self.refused_topics.get(&topic) != Some(&why) {
                 error!(flow = %self.flow.name, topic = %topic, "topic not mirrored: {why}");

@@ -177,6 +177,7 @@ impl FlowDriver {
                         }
                     }
                 }
+                self.stats.error(Side::Source, e.kafka_name());
                 self.source_unreachable(&e.to_string());
                 self.discover_now = true;
                 return;
@@ -192,6 +193,7 @@ impl FlowDriver {
             return;
         }
         if let Some(e) = ResponseError::try_from_code(resp.error_code) {
+            self.stats.kafka_error(Side::Source, e);
             warn!(flow = %self.flow.name, side = "source", broker, retrying = true, "Fetch failed as a whole: {e}");
             self.discover_now = true;
             return;
@@ -220,6 +222,7 @@ impl FlowDriver {
                     p.high_watermark = pd.high_watermark;
                 }
                 if let Some(e) = ResponseError::try_from_code(pd.error_code) {
+                    self.stats.kafka_error(Side::Source, e);
                     self.on_fetch_partition_error(&tp, e, pd.log_start_offset, pd.high_watermark);
                     continue;
                 }

@@ -95,6 +95,7 @@ impl PartState {
             let verified = match checked {
                 Ok(v) => v,
                 Err(why) => {
+                    cx.stats.error(Side::Source, "CORRUPT_MESSAGE");
                     self.corrupt(flow, tp, &why);
                     break;
                 }

@@ -34,12 +34,13 @@ pub mod offsets;
 mod partition;
 mod produce;
 mod routes;
+mod stats;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -59,9 +60,10 @@ use discovery::{discover, Discovery, Round, TargetTopic};
 use fetch_session::{FetchSession, Ticket};
 use partition::PartState;
 use routes::Routes;
+pub use stats::{FlowStats, Health, LatencyHistogram, PartitionSnapshot, LATENCY_BUCKETS};
 
 /// Which side of a flow something happened on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Side {
     Source,
     Target,
@@ -74,19 +76,6 @@ impl fmt::Display for Side {
             Side::Target => "target",
         })
     }
-}
-
-/// Counters of one flow, read by the summary and by `status`.
-#[derive(Debug, Default)]
-pub struct FlowStats {
-    pub records: AtomicU64,
-    pub bytes: AtomicU64,
-    pub batches: AtomicU64,
-    pub aborted_records: AtomicU64,
-    pub control_batches: AtomicU64,
-    pub provenance_skipped_records: AtomicU64,
-    /// Source offsets lost to an out-of-range position (retention, truncation).
-    pub lost_offsets: AtomicU64,
 }
 
 type Task = Pin<Box<dyn Future<Output = Event> + Send>>;
@@ -137,6 +126,7 @@ enum Event {
 /// Runs all flows of a configuration until `shutdown` turns true.
 pub struct Engine {
     flows: Vec<FlowDriver>,
+    budget: Arc<Budget>,
 }
 
 impl Engine {
@@ -161,7 +151,19 @@ impl Engine {
                 )
             })
             .collect();
-        Self { flows }
+        Self { flows, budget }
+    }
+
+    /// Each flow's counters and health, as the flows update them (for metrics).
+    #[must_use]
+    pub fn stats(&self) -> Vec<Arc<FlowStats>> {
+        self.flows.iter().map(|f| f.stats.clone()).collect()
+    }
+
+    /// The byte budget every flow shares.
+    #[must_use]
+    pub fn budget(&self) -> Arc<Budget> {
+        self.budget.clone()
     }
 
     /// Drives every flow; returns when all have drained after shutdown.
@@ -251,6 +253,7 @@ impl FlowDriver {
         let registry = Registry::new(&flow.registry_topic, flow.source_id.as_str());
         let mut routes = Routes::default();
         let origin_route = routes.intern(Provenance::from_origin(flow.source_id.clone()).with_hop(&flow.target_id));
+        let stats = Arc::new(FlowStats::new(&flow.name));
         Self {
             flow,
             source,
@@ -258,7 +261,7 @@ impl FlowDriver {
             tuning,
             budget,
             shutdown,
-            stats: Arc::new(FlowStats::default()),
+            stats,
             parts: BTreeMap::new(),
             target_topics: HashMap::new(),
             refused_topics: HashMap::new(),
@@ -305,6 +308,7 @@ impl FlowDriver {
         let mut poll_tick = tokio::time::interval(Duration::from_millis(50));
         let mut checkpoint_tick = tokio::time::interval(Tuning::ms(self.tuning.checkpoint_interval_ms));
         let mut group_tick = tokio::time::interval(Tuning::ms(self.tuning.group_sync_interval_ms));
+        let mut publish_tick = tokio::time::interval(stats::PUBLISH_EVERY);
         let mut last_summary = (Instant::now(), 0u64, 0u64);
         let mut shutdown_deadline: Option<Instant> = None;
         let mut shutdown = self.shutdown.clone();
@@ -334,6 +338,7 @@ impl FlowDriver {
                 _ = checkpoint_tick.tick() => self.start_checkpoint(),
                 _ = group_tick.tick(), if self.flow.groups.is_some() && !stopping => self.start_group_sync(),
                 _ = poll_tick.tick() => self.produce_scan_all = true,
+                _ = publish_tick.tick() => self.publish(),
                 _ = shutdown.changed(), if shutdown_deadline.is_none() => {}
             }
         }
@@ -372,6 +377,8 @@ impl FlowDriver {
         }
         let due = self.due_checkpoints();
         if due.is_empty() {
+            // Every position is in the checkpoints already: they are current.
+            self.stats.health.lock().unwrap().checkpoint_at = Some(Instant::now());
             return;
         }
         self.checkpoint_in_flight = true;
@@ -394,6 +401,7 @@ impl FlowDriver {
                         p.checkpoint_written(pos);
                     }
                 }
+                self.stats.health.lock().unwrap().checkpoint_at = Some(Instant::now());
             }
             Err(e) => {
                 warn!(flow = %self.flow.name, side = "target", retrying = true, "writing checkpoints failed: {e}");
@@ -436,6 +444,8 @@ impl FlowDriver {
                 }
                 _ => {}
             }
+            let counter = if r.is_ok() { &self.stats.group_syncs_ok } else { &self.stats.group_syncs_failed };
+            counter.fetch_add(1, Ordering::Relaxed);
             let state = r.map(|_| ());
             if self.group_sync_state.get(&group) != Some(&state) {
                 match &state {
@@ -530,6 +540,7 @@ impl FlowDriver {
                         self.produce_scan_all = true;
                     }
                     Err(e) => {
+                        self.stats.error(Side::Target, "NETWORK_EXCEPTION");
                         self.target_unreachable(&e.to_string());
                         self.discover_now = true;
                         self.delay_target_broker(broker);
@@ -591,6 +602,50 @@ impl FlowDriver {
         if let Some((since, _)) = self.source_down.take() {
             info!(flow = %self.flow.name, side = "source", "source cluster '{}' is back after {:.1}s", self.source.alias(), since.elapsed().as_secs_f64());
         }
+    }
+
+    /// Copies the partitions and the flow's health where metrics read them
+    /// ([`stats`]); every [`stats::PUBLISH_EVERY`].
+    fn publish(&mut self) {
+        let now_ms = checkpoint::now_ms();
+        {
+            let mut snap = self.stats.partitions.lock().unwrap();
+            snap.clear();
+            snap.extend(self.parts.iter().map(|(tp, p)| {
+                let lag = p.lag();
+                PartitionSnapshot {
+                    topic: tp.topic.to_string(),
+                    partition: tp.partition,
+                    records: p.acked_records,
+                    bytes: p.acked_bytes,
+                    lag_records: lag,
+                    lag_seconds: if lag > 0 && p.last_timestamp > 0 {
+                        (now_ms - p.last_timestamp).max(0) as f64 / 1e3
+                    } else {
+                        0.0
+                    },
+                    stopped: p.stopped.is_some(),
+                }
+            }));
+        }
+        let ready = if let Some((_, why)) = &self.target_down {
+            Err(format!("target cluster '{}' is failing: {why}", self.target.alias()))
+        } else if let Some((_, why)) = &self.source_down {
+            Err(format!("source cluster '{}' is failing: {why}", self.source.alias()))
+        } else if !self.first_discovery_done {
+            Err("discovering topics".to_owned())
+        } else if !self.routes.is_ready(self.origin_route) {
+            Err("waiting for a producer id on the target".to_owned())
+        } else {
+            Ok(())
+        };
+        let mut h = self.stats.health.lock().unwrap();
+        h.loop_at = Instant::now();
+        h.ready = ready;
+        h.source_up = self.source_down.is_none();
+        h.target_up = self.target_down.is_none();
+        h.fetches_in_flight = self.fetching.len();
+        h.produces_in_flight = self.producing.values().sum();
     }
 
     fn summary(&mut self, last: &mut (Instant, u64, u64)) {

@@ -123,6 +123,9 @@ pub(super) struct PartState {
     /// Batches that match the beginning of a merged batch on the target (re-batching)
     /// during reconciliation: known to be on the target once the whole run matched.
     pub(super) held: Vec<Pending>,
+    /// Records and bytes acknowledged by the target in this run (for metrics).
+    pub(super) acked_records: u64,
+    pub(super) acked_bytes: u64,
 }
 
 /// Where a new partition starts.
@@ -152,6 +155,8 @@ pub(super) struct Acked {
     pub(super) records: u64,
     pub(super) bytes: u64,
     pub(super) batches: u64,
+    /// Per batch with a timestamp: its newest record's (for the latency histogram).
+    pub(super) newest_timestamps: Vec<i64>,
 }
 
 /// What the driver must do after a produce failure.
@@ -245,6 +250,8 @@ impl PartState {
             checkpointed,
             reconcile,
             held: Vec::new(),
+            acked_records: 0,
+            acked_bytes: 0,
         }
     }
 
@@ -475,10 +482,15 @@ impl PartState {
                 self.target_next = self.target_next.map(|t| t + i64::from(h.records_count));
             }
             self.last_timestamp = self.last_timestamp.max(h.max_timestamp);
+            if h.max_timestamp > 0 {
+                acked.newest_timestamps.push(h.max_timestamp);
+            }
             acked.records += u64::try_from(h.records_count).unwrap_or(0);
             acked.bytes += entry.batch.bytes().len() as u64;
             acked.batches += 1;
         }
+        self.acked_records += acked.records;
+        self.acked_bytes += acked.bytes;
         self.produce_backoff = base_backoff;
         if self.recovering && self.in_flight == 0 {
             self.recovering = false;

@@ -237,6 +237,13 @@ impl FlowDriver {
         self.stats.records.fetch_add(acked.records, Ordering::Relaxed);
         self.stats.bytes.fetch_add(acked.bytes, Ordering::Relaxed);
         self.stats.batches.fetch_add(acked.batches, Ordering::Relaxed);
+        if !acked.newest_timestamps.is_empty() {
+            // From each batch's newest record time (create or log-append) to now.
+            let now_ms = crate::checkpoint::now_ms();
+            for ts in acked.newest_timestamps {
+                self.stats.latency.observe(Duration::from_millis(u64::try_from(now_ms - ts).unwrap_or(0)));
+            }
+        }
     }
 
     fn produce_failed(
@@ -284,6 +291,7 @@ impl FlowDriver {
         let resp = match result {
             Ok(r) => r,
             Err(e) => {
+                self.stats.error(Side::Target, e.kafka_name());
                 self.target_unreachable(&e.to_string());
                 self.target_conns.remove(&broker);
                 self.discover_now = true;

@@ -73,6 +73,12 @@ impl Routes {
         self.get_mut(route).producer.take().is_some()
     }
 
+    /// Whether `route` has a producer.
+    #[must_use]
+    pub fn is_ready(&self, route: u32) -> bool {
+        self.get(route).producer.is_some()
+    }
+
     /// Whether no route has a producer.
     #[must_use]
     pub fn none_ready(&self) -> bool {

@@ -62,6 +62,19 @@ pub enum NetError {
 }
 
 impl NetError {
+    /// The Kafka client error this is (`Errors.java` names, as in metrics): a timeout is
+    /// REQUEST_TIMED_OUT, a refused version UNSUPPORTED_VERSION, credentials
+    /// SASL_AUTHENTICATION_FAILED, anything else on the connection NETWORK_EXCEPTION.
+    #[must_use]
+    pub fn kafka_name(&self) -> &'static str {
+        match self {
+            NetError::Timeout { .. } => "REQUEST_TIMED_OUT",
+            NetError::UnsupportedVersion { .. } => "UNSUPPORTED_VERSION",
+            NetError::Authentication { .. } => "SASL_AUTHENTICATION_FAILED",
+            _ => "NETWORK_EXCEPTION",
+        }
+    }
+
     /// Network errors are all worth retrying on a new connection, except a version
     /// mismatch, a peer that does not speak Kafka, a certificate problem and refused
     /// credentials: those need an operator.

@@ -1,0 +1,255 @@
+//! The metrics endpoint with the real parts an operator runs it with: two tansu
+//! brokers, librdkafka writing the data, Prometheus (Debian's package) scraping the
+//! proxy and answering PromQL, and `promtool` judging the exposition and the shipped
+//! alert rules.
+#![allow(clippy::pedantic)]
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use support::{create_topic, edge_to_cloud, free_port, produce, varied_records, Broker, MirrorProxy};
+
+/// `(status, body)` of one HTTP/1.1 request to `addr`; status 0 when nothing listens
+/// there (yet).
+fn http(addr: &str, method: &str, path: &str) -> (u16, String) {
+    let mut s = match TcpStream::connect(addr) {
+        Ok(s) => s,
+        Err(e) => return (0, format!("connect {addr}: {e}")),
+    };
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let status = raw.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = raw.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
+    (status, body)
+}
+
+fn wait_for(what: &str, timeout: Duration, proxy: &MirrorProxy, mut ok: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ok() {
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}; mirror log:\n{}",
+            support::tail(&proxy.log(), 40)
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Sum of a metric's samples in an exposition (None: no sample).
+fn sum_of(exposition: &str, name: &str) -> Option<f64> {
+    let mut found = None;
+    for line in exposition.lines().filter(|l| !l.starts_with('#')) {
+        let (series, value) = line.rsplit_once(' ')?;
+        let metric = series.split('{').next().unwrap();
+        if metric == name {
+            *found.get_or_insert(0.0) += value.parse::<f64>().unwrap();
+        }
+    }
+    found
+}
+
+fn with_metrics(config: &str, listen: &str, extra: &str) -> String {
+    format!("{config}\n[metrics]\nlisten = \"{listen}\"\n{extra}\n")
+}
+
+fn tool(name: &str) -> String {
+    for dir in ["/usr/bin", "/usr/local/bin"] {
+        let p = format!("{dir}/{name}");
+        if Path::new(&p).exists() {
+            return p;
+        }
+    }
+    panic!("{name} not found: install Debian's prometheus package (bash tools/install-deps.sh)");
+}
+
+/// Prometheus scraping `target` every second; killed on drop.
+struct Prometheus {
+    child: Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    fn start(target: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &cfg,
+            format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: mirrorproxy\n    static_configs:\n      - targets: ['{target}']\n"),
+        )
+        .unwrap();
+        let addr = format!("127.0.0.1:{}", free_port());
+        let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
+        let child = Command::new(tool("prometheus"))
+            .arg(format!("--config.file={}", cfg.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start prometheus");
+        Self { child, addr, _dir: dir }
+    }
+
+    /// The single value of an instant PromQL query, if it has one.
+    fn query(&self, promql: &str) -> Option<f64> {
+        let q: String = promql
+            .bytes()
+            .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
+            .collect();
+        let (status, body) = http(&self.addr, "GET", &format!("/api/v1/query?query={q}"));
+        if status != 200 {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let value = v["data"]["result"].get(0)?["value"][1].as_str()?.to_owned();
+        value.parse().ok()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("prometheus.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The counters and lag reach Prometheus; the exposition passes `promtool check
+/// metrics`; the shipped alert rules pass `promtool check rules`; wrong methods and
+/// paths are refused without disturbing the mirror.
+#[test]
+fn prometheus_scrapes_records_and_lag_and_promtool_accepts_the_exposition() {
+    let src = Broker::start();
+    let dst = Broker::start();
+    create_topic(&src.bootstrap, "orders", 3);
+    let first = varied_records(300, 3, "m1");
+    produce(&src.bootstrap, "orders", &first, "lz4", true);
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut proxy =
+        MirrorProxy::start(&with_metrics(&edge_to_cloud(&src.bootstrap, &dst.bootstrap, "orders", ""), &listen, ""));
+    let prom = Prometheus::start(&listen);
+
+    wait_for("/ready 200", Duration::from_secs(30), &proxy, || http(&listen, "GET", "/ready").0 == 200);
+    wait_for("300 records in /metrics", Duration::from_secs(30), &proxy, || {
+        sum_of(&http(&listen, "GET", "/metrics").1, "mirrorproxy_records_total") == Some(300.0)
+    });
+    let (status, body) = http(&listen, "GET", "/metrics");
+    assert_eq!(status, 200);
+    for name in [
+        "mirrorproxy_bytes_total",
+        "mirrorproxy_lag_records",
+        "mirrorproxy_lag_seconds",
+        "mirrorproxy_replication_latency_seconds_count",
+        "mirrorproxy_partitions_stopped",
+        "mirrorproxy_cluster_up",
+        "mirrorproxy_budget_bytes_in_use",
+    ] {
+        assert!(sum_of(&body, name).is_some(), "{name} missing:\n{body}");
+    }
+    assert_eq!(sum_of(&body, "mirrorproxy_partitions_stopped"), Some(0.0));
+    let observed = sum_of(&body, "mirrorproxy_replication_latency_seconds_count").unwrap();
+    assert!(observed >= 3.0, "a latency per acknowledged batch (3 partitions, at least one batch each): {observed}");
+    assert!(
+        body.contains("mirrorproxy_records_total{flow=\"edge->cloud\",topic=\"orders\",partition=\"2\"}"),
+        "{body}"
+    );
+    let check = Command::new(tool("promtool"))
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin.take().unwrap().write_all(body.as_bytes())?;
+            c.wait_with_output()
+        })
+        .expect("run promtool");
+    assert!(
+        check.status.success(),
+        "promtool check metrics: {}{}\n{body}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+
+    // Prometheus sees the counter and the lag; more data moves the counter.
+    let second = varied_records(200, 3, "m2");
+    produce(&src.bootstrap, "orders", &second, "zstd", true);
+    wait_for("Prometheus: 500 records", Duration::from_secs(40), &proxy, || {
+        prom.query("sum(mirrorproxy_records_total)") == Some(500.0)
+    });
+    wait_for("Prometheus: lag 0", Duration::from_secs(20), &proxy, || {
+        prom.query("max(mirrorproxy_lag_records)") == Some(0.0)
+    });
+    assert_eq!(prom.query("count(mirrorproxy_lag_records)"), Some(3.0), "one lag series per partition\n{}", prom.log());
+
+    // Refused requests, and the mirror goes on.
+    assert_eq!(http(&listen, "POST", "/metrics").0, 405);
+    assert_eq!(http(&listen, "GET", "/nope").0, 404);
+    assert_eq!(http(&listen, "GET", "/health").0, 200);
+    let third = varied_records(100, 3, "m3");
+    produce(&src.bootstrap, "orders", &third, "none", true);
+    wait_for("600 records", Duration::from_secs(30), &proxy, || {
+        sum_of(&http(&listen, "GET", "/metrics").1, "mirrorproxy_records_total") == Some(600.0)
+    });
+
+    let rules = Command::new(tool("promtool"))
+        .args(["check", "rules", concat!(env!("CARGO_MANIFEST_DIR"), "/examples/alerts.yml")])
+        .output()
+        .expect("run promtool");
+    assert!(
+        rules.status.success(),
+        "promtool check rules: {}{}",
+        String::from_utf8_lossy(&rules.stdout),
+        String::from_utf8_lossy(&rules.stderr)
+    );
+    assert!(proxy.stop().success(), "{}", proxy.log());
+}
+
+/// `/ready` follows the target: 200, 503 naming the cluster while it does not answer,
+/// 200 again once it does, with no data flowing to prove it. `/health` stays 200 (the
+/// process is alive). `partition_labels = false` gives one series per flow.
+#[test]
+fn ready_turns_503_while_the_target_is_down_and_200_when_it_is_back() {
+    let src = Broker::start();
+    let dst = Broker::start();
+    create_topic(&src.bootstrap, "orders", 2);
+    produce(&src.bootstrap, "orders", &varied_records(50, 2, "r"), "none", true);
+    let listen = format!("127.0.0.1:{}", free_port());
+    let config = edge_to_cloud(&src.bootstrap, &dst.bootstrap, "orders", "")
+        .replace("[tuning]", "[tuning]\nrequest_timeout_ms = 2000\nconnect_timeout_ms = 1000");
+    let mut proxy = MirrorProxy::start(&with_metrics(&config, &listen, "partition_labels = false"));
+    wait_for("/ready 200", Duration::from_secs(30), &proxy, || http(&listen, "GET", "/ready").0 == 200);
+    wait_for("50 records", Duration::from_secs(30), &proxy, || {
+        sum_of(&http(&listen, "GET", "/metrics").1, "mirrorproxy_records_total") == Some(50.0)
+    });
+    let body = http(&listen, "GET", "/metrics").1;
+    let series = body.lines().filter(|l| l.starts_with("mirrorproxy_records_total")).count();
+    assert_eq!(series, 1, "one series per flow without partition labels:\n{body}");
+    assert!(!body.contains("partition=\""), "{body}");
+
+    dst.pause();
+    wait_for("/ready 503", Duration::from_secs(30), &proxy, || http(&listen, "GET", "/ready").0 == 503);
+    let (_, why) = http(&listen, "GET", "/ready");
+    assert!(why.contains("target cluster 'cloud' is failing"), "{why:?} {:?}", http(&listen, "GET", "/ready"));
+    assert_eq!(http(&listen, "GET", "/health").0, 200, "alive while the target is down");
+    let body = http(&listen, "GET", "/metrics").1;
+    assert!(body.contains("mirrorproxy_cluster_up{flow=\"edge->cloud\",side=\"target\"} 0"), "{body}");
+    assert!(body.contains("mirrorproxy_flow_ready{flow=\"edge->cloud\"} 0"), "{body}");
+    assert!(sum_of(&body, "mirrorproxy_errors_total").is_some_and(|n| n >= 1.0), "{body}");
+
+    dst.resume();
+    wait_for("/ready 200 again", Duration::from_secs(30), &proxy, || http(&listen, "GET", "/ready").0 == 200);
+    assert!(proxy.stop().success(), "{}", proxy.log());
+}
