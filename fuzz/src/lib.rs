@@ -9,7 +9,7 @@
 //! [`MAX_ALLOC`] or more than [`MAX_LIVE`] bytes live at once fails, and Rust aborts
 //! with "memory allocation of N bytes failed", which libFuzzer reports as a crash
 //! with the input saved. `-rss_limit_mb` (checked by libFuzzer itself) stays on too.
-//! The caps are above the crate's own decompression cap (256 MiB,
+//! The caps are above the crate's own decompression cap (4 MiB under the fuzzer,
 //! `MAX_DECOMPRESSED_LEN`), so only an allocation no limit bounds trips them.
 
 pub mod seeds;
@@ -24,10 +24,12 @@ use mirrorproxy::batch::{
     HEADER_LEN, LOG_OVERHEAD,
 };
 
-/// Largest single allocation allowed (the 256 MiB decompression cap plus slack).
-pub const MAX_ALLOC: usize = 320 << 20;
+/// Largest single allocation allowed. Under `--cfg fuzzing` the crate's decompression
+/// cap is 4 MiB (`MAX_DECOMPRESSED_LEN`); 64 MiB leaves room for a few copies of that
+/// and still catches an allocation that no limit bounds.
+pub const MAX_ALLOC: usize = 64 << 20;
 /// Most bytes live at once.
-pub const MAX_LIVE: usize = 480 << 20;
+pub const MAX_LIVE: usize = 256 << 20;
 
 /// A [`System`] allocator that refuses allocations past the caps above.
 pub struct CappedAlloc;
@@ -188,7 +190,11 @@ pub fn check_verified(v: &VerifiedBatch, selector: u8) {
         check_walk(&t2);
     }
 
-    for stamp in STAMPS {
+    // One producer stamp per input, chosen by the selector (each may re-compress a
+    // renumbered batch; all three on every input made the target three times slower
+    // for no more coverage: the fuzzer varies the selector byte too).
+    let stamp = STAMPS[usize::from(selector >> 2) % STAMPS.len()];
+    {
         match v.clone().into_outgoing(stamp) {
             Ok(out) => {
                 let o = reverify_one(out.to_bytes(), "into_outgoing");
