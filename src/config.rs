@@ -64,6 +64,11 @@ pub struct ClusterConfig {
     /// leave it, on any flow, whatever the flow's `topics` says (see [`crate::topicsync`]).
     #[serde(default)]
     pub local_only: Option<String>,
+    /// Link throttling: the most bytes per second fetched from this cluster, over every
+    /// flow reading it (a token bucket in fetch scheduling, see `engine/throttle.rs`),
+    /// for WAN links that must not be saturated. None: unlimited.
+    #[serde(default)]
+    pub max_bytes_per_second: Option<u64>,
 }
 
 /// Where a cluster is, as far as the network goes.
@@ -557,6 +562,12 @@ impl Config {
             }
             if let Some(re) = &c.local_only {
                 anchored_regex(re).map_err(|why| invalid(format!("clusters.{alias}.local_only"), why))?;
+            }
+            if c.max_bytes_per_second.is_some_and(|r| r < 1024) {
+                return Err(invalid(
+                    format!("clusters.{alias}.max_bytes_per_second"),
+                    "must be at least 1024 (one batch per second would be slower still)".into(),
+                ));
             }
             if c.bootstrap_list().is_empty() {
                 return Err(invalid(format!("clusters.{alias}.bootstrap"), "is empty".into()));

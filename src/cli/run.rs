@@ -57,7 +57,8 @@ pub async fn run(path: &std::path::Path) -> Result<(), String> {
         }
     }
     let config_syncs = crate::topicsync::spawn(&config.flows, &clusters, &config.tuning, &rx);
-    let engine = Engine::new(&config.flows, &clusters, &config.tuning, &rx);
+    let rates = config.clusters.iter().filter_map(|(a, c)| Some((a.clone(), c.max_bytes_per_second?))).collect();
+    let engine = Engine::new(&config.flows, &clusters, &rates, &config.tuning, &rx);
     if let Some(m) = &config.metrics {
         let _ = metrics.set(crate::metrics::Metrics::new(engine.stats(), engine.budget(), m.partition_labels));
     }

@@ -85,8 +85,26 @@ impl FlowDriver {
             .into_iter()
             .map(|(b, w)| (b, Request::Full(w)))
             .chain(changes.into_iter().map(|(b, c)| (b, Request::Changes(c))));
+        let mut want = u64::from(self.tuning.fetch_max_bytes);
+        if let Some(t) = &self.throttle {
+            if t.check(now).is_some() {
+                // Out of tokens: nothing goes out; the poll tick looks again (50 ms).
+                self.throttled_since.get_or_insert(now);
+                for (_, request) in requests {
+                    if let Request::Changes(c) = request {
+                        self.fetch_dirty.extend(c.into_iter().map(|(tp, _)| tp));
+                    }
+                }
+                return;
+            }
+            if let Some(since) = self.throttled_since.take() {
+                let waited = u64::try_from(now.duration_since(since).as_micros()).unwrap_or(u64::MAX);
+                self.stats.throttled_us.fetch_add(waited, Ordering::Relaxed);
+            }
+            want = want.min(t.max_fetch_bytes());
+        }
         for (broker, request) in requests {
-            let Some(charge) = self.budget.reserve(u64::from(self.tuning.fetch_max_bytes), 64 * 1024) else {
+            let Some(charge) = self.budget.reserve(want, want.min(64 * 1024)) else {
                 if let Request::Changes(c) = request {
                     self.fetch_dirty.extend(c.into_iter().map(|(tp, _)| tp)); // not lost: next time
                 }
@@ -233,6 +251,9 @@ impl FlowDriver {
                     }
                 }
             }
+        }
+        if let Some(t) = &self.throttle {
+            t.consume(fetched_bytes);
         }
         // The response may exceed max_bytes by one batch (KIP-74): account for all of it.
         if fetched_bytes > charge.bytes {

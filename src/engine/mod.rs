@@ -35,6 +35,7 @@ mod partition;
 mod produce;
 mod routes;
 mod stats;
+pub mod throttle;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
@@ -131,24 +132,31 @@ pub struct Engine {
 
 impl Engine {
     #[must_use]
+    /// `rates`: `max_bytes_per_second` of the clusters that have one (by alias); one
+    /// bucket per cluster, shared by the flows that read it.
     pub fn new(
         flows: &[Flow],
         clusters: &HashMap<String, Arc<Cluster>>,
+        rates: &HashMap<String, u64>,
         tuning: &Tuning,
         shutdown: &watch::Receiver<bool>,
     ) -> Self {
         let budget = Budget::new(tuning.buffer_bytes);
+        let throttles: HashMap<&String, Arc<throttle::Throttle>> =
+            rates.iter().map(|(alias, r)| (alias, Arc::new(throttle::Throttle::new(*r)))).collect();
         let flows = flows
             .iter()
             .map(|f| {
-                FlowDriver::new(
+                let mut d = FlowDriver::new(
                     f.clone(),
                     clusters[&f.source].clone(),
                     clusters[&f.target].clone(),
                     tuning.clone(),
                     budget.clone(),
                     shutdown.clone(),
-                )
+                );
+                d.throttle = throttles.get(&f.source).cloned();
+                d
             })
             .collect();
         Self { flows, budget }
@@ -184,6 +192,10 @@ struct FlowDriver {
     target: Arc<Cluster>,
     tuning: Tuning,
     budget: Arc<Budget>,
+    /// The source cluster's link throttle, if it has one.
+    throttle: Option<Arc<throttle::Throttle>>,
+    /// Since when fetches wait for the throttle (for the throttled-time metric).
+    throttled_since: Option<Instant>,
     shutdown: watch::Receiver<bool>,
     stats: Arc<FlowStats>,
     parts: BTreeMap<TopicPartition, PartState>,
@@ -260,6 +272,8 @@ impl FlowDriver {
             target,
             tuning,
             budget,
+            throttle: None,
+            throttled_since: None,
             shutdown,
             stats,
             parts: BTreeMap::new(),

@@ -129,6 +129,8 @@ pub struct FlowStats {
     pub provenance_skipped_records: AtomicU64,
     /// Source offsets lost to an out-of-range position (retention, truncation).
     pub lost_offsets: AtomicU64,
+    /// Microseconds fetches waited for the source cluster's link throttle.
+    pub throttled_us: AtomicU64,
     /// Group offset sync rounds per group that succeeded and failed.
     pub group_syncs_ok: AtomicU64,
     pub group_syncs_failed: AtomicU64,

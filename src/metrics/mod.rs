@@ -138,6 +138,11 @@ impl Metrics {
         let mut errors =
             Family::new("mirrorproxy_errors_total", "counter", "Errors by side (source/target) and Kafka error name.");
         let mut skipped = Family::new("mirrorproxy_skipped_records_total", "counter", "Source records not written, by reason: provenance (already on the target's path) or aborted (transaction).");
+        let mut throttled = Family::new(
+            "mirrorproxy_throttled_seconds_total",
+            "counter",
+            "Seconds fetches waited for the source cluster's max_bytes_per_second.",
+        );
         let mut lost = Family::new(
             "mirrorproxy_lost_offsets_total",
             "counter",
@@ -183,6 +188,7 @@ impl Metrics {
             skipped.sample(&base.clone().with("reason", "provenance"), load(&flow.provenance_skipped_records));
             skipped.sample(&base.clone().with("reason", "aborted"), load(&flow.aborted_records));
             lost.sample(&base, load(&flow.lost_offsets));
+            throttled.sample(&base, load(&flow.throttled_us) / 1e6);
             groups.sample(&base.clone().with("result", "ok"), load(&flow.group_syncs_ok));
             groups.sample(&base.clone().with("result", "error"), load(&flow.group_syncs_failed));
             let h = flow.health.lock().unwrap().clone();
@@ -202,7 +208,9 @@ impl Metrics {
             latency.sample_suffixed("_sum", &base, sum);
             latency.sample_suffixed("_count", &base, count as f64);
         }
-        for f in [stopped, partitions, errors, skipped, lost, checkpoint, groups, in_flight, up, ready, latency] {
+        for f in
+            [stopped, partitions, errors, skipped, lost, throttled, checkpoint, groups, in_flight, up, ready, latency]
+        {
             f.write(out);
         }
     }
