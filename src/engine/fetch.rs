@@ -98,8 +98,8 @@ impl FlowDriver {
                 return;
             }
             if let Some(since) = self.throttled_since.take() {
-                let waited = u64::try_from(now.duration_since(since).as_micros()).unwrap_or(u64::MAX);
-                self.stats.throttled_us.fetch_add(waited, Ordering::Relaxed);
+                let waited_us = u64::try_from(now.duration_since(since).as_micros()).unwrap_or(u64::MAX);
+                self.stats.throttled_us.fetch_add(waited_us, Ordering::Relaxed);
             }
             want = want.min(t.max_fetch_bytes());
         }
