@@ -178,6 +178,11 @@ pub struct FlowConfig {
     /// Copy ACL bindings of the mirrored topics and synced groups (default false).
     #[serde(default)]
     pub sync_acls: bool,
+    /// Write a heartbeat record to `tuning.heartbeat_topic` on the source every
+    /// `tuning.heartbeat_interval_ms` and mirror it like data (default true; see
+    /// [`crate::heartbeat`]).
+    #[serde(default = "default_true")]
+    pub heartbeats: bool,
 }
 
 fn default_true() -> bool {
@@ -316,6 +321,10 @@ pub struct Tuning {
     pub group_sync_interval_ms: u64,
     /// How often topic configs are synced for flows with `sync_topic_configs`.
     pub config_sync_interval_ms: u64,
+    /// Topic on each source cluster that flows write heartbeats to (compacted, one
+    /// partition, keyed by flow), and how often.
+    pub heartbeat_topic: String,
+    pub heartbeat_interval_ms: u64,
     /// Threads of the async runtime; 0 = one per core. Each flow is one task with its
     /// connections, so a single flow gains little from more threads, while every extra
     /// thread costs wake-ups: 1 used about a quarter less CPU per GB than 2 in the isolation
@@ -347,6 +356,8 @@ impl Default for Tuning {
             registry_topic: crate::registry::DEFAULT_TOPIC.to_owned(),
             group_sync_interval_ms: 10_000,
             config_sync_interval_ms: 30_000,
+            heartbeat_topic: crate::heartbeat::DEFAULT_TOPIC.to_owned(),
+            heartbeat_interval_ms: 1_000,
             worker_threads: 0,
         }
     }
@@ -424,6 +435,9 @@ pub struct Flow {
     pub sync_acls: bool,
     /// The source cluster's `local_only`: its topics that never leave it.
     pub local_only: Option<Regex>,
+    /// The heartbeat topic the flow writes to on its source and mirrors whatever
+    /// `topics` says; None with `heartbeats = false`.
+    pub heartbeat_topic: Option<String>,
 }
 
 /// How a flow merges source batches (see [`crate::batch::merge`]).
@@ -491,7 +505,7 @@ impl Flow {
         !is_internal
             && !self.own_topics.iter().any(|t| t == topic)
             && (self.rename != Rename::Prefix || !came_from(topic, &self.target))
-            && self.topics.is_match(topic)
+            && (self.topics.is_match(topic) || self.heartbeat_topic.as_deref() == Some(topic))
             && !self.exclude.as_ref().is_some_and(|e| e.is_match(topic))
             && !self.local_only.as_ref().is_some_and(|l| l.is_match(topic))
     }
@@ -671,6 +685,7 @@ impl Config {
                 config_exclude,
                 sync_acls: f.sync_acls,
                 local_only,
+                heartbeat_topic: f.heartbeats.then(|| raw.tuning.heartbeat_topic.clone()),
             });
         }
         for (i, a) in flows.iter().enumerate() {
@@ -741,6 +756,12 @@ impl Config {
         check(t.worker_threads <= 1024, "worker_threads", "must be 0 (one per core) to 1024")?;
         check(t.group_sync_interval_ms >= 100, "group_sync_interval_ms", "must be at least 100")?;
         check(t.config_sync_interval_ms >= 100, "config_sync_interval_ms", "must be at least 100")?;
+        check(t.heartbeat_interval_ms >= 100, "heartbeat_interval_ms", "must be at least 100")?;
+        check(
+            ![&t.checkpoint_topic, &t.registry_topic].contains(&&t.heartbeat_topic),
+            "heartbeat_topic",
+            "must differ from checkpoint_topic and registry_topic",
+        )?;
         for (key, name) in [("checkpoint_topic", &t.checkpoint_topic), ("registry_topic", &t.registry_topic)] {
             check(
                 !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)),

@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod config;
 pub mod engine;
 pub mod groups;
+pub mod heartbeat;
 pub mod metrics;
 pub mod net;
 pub mod ops;

@@ -45,16 +45,23 @@ fn wait_for(what: &str, timeout: Duration, proxy: &MirrorProxy, mut ok: impl FnM
 
 /// Sum of a metric's samples in an exposition (None: no sample).
 fn sum_of(exposition: &str, name: &str) -> Option<f64> {
+    sum_where(exposition, name, "")
+}
+
+/// Sum of a metric's samples whose labels contain `label` (e.g. `topic="orders"`).
+fn sum_where(exposition: &str, name: &str, label: &str) -> Option<f64> {
     let mut found = None;
     for line in exposition.lines().filter(|l| !l.starts_with('#')) {
         let (series, value) = line.rsplit_once(' ')?;
         let metric = series.split('{').next().unwrap();
-        if metric == name {
+        if metric == name && series.contains(label) {
             *found.get_or_insert(0.0) += value.parse::<f64>().unwrap();
         }
     }
     found
 }
+
+const ORDERS: &str = "topic=\"orders\"";
 
 fn with_metrics(config: &str, listen: &str, extra: &str) -> String {
     format!("{config}\n[metrics]\nlisten = \"{listen}\"\n{extra}\n")
@@ -142,8 +149,9 @@ fn prometheus_scrapes_records_and_lag_and_promtool_accepts_the_exposition() {
     let prom = Prometheus::start(&listen);
 
     wait_for("/ready 200", Duration::from_secs(30), &proxy, || http(&listen, "GET", "/ready").0 == 200);
+    // Heartbeats are records too (mirrored like data): the application's are counted by topic.
     wait_for("300 records in /metrics", Duration::from_secs(30), &proxy, || {
-        sum_of(&http(&listen, "GET", "/metrics").1, "mirrorproxy_records_total") == Some(300.0)
+        sum_where(&http(&listen, "GET", "/metrics").1, "mirrorproxy_records_total", ORDERS) == Some(300.0)
     });
     let (status, body) = http(&listen, "GET", "/metrics");
     assert_eq!(status, 200);
@@ -187,12 +195,30 @@ fn prometheus_scrapes_records_and_lag_and_promtool_accepts_the_exposition() {
     let second = varied_records(200, 3, "m2");
     produce(&src.bootstrap, "orders", &second, "zstd", true);
     wait_for("Prometheus: 500 records", Duration::from_secs(40), &proxy, || {
-        prom.query("sum(mirrorproxy_records_total)") == Some(500.0)
+        prom.query("sum(mirrorproxy_records_total{topic=\"orders\"})") == Some(500.0)
     });
     wait_for("Prometheus: lag 0", Duration::from_secs(20), &proxy, || {
         prom.query("max(mirrorproxy_lag_records)") == Some(0.0)
     });
-    assert_eq!(prom.query("count(mirrorproxy_lag_records)"), Some(3.0), "one lag series per partition\n{}", prom.log());
+    assert_eq!(
+        prom.query("count(mirrorproxy_lag_records{topic=\"orders\"})"),
+        Some(3.0),
+        "one lag series per partition\n{}",
+        prom.log()
+    );
+
+    // Heartbeats: written to the source every second and mirrored (the flow's `topics`
+    // names only "orders"), so the path shows as alive while "orders" is idle.
+    wait_for("heartbeats on the target", Duration::from_secs(30), &proxy, || {
+        support::topic_partitions(&dst.bootstrap, "mirrorproxy.heartbeats") == Some(1)
+            && support::watermarks(&dst.bootstrap, "mirrorproxy.heartbeats", 0).1 >= 3
+    });
+    let age = sum_of(&http(&listen, "GET", "/metrics").1, "mirrorproxy_heartbeat_age_seconds").unwrap();
+    assert!(age < 5.0, "the newest heartbeat on the target is {age} s old");
+    let beats = support::consume_all(&dst.bootstrap, "mirrorproxy.heartbeats", 1, Duration::from_secs(20));
+    let v: serde_json::Value = serde_json::from_slice(beats[0].value.as_deref().unwrap()).unwrap();
+    assert_eq!(v["flow"], "edge->cloud", "{v}");
+    assert_eq!(beats[0].key.as_deref(), Some(&b"edge->cloud"[..]));
 
     // Refused requests, and the mirror goes on.
     assert_eq!(http(&listen, "POST", "/metrics").0, 405);
@@ -201,7 +227,7 @@ fn prometheus_scrapes_records_and_lag_and_promtool_accepts_the_exposition() {
     let third = varied_records(100, 3, "m3");
     produce(&src.bootstrap, "orders", &third, "none", true);
     wait_for("600 records", Duration::from_secs(30), &proxy, || {
-        sum_of(&http(&listen, "GET", "/metrics").1, "mirrorproxy_records_total") == Some(600.0)
+        sum_where(&http(&listen, "GET", "/metrics").1, "mirrorproxy_records_total", ORDERS) == Some(600.0)
     });
 
     let rules = Command::new(tool("promtool"))
@@ -229,6 +255,7 @@ fn ready_turns_503_while_the_target_is_down_and_200_when_it_is_back() {
     let listen = format!("127.0.0.1:{}", free_port());
     let config = edge_to_cloud(&src.bootstrap, &dst.bootstrap, "orders", "")
         .replace("[tuning]", "[tuning]\nrequest_timeout_ms = 2000\nconnect_timeout_ms = 1000");
+    let config = config.replace("topics = \"orders\"", "topics = \"orders\"\nheartbeats = false");
     let mut proxy = MirrorProxy::start(&with_metrics(&config, &listen, "partition_labels = false"));
     wait_for("/ready 200", Duration::from_secs(30), &proxy, || http(&listen, "GET", "/ready").0 == 200);
     wait_for("50 records", Duration::from_secs(30), &proxy, || {
@@ -251,5 +278,8 @@ fn ready_turns_503_while_the_target_is_down_and_200_when_it_is_back() {
 
     dst.resume();
     wait_for("/ready 200 again", Duration::from_secs(30), &proxy, || http(&listen, "GET", "/ready").0 == 200);
+    let body = http(&listen, "GET", "/metrics").1;
+    assert!(!body.contains("mirrorproxy_heartbeat_age_seconds"), "heartbeats = false: {body}");
+    assert_eq!(support::topic_partitions(&src.bootstrap, "mirrorproxy.heartbeats"), None, "no heartbeat topic written");
     assert!(proxy.stop().success(), "{}", proxy.log());
 }

@@ -56,7 +56,8 @@ pub async fn run(path: &std::path::Path) -> Result<(), String> {
             warn!(flow = %flow.name, "topics names '{t}', which is local_only on cluster '{}': it is not mirrored", flow.source);
         }
     }
-    let config_syncs = crate::topicsync::spawn(&config.flows, &clusters, &config.tuning, &rx);
+    let mut config_syncs = crate::topicsync::spawn(&config.flows, &clusters, &config.tuning, &rx);
+    config_syncs.extend(crate::heartbeat::spawn(&config.flows, &clusters, &config.tuning, &rx));
     let rates = config.clusters.iter().filter_map(|(a, c)| Some((a.clone(), c.max_bytes_per_second?))).collect();
     let engine = Engine::new(&config.flows, &clusters, &rates, &config.tuning, &rx);
     if let Some(m) = &config.metrics {

@@ -265,7 +265,7 @@ impl FlowDriver {
         let registry = Registry::new(&flow.registry_topic, flow.source_id.as_str());
         let mut routes = Routes::default();
         let origin_route = routes.intern(Provenance::from_origin(flow.source_id.clone()).with_hop(&flow.target_id));
-        let stats = Arc::new(FlowStats::new(&flow.name));
+        let stats = Arc::new(FlowStats::new(&flow.name, flow.heartbeat_topic.is_some()));
         Self {
             flow,
             source,

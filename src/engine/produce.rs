@@ -238,6 +238,10 @@ impl FlowDriver {
         self.stats.bytes.fetch_add(acked.bytes, Ordering::Relaxed);
         self.stats.batches.fetch_add(acked.batches, Ordering::Relaxed);
         if !acked.newest_timestamps.is_empty() {
+            if self.flow.heartbeat_topic.as_deref() == Some(&*tp.topic) {
+                let newest = acked.newest_timestamps.iter().copied().max().unwrap_or(0);
+                self.stats.heartbeat_ms.fetch_max(newest, Ordering::Relaxed);
+            }
             // From each batch's newest record time (create or log-append) to now.
             let now_ms = crate::checkpoint::now_ms();
             for ts in acked.newest_timestamps {

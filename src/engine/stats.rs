@@ -11,7 +11,7 @@
 //! acknowledged Produce, as before.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -129,6 +129,11 @@ pub struct FlowStats {
     pub provenance_skipped_records: AtomicU64,
     /// Source offsets lost to an out-of-range position (retention, truncation).
     pub lost_offsets: AtomicU64,
+    /// Whether the flow writes and mirrors heartbeats ([`crate::heartbeat`]).
+    pub heartbeats: bool,
+    /// Timestamp (ms) of the newest heartbeat the target acknowledged; until one is,
+    /// when the flow started (so that its age grows from the start when none arrives).
+    pub heartbeat_ms: AtomicI64,
     /// Microseconds fetches waited for the source cluster's link throttle.
     pub throttled_us: AtomicU64,
     /// Group offset sync rounds per group that succeeded and failed.
@@ -144,8 +149,13 @@ pub struct FlowStats {
 
 impl FlowStats {
     #[must_use]
-    pub fn new(flow: &str) -> Self {
-        Self { flow: flow.to_owned(), ..Self::default() }
+    pub fn new(flow: &str, heartbeats: bool) -> Self {
+        Self {
+            flow: flow.to_owned(),
+            heartbeats,
+            heartbeat_ms: AtomicI64::new(crate::checkpoint::now_ms()),
+            ..Self::default()
+        }
     }
 
     /// Counts one error on `side`, by its Kafka name (`NOT_LEADER_OR_FOLLOWER`).

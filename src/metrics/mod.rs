@@ -143,6 +143,11 @@ impl Metrics {
             "counter",
             "Seconds fetches waited for the source cluster's max_bytes_per_second.",
         );
+        let mut heartbeat = Family::new(
+            "mirrorproxy_heartbeat_age_seconds",
+            "gauge",
+            "Age of the newest heartbeat on the target (since the flow started while none arrived).",
+        );
         let mut lost = Family::new(
             "mirrorproxy_lost_offsets_total",
             "counter",
@@ -188,6 +193,10 @@ impl Metrics {
             skipped.sample(&base.clone().with("reason", "provenance"), load(&flow.provenance_skipped_records));
             skipped.sample(&base.clone().with("reason", "aborted"), load(&flow.aborted_records));
             lost.sample(&base, load(&flow.lost_offsets));
+            if flow.heartbeats {
+                let newest = flow.heartbeat_ms.load(Ordering::Relaxed);
+                heartbeat.sample(&base, (crate::checkpoint::now_ms() - newest).max(0) as f64 / 1e3);
+            }
             throttled.sample(&base, load(&flow.throttled_us) / 1e6);
             groups.sample(&base.clone().with("result", "ok"), load(&flow.group_syncs_ok));
             groups.sample(&base.clone().with("result", "error"), load(&flow.group_syncs_failed));
@@ -208,9 +217,10 @@ impl Metrics {
             latency.sample_suffixed("_sum", &base, sum);
             latency.sample_suffixed("_count", &base, count as f64);
         }
-        for f in
-            [stopped, partitions, errors, skipped, lost, throttled, checkpoint, groups, in_flight, up, ready, latency]
-        {
+        for f in [
+            stopped, partitions, errors, skipped, heartbeat, lost, throttled, checkpoint, groups, in_flight, up, ready,
+            latency,
+        ] {
             f.write(out);
         }
     }
