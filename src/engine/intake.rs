@@ -156,7 +156,15 @@ impl PartState {
                         continue;
                     }
                     Verdict::Stop(why) => {
-                        self.stop(flow, tp, Side::Source, format!("batch at offset {}: {why}", h.base_offset));
+                        let why = format!("batch at offset {}: {why}", h.base_offset);
+                        if cx.registry.poisoned().is_some() {
+                            // An unreadable registry was logged once, for the whole flow,
+                            // when it was read (`on_registry_read`); a partition met later
+                            // (a new topic, the heartbeats) stops without another error.
+                            self.stopped.get_or_insert_with(|| format!("{}: {why}", Side::Source));
+                        } else {
+                            self.stop(flow, tp, Side::Source, why);
+                        }
                         return false;
                     }
                 };

@@ -46,7 +46,9 @@ impl Labels {
     }
 }
 
-/// One metric family: its header and samples, written only when it has samples.
+/// One metric family: its header and samples. The header is written also without
+/// samples (an error counter before the first error), so that dashboards and
+/// `absent()` alerts can tell "none yet" from "not exported".
 pub struct Family {
     name: &'static str,
     kind: &'static str,
@@ -81,9 +83,6 @@ impl Family {
     }
 
     pub fn write(self, out: &mut String) {
-        if self.body.is_empty() {
-            return;
-        }
         let _ = writeln!(out, "# HELP {} {}", self.name, self.help);
         let _ = writeln!(out, "# TYPE {} {}", self.name, self.kind);
         out.push_str(&self.body);
@@ -101,10 +100,11 @@ mod tests {
         f.sample(&Labels::new(), 0.5);
         let mut out = String::new();
         f.write(&mut out);
-        Family::new("empty", "gauge", "Not written.").write(&mut out);
+        Family::new("empty", "gauge", "No samples yet.").write(&mut out);
         assert_eq!(
             out,
-            "# HELP x_total An x.\n# TYPE x_total counter\nx_total{flow=\"a->b\",topic=\"q\\\"u\\\\o\\nte\"} 3\nx_total 0.5\n"
+            "# HELP x_total An x.\n# TYPE x_total counter\nx_total{flow=\"a->b\",topic=\"q\\\"u\\\\o\\nte\"} 3\nx_total 0.5\n\
+             # HELP empty No samples yet.\n# TYPE empty gauge\n"
         );
     }
 }
