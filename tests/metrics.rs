@@ -6,30 +6,13 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::{create_topic, edge_to_cloud, free_port, produce, varied_records, Broker, MirrorProxy};
-
-/// `(status, body)` of one HTTP/1.1 request to `addr`; status 0 when nothing listens
-/// there (yet).
-fn http(addr: &str, method: &str, path: &str) -> (u16, String) {
-    let mut s = match TcpStream::connect(addr) {
-        Ok(s) => s,
-        Err(e) => return (0, format!("connect {addr}: {e}")),
-    };
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).unwrap();
-    let status = raw.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = raw.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
-    (status, body)
-}
+use support::{create_topic, edge_to_cloud, free_port, http, produce, varied_records, Broker, MirrorProxy};
 
 fn wait_for(what: &str, timeout: Duration, proxy: &MirrorProxy, mut ok: impl FnMut() -> bool) {
     let start = Instant::now();

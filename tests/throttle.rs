@@ -5,24 +5,14 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::sync::atomic::Ordering;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::{free_port, MirrorProxy};
+use support::{free_port, http, MirrorProxy};
 use synthbroker::{Compression, Config, Source, SynthBroker};
 
 const LIMIT: u64 = 3_000_000;
-
-fn metrics(addr: &str) -> String {
-    let Ok(mut s) = TcpStream::connect(addr) else { return String::new() };
-    write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
-    let mut raw = String::new();
-    let _ = s.read_to_string(&mut raw);
-    raw
-}
 
 #[test]
 fn a_throttled_link_carries_its_limit_within_ten_percent() {
@@ -67,7 +57,7 @@ listen = "{listen}"
         proxy.log()
     );
 
-    let body = metrics(&listen);
+    let (_, body) = http(&listen, "GET", "/metrics");
     let waited: f64 = body
         .lines()
         .find(|l| l.starts_with("mirrorproxy_throttled_seconds_total{"))

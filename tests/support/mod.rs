@@ -14,7 +14,7 @@ pub mod sqlite;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::fs::{self, File};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -752,6 +752,24 @@ pub fn consume_all_isolation(
         }
     }
     out
+}
+
+// ------------------------------------------------------------------ HTTP (the metrics endpoint)
+
+/// `(status, body)` of one HTTP/1.1 request to `addr`; status 0 when nothing listens
+/// there (yet).
+pub fn http(addr: &str, method: &str, path: &str) -> (u16, String) {
+    let mut s = match TcpStream::connect(addr) {
+        Ok(s) => s,
+        Err(e) => return (0, format!("connect {addr}: {e}")),
+    };
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let status = raw.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = raw.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
+    (status, body)
 }
 
 // ------------------------------------------------------------------ mirrorproxy process
