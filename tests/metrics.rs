@@ -151,7 +151,7 @@ fn prometheus_scrapes_records_and_lag_and_promtool_accepts_the_exposition() {
     }
     assert_eq!(sum_of(&body, "mirrorproxy_partitions_stopped"), Some(0.0));
     let observed = sum_of(&body, "mirrorproxy_replication_latency_seconds_count").unwrap();
-    assert!(observed >= 3.0, "a latency per acknowledged batch (3 partitions, at least one batch each): {observed}");
+    assert!(observed >= 3.0, "a latency per acknowledgement (3 partitions, at least one each): {observed}");
     assert!(
         body.contains("mirrorproxy_records_total{flow=\"edge->cloud\",topic=\"orders\",partition=\"2\"}"),
         "{body}"

@@ -155,8 +155,9 @@ pub(super) struct Acked {
     pub(super) records: u64,
     pub(super) bytes: u64,
     pub(super) batches: u64,
-    /// Per batch with a timestamp: its newest record's (for the latency histogram).
-    pub(super) newest_timestamps: Vec<i64>,
+    /// The newest record timestamp of the batches acknowledged (0: none had one), for
+    /// the latency histogram and heartbeats.
+    pub(super) newest_timestamp: i64,
 }
 
 /// What the driver must do after a produce failure.
@@ -482,9 +483,7 @@ impl PartState {
                 self.target_next = self.target_next.map(|t| t + i64::from(h.records_count));
             }
             self.last_timestamp = self.last_timestamp.max(h.max_timestamp);
-            if h.max_timestamp > 0 {
-                acked.newest_timestamps.push(h.max_timestamp);
-            }
+            acked.newest_timestamp = acked.newest_timestamp.max(h.max_timestamp);
             acked.records += u64::try_from(h.records_count).unwrap_or(0);
             acked.bytes += entry.batch.bytes().len() as u64;
             acked.batches += 1;

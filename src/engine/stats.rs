@@ -139,7 +139,7 @@ pub struct FlowStats {
     /// Group offset sync rounds per group that succeeded and failed.
     pub group_syncs_ok: AtomicU64,
     pub group_syncs_failed: AtomicU64,
-    /// From a record's create time (its batch's newest) to the target's acknowledgement.
+    /// Per acknowledgement of a partition's batches: from the newest record's time to it.
     pub latency: LatencyHistogram,
     /// (side, Kafka error name) → how often.
     pub errors: Mutex<BTreeMap<(Side, String), u64>>,

@@ -178,7 +178,7 @@ impl Metrics {
         let mut latency = Family::new(
             "mirrorproxy_replication_latency_seconds",
             "histogram",
-            "From a batch's newest record timestamp to the target's acknowledgement.",
+            "Per target acknowledgement: from the newest acknowledged record's timestamp to the acknowledgement.",
         );
         for flow in &self.flows {
             let base = Labels::new().with("flow", &flow.flow);
