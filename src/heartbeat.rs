@@ -50,24 +50,16 @@ pub fn spawn<S: std::hash::BuildHasher>(
         .filter_map(|f| Some((f.clone(), f.heartbeat_topic.clone()?)))
         .map(|(flow, topic)| {
             let source = clusters[&flow.source].clone();
-            let every = Tuning::ms(tuning.heartbeat_interval_ms);
-            let mut shutdown = shutdown.clone();
-            tokio::spawn(async move {
-                let mut writer = Writer { flow, topic, source, last_error: None, created: false };
-                let mut tick = tokio::time::interval(every);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tokio::select! {
-                        _ = tick.tick() => writer.beat().await,
-                        _ = shutdown.changed() => {}
-                    }
-                    if *shutdown.borrow() {
-                        return;
-                    }
-                }
-            })
+            let writer = Writer { flow, topic, source, last_error: None, created: false };
+            crate::periodic::spawn_every(Tuning::ms(tuning.heartbeat_interval_ms), shutdown, writer)
         })
         .collect()
+}
+
+impl crate::periodic::Tick for Writer {
+    async fn tick(&mut self) {
+        self.beat().await;
+    }
 }
 
 struct Writer {

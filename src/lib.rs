@@ -15,6 +15,7 @@ pub mod heartbeat;
 pub mod metrics;
 pub mod net;
 pub mod ops;
+pub mod periodic;
 pub mod registry;
 pub mod topicsync;
 pub mod topology;

@@ -18,10 +18,10 @@ mod support;
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kafka_protocol::messages::ApiKey;
-use support::MirrorProxy;
+use support::{wait_for, MirrorProxy};
 use synthbroker::{Acl, Compression, Config, Serving, Source, SynthBroker};
 
 const TOPIC: i8 = 2;
@@ -62,18 +62,6 @@ fn source(config: Config) -> Serving {
     SynthBroker::start(config.source(Source::new(4, 100, Compression::None).rate(2000.0).batches(50)).log_requests())
 }
 
-fn wait_until(what: &str, timeout: Duration, proxy: &MirrorProxy, mut ok: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !ok() {
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}; mirror log:\n{}",
-            support::tail(&proxy.log(), 40)
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn lines_with(log: &str, needle: &str) -> usize {
     log.lines().filter(|l| l.contains(needle)).count()
 }
@@ -108,8 +96,8 @@ fn a_config_the_target_refuses_is_named_once_and_the_data_is_mirrored() {
     let config = two_clusters(src.addr(), dst.addr(), "");
     let mut proxy = MirrorProxy::start(&config);
 
-    wait_until("all 200 records on the target", Duration::from_secs(30), &proxy, || dst.log_end("orders", 0) == 200);
-    wait_until("the sync to set what the target accepts", Duration::from_secs(10), &proxy, || {
+    wait_for("all 200 records on the target", Duration::from_secs(30), &proxy, || dst.log_end("orders", 0) == 200);
+    wait_for("the sync to set what the target accepts", Duration::from_secs(10), &proxy, || {
         dst.topic_configs("orders") == Some(map(&[("cleanup.policy", "compact"), ("retention.ms", "-1")]))
     });
     // Several more sync rounds: the refusal is not sent again, nor logged again.
@@ -143,7 +131,7 @@ fn a_config_the_target_refuses_is_named_once_and_the_data_is_mirrored() {
     // A new source value is tried again, and this one is accepted; the target-only
     // config survives the sync.
     src.set_topic_config("orders", "max.message.bytes", "1000000");
-    wait_until("the changed value on the target", Duration::from_secs(10), &proxy, || {
+    wait_for("the changed value on the target", Duration::from_secs(10), &proxy, || {
         dst.topic_configs("orders").is_some_and(|c| c.get("max.message.bytes").map(String::as_str) == Some("1000000"))
     });
     assert_eq!(dst.topic_configs("orders").unwrap().get("segment.ms").map(String::as_str), Some("600000"));
@@ -185,15 +173,13 @@ fn acls_are_synced_with_mirrormaker_2_rules_and_the_targets_own_bindings_stay() 
         Acl::literal(GROUP, "app-billing", "User:mallory", READ, DENY),
     ];
     want.sort();
-    wait_until("the bindings on the target", Duration::from_secs(20), &proxy, || {
-        dst.acls().unwrap().len() >= want.len()
-    });
+    wait_for("the bindings on the target", Duration::from_secs(20), &proxy, || dst.acls().unwrap().len() >= want.len());
     // More rounds: nothing else is created, nothing sent twice, data flows meanwhile.
-    wait_until("all 200 records on the target", Duration::from_secs(30), &proxy, || {
+    wait_for("all 200 records on the target", Duration::from_secs(30), &proxy, || {
         dst.sink().records.load(std::sync::atomic::Ordering::Relaxed) == 200
     });
     let rounds = dst.requests(ApiKey::DescribeAcls);
-    wait_until("three more sync rounds", Duration::from_secs(10), &proxy, || {
+    wait_for("three more sync rounds", Duration::from_secs(10), &proxy, || {
         dst.requests(ApiKey::DescribeAcls) >= rounds + 3
     });
     assert_eq!(dst.acls().unwrap(), want);
@@ -217,10 +203,10 @@ fn acl_sync_to_a_target_without_an_authorizer_warns_once_and_mirrors() {
         source(Config::new("orders", 1).authorizer(vec![Acl::literal(TOPIC, "orders", "User:alice", READ, ALLOW)]));
     let dst = SynthBroker::start(Config::new("orders", 1).log_requests());
     let mut proxy = MirrorProxy::start(&two_clusters(src.addr(), dst.addr(), "sync_acls = true"));
-    wait_until("all 200 records on the target", Duration::from_secs(30), &proxy, || {
+    wait_for("all 200 records on the target", Duration::from_secs(30), &proxy, || {
         dst.sink().records.load(std::sync::atomic::Ordering::Relaxed) == 200
     });
-    wait_until("five sync rounds", Duration::from_secs(10), &proxy, || dst.requests(ApiKey::DescribeAcls) >= 5);
+    wait_for("five sync rounds", Duration::from_secs(10), &proxy, || dst.requests(ApiKey::DescribeAcls) >= 5);
     let log = proxy.log();
     let warned: Vec<&str> = log.lines().filter(|l| l.contains("ACLs cannot be synced")).collect();
     assert_eq!(warned.len(), 1, "{log}");

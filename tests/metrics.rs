@@ -9,22 +9,9 @@ mod support;
 use std::io::Write;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use support::{create_topic, edge_to_cloud, free_port, http, produce, varied_records, Broker, MirrorProxy};
-
-fn wait_for(what: &str, timeout: Duration, proxy: &MirrorProxy, mut ok: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !ok() {
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}; mirror log:\n{}",
-            support::tail(&proxy.log(), 40)
-        );
-        thread::sleep(Duration::from_millis(200));
-    }
-}
+use support::{create_topic, edge_to_cloud, free_port, http, produce, varied_records, wait_for, Broker, MirrorProxy};
 
 /// Sum of a metric's samples in an exposition (None: no sample).
 fn sum_of(exposition: &str, name: &str) -> Option<f64> {

@@ -122,24 +122,16 @@ pub fn spawn<S: std::hash::BuildHasher>(
         .iter()
         .filter(|f| f.sync_topic_configs || f.sync_acls)
         .map(|f| {
-            let mut sync = ConfigSync::new(f.clone(), clusters[&f.source].clone(), clusters[&f.target].clone());
-            let every = Tuning::ms(tuning.config_sync_interval_ms);
-            let mut shutdown = shutdown.clone();
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(every);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tokio::select! {
-                        _ = tick.tick() => sync.round().await,
-                        _ = shutdown.changed() => {}
-                    }
-                    if *shutdown.borrow() {
-                        return;
-                    }
-                }
-            })
+            let sync = ConfigSync::new(f.clone(), clusters[&f.source].clone(), clusters[&f.target].clone());
+            crate::periodic::spawn_every(Tuning::ms(tuning.config_sync_interval_ms), shutdown, sync)
         })
         .collect()
+}
+
+impl crate::periodic::Tick for ConfigSync {
+    async fn tick(&mut self) {
+        self.round().await;
+    }
 }
 
 /// The periodic config sync of one flow, with what it has already reported.

@@ -772,6 +772,20 @@ pub fn http(addr: &str, method: &str, path: &str) -> (u16, String) {
     (status, body)
 }
 
+/// Waits (polling every 100 ms) until `ok`; past `timeout` the test fails naming `what`
+/// with the end of the mirror's log.
+pub fn wait_for(what: &str, timeout: Duration, proxy: &MirrorProxy, mut ok: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ok() {
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}; mirror log:\n{}",
+            tail(&proxy.log(), 40)
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
 // ------------------------------------------------------------------ mirrorproxy process
 
 /// The `mirrorproxy` binary running `run --config <tempfile>`; killed on drop.
