@@ -622,10 +622,10 @@ impl FlowDriver {
     /// ([`stats`]); every [`stats::PUBLISH_EVERY`].
     fn publish(&mut self) {
         let now_ms = checkpoint::now_ms();
-        {
-            let mut snap = self.stats.partitions.lock().unwrap();
-            snap.clear();
-            snap.extend(self.parts.iter().map(|(tp, p)| {
+        let snap: Vec<PartitionSnapshot> = self
+            .parts
+            .iter()
+            .map(|(tp, p)| {
                 let lag = p.lag();
                 PartitionSnapshot {
                     topic: tp.topic.to_string(),
@@ -640,8 +640,9 @@ impl FlowDriver {
                     },
                     stopped: p.stopped.is_some(),
                 }
-            }));
-        }
+            })
+            .collect();
+        *self.stats.partitions.lock().unwrap() = Arc::new(snap);
         let ready = if let Some((_, why)) = &self.target_down {
             Err(format!("target cluster '{}' is failing: {why}", self.target.alias()))
         } else if let Some((_, why)) = &self.source_down {

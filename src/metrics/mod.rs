@@ -105,7 +105,7 @@ impl Metrics {
             "Age of the newest record on the target while there is lag; 0 when caught up.",
         );
         for flow in &self.flows {
-            let parts = flow.partitions.lock().unwrap();
+            let parts = flow.partitions();
             let base = Labels::new().with("flow", &flow.flow);
             if self.partition_labels {
                 for p in parts.iter() {
@@ -183,7 +183,7 @@ impl Metrics {
         for flow in &self.flows {
             let base = Labels::new().with("flow", &flow.flow);
             {
-                let parts = flow.partitions.lock().unwrap();
+                let parts = flow.partitions();
                 stopped.sample(&base, parts.iter().filter(|p| p.stopped).count() as f64);
                 partitions.sample(&base, parts.len() as f64);
             }
