@@ -380,6 +380,12 @@ fn yes() -> bool {
     true
 }
 
+/// `HOST:PORT` split, or None when it is not one (empty host, port not a u16).
+fn host_port(s: &str) -> Option<(&str, u16)> {
+    let (host, port) = s.rsplit_once(':')?;
+    Some((host, port.parse().ok()?)).filter(|(h, _)| !h.is_empty())
+}
+
 impl Tuning {
     #[must_use]
     pub fn ms(v: u64) -> Duration {
@@ -587,10 +593,7 @@ impl Config {
                 return Err(invalid(format!("clusters.{alias}.bootstrap"), "is empty".into()));
             }
             for b in c.bootstrap_list() {
-                let ok = b
-                    .rsplit_once(':')
-                    .is_some_and(|(h, port)| !h.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
-                if !ok {
+                if host_port(&b).is_none_or(|(_, port)| port == 0) {
                     return Err(invalid(format!("clusters.{alias}.bootstrap"), format!("'{b}' is not host:port")));
                 }
             }
@@ -776,8 +779,7 @@ impl Config {
             "must be > 0 and <= retry_backoff_max_ms",
         )?;
         if let Some(m) = &raw.metrics {
-            let ok = m.listen.rsplit_once(':').is_some_and(|(h, port)| !h.is_empty() && port.parse::<u16>().is_ok());
-            if !ok {
+            if host_port(&m.listen).is_none() {
                 return Err(invalid("metrics.listen".into(), format!("'{}' is not HOST:PORT", m.listen)));
             }
         }

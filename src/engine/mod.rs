@@ -131,9 +131,9 @@ pub struct Engine {
 }
 
 impl Engine {
-    #[must_use]
     /// `rates`: `max_bytes_per_second` of the clusters that have one (by alias); one
     /// bucket per cluster, shared by the flows that read it.
+    #[must_use]
     pub fn new(
         flows: &[Flow],
         clusters: &HashMap<String, Arc<Cluster>>,
