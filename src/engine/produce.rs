@@ -315,6 +315,7 @@ impl FlowDriver {
                 base_offsets.insert(key.clone(), pr.base_offset);
                 if let Some(e) = ResponseError::try_from_code(pr.error_code) {
                     if e != ResponseError::DuplicateSequenceNumber {
+                        self.stats.kafka_error(Side::Target, e);
                         errors.insert(key, (e, pr.error_message.as_ref().map(|m| m.as_str().to_owned())));
                     }
                 }
