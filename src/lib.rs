@@ -17,6 +17,7 @@ pub mod net;
 pub mod ops;
 pub mod periodic;
 pub mod registry;
+pub mod reload;
 pub mod topicsync;
 pub mod topology;
 pub mod translate;

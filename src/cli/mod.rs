@@ -3,6 +3,7 @@
 
 mod check;
 mod run;
+mod supervisor;
 mod tools;
 
 use std::collections::HashMap;
@@ -27,39 +28,45 @@ pub struct Clusters {
 }
 
 pub fn clusters(config: &Config) -> Result<Clusters, String> {
-    let t = &config.tuning;
     let mut out = Clusters { clusters: HashMap::new(), tls: Vec::new() };
-    for (alias, c) in &config.clusters {
-        if let Some(w) = c.plaintext_warning() {
-            warn!("cluster '{alias}': {w}");
-        }
-        let tls = match c.tls_files() {
-            Some(files) => {
-                let tls = Arc::new(TlsConnector::new(files).map_err(|e| format!("cluster '{alias}': {e}"))?);
-                out.tls.push((alias.clone(), tls.clone()));
-                Some(tls)
-            }
-            None => None,
-        };
-        let sasl = c.sasl_credentials().map_err(|e| format!("cluster '{alias}': {e}"))?.map(Arc::new);
-        let settings = ConnectSettings {
-            client_id: c.client_id.clone(),
-            connect_timeout: Tuning::ms(t.connect_timeout_ms),
-            request_timeout: Tuning::ms(t.request_timeout_ms),
-            security: Security { tls, sasl },
-        };
-        out.clusters.insert(alias.clone(), Arc::new(Cluster::new(alias, c.bootstrap_list(), settings)));
+    for alias in config.clusters.keys() {
+        let (cluster, tls) = build_cluster(config, alias)?;
+        out.clusters.insert(alias.clone(), cluster);
+        out.tls.extend(tls.map(|t| (alias.clone(), t)));
     }
     Ok(out)
 }
 
+/// One cluster of the config: its TLS files are read and its SASL credentials looked up
+/// now; nothing is connected yet.
+pub fn build_cluster(config: &Config, alias: &str) -> Result<(Arc<Cluster>, Option<Arc<TlsConnector>>), String> {
+    let t = &config.tuning;
+    let c = &config.clusters[alias];
+    if let Some(w) = c.plaintext_warning() {
+        warn!("cluster '{alias}': {w}");
+    }
+    let tls = match c.tls_files() {
+        Some(files) => Some(Arc::new(TlsConnector::new(files).map_err(|e| format!("cluster '{alias}': {e}"))?)),
+        None => None,
+    };
+    let sasl = c.sasl_credentials().map_err(|e| format!("cluster '{alias}': {e}"))?.map(Arc::new);
+    let settings = ConnectSettings {
+        client_id: c.client_id.clone(),
+        connect_timeout: Tuning::ms(t.connect_timeout_ms),
+        request_timeout: Tuning::ms(t.request_timeout_ms),
+        security: Security { tls: tls.clone(), sasl },
+    };
+    Ok((Arc::new(Cluster::new(alias, c.bootstrap_list(), settings)), tls))
+}
+
+/// The TLS configurations in use, by cluster; a config reload replaces a rebuilt
+/// cluster's entry.
+pub type TlsList = Arc<std::sync::Mutex<Vec<(String, Arc<TlsConnector>)>>>;
+
 /// Reloads TLS certificates on SIGHUP and when a certificate file changes (polled).
 /// Open connections keep their session; new ones use the new files. A reload that
 /// fails is logged and the previous certificates stay in use.
-pub fn spawn_tls_reloader(tls: Vec<(String, Arc<TlsConnector>)>) {
-    if tls.is_empty() {
-        return;
-    }
+pub fn spawn_tls_reloader(tls: TlsList) {
     tokio::spawn(async move {
         #[cfg(unix)]
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
@@ -76,7 +83,8 @@ pub fn spawn_tls_reloader(tls: Vec<(String, Arc<TlsConnector>)>) {
                 poll.tick().await;
                 false
             };
-            for (alias, t) in &tls {
+            let list = tls.lock().unwrap().clone();
+            for (alias, t) in &list {
                 let result = if forced { t.reload().map(|()| true) } else { t.reload_if_changed() };
                 match result {
                     Ok(true) => info!("cluster '{alias}': TLS certificates reloaded; new connections use them"),

@@ -124,64 +124,67 @@ enum Event {
     GroupsSynced(Vec<(String, Result<usize, String>)>),
 }
 
-/// Runs all flows of a configuration until `shutdown` turns true.
+/// What the flows of one process share: the byte budget and one link throttle per
+/// source cluster that has `max_bytes_per_second`. Flows are started one at a time
+/// ([`Engine::spawn_flow`]), so that a config reload can stop and start single flows
+/// while the others run on ([`crate::supervisor`]).
 pub struct Engine {
-    flows: Vec<FlowDriver>,
     budget: Arc<Budget>,
+    throttles: std::sync::Mutex<HashMap<String, Arc<throttle::Throttle>>>,
+}
+
+/// A started flow: its task (ends when its `shutdown` turns true and it has drained)
+/// and its counters (for metrics).
+pub struct StartedFlow {
+    pub task: tokio::task::JoinHandle<()>,
+    pub stats: Arc<FlowStats>,
 }
 
 impl Engine {
-    /// `rates`: `max_bytes_per_second` of the clusters that have one (by alias); one
-    /// bucket per cluster, shared by the flows that read it.
+    /// `rates`: `max_bytes_per_second` of the clusters that have one (by alias).
     #[must_use]
-    pub fn new(
-        flows: &[Flow],
-        clusters: &HashMap<String, Arc<Cluster>>,
-        rates: &HashMap<String, u64>,
-        tuning: &Tuning,
-        shutdown: &watch::Receiver<bool>,
-    ) -> Self {
-        let budget = Budget::new(tuning.buffer_bytes);
-        let throttles: HashMap<&String, Arc<throttle::Throttle>> =
-            rates.iter().map(|(alias, r)| (alias, Arc::new(throttle::Throttle::new(*r)))).collect();
-        let flows = flows
-            .iter()
-            .map(|f| {
-                let mut d = FlowDriver::new(
-                    f.clone(),
-                    clusters[&f.source].clone(),
-                    clusters[&f.target].clone(),
-                    tuning.clone(),
-                    budget.clone(),
-                    shutdown.clone(),
-                );
-                d.throttle = throttles.get(&f.source).cloned();
-                d
-            })
-            .collect();
-        Self { flows, budget }
+    pub fn new(buffer_bytes: u64, rates: &HashMap<String, u64>) -> Self {
+        let engine = Self { budget: Budget::new(buffer_bytes), throttles: std::sync::Mutex::default() };
+        engine.set_rates(rates);
+        engine
     }
 
-    /// Each flow's counters and health, as the flows update them (for metrics).
+    /// Sets each cluster's link rate: an existing bucket changes in place, a new one is
+    /// made, and clusters no longer in `rates` lose theirs (for flows started after).
+    pub fn set_rates(&self, rates: &HashMap<String, u64>) {
+        let mut throttles = self.throttles.lock().unwrap();
+        throttles.retain(|alias, _| rates.contains_key(alias));
+        for (alias, rate) in rates {
+            match throttles.get(alias) {
+                Some(t) => t.set_rate(*rate),
+                None => {
+                    throttles.insert(alias.clone(), Arc::new(throttle::Throttle::new(*rate)));
+                }
+            }
+        }
+    }
+
+    /// Starts one flow; it runs until `shutdown` turns true, then drains (in-flight
+    /// produces answered, final checkpoint written) and ends.
     #[must_use]
-    pub fn stats(&self) -> Vec<Arc<FlowStats>> {
-        self.flows.iter().map(|f| f.stats.clone()).collect()
+    pub fn spawn_flow(
+        &self,
+        flow: &Flow,
+        source: Arc<Cluster>,
+        target: Arc<Cluster>,
+        tuning: &Tuning,
+        shutdown: watch::Receiver<bool>,
+    ) -> StartedFlow {
+        let mut d = FlowDriver::new(flow.clone(), source, target, tuning.clone(), self.budget.clone(), shutdown);
+        d.throttle = self.throttles.lock().unwrap().get(&flow.source).cloned();
+        let stats = d.stats.clone();
+        StartedFlow { task: tokio::spawn(d.run()), stats }
     }
 
     /// The byte budget every flow shares.
     #[must_use]
     pub fn budget(&self) -> Arc<Budget> {
         self.budget.clone()
-    }
-
-    /// Drives every flow; returns when all have drained after shutdown.
-    pub async fn run(self) {
-        let handles: Vec<_> = self.flows.into_iter().map(|f| tokio::spawn(f.run())).collect();
-        for h in handles {
-            if let Err(e) = h.await {
-                error!("a flow task failed: {e}");
-            }
-        }
     }
 }
 

@@ -26,9 +26,12 @@ use text::{Family, Labels};
 /// A flow whose loop has not published for this long is not healthy.
 pub const STALL_AFTER: Duration = Duration::from_secs(10);
 
-/// The engine's flows and budget, as the endpoint renders them.
+/// The engine's flows and budget, as the endpoint renders them. The flows are
+/// replaced when a config reload starts or stops some ([`Metrics::set_flows`]); a
+/// restarted flow's counters start again from 0, which `rate()` and `increase()`
+/// take as a counter reset.
 pub struct Metrics {
-    flows: Vec<Arc<FlowStats>>,
+    flows: std::sync::RwLock<Vec<Arc<FlowStats>>>,
     budget: Arc<Budget>,
     partition_labels: bool,
 }
@@ -36,13 +39,22 @@ pub struct Metrics {
 impl Metrics {
     #[must_use]
     pub fn new(flows: Vec<Arc<FlowStats>>, budget: Arc<Budget>, partition_labels: bool) -> Self {
-        Self { flows, budget, partition_labels }
+        Self { flows: std::sync::RwLock::new(flows), budget, partition_labels }
+    }
+
+    /// The flows now running.
+    pub fn set_flows(&self, flows: Vec<Arc<FlowStats>>) {
+        *self.flows.write().unwrap() = flows;
+    }
+
+    fn flows(&self) -> Vec<Arc<FlowStats>> {
+        self.flows.read().unwrap().clone()
     }
 
     /// `/health`: Err names a flow whose event loop stopped turning.
     pub fn health(&self) -> Result<(), String> {
         let stalled: Vec<String> = self
-            .flows
+            .flows()
             .iter()
             .filter_map(|f| {
                 let at = f.health.lock().unwrap().loop_at;
@@ -61,7 +73,7 @@ impl Metrics {
     /// `/ready`: every flow mirroring; Err says, per flow, why not.
     pub fn ready(&self) -> Result<(), String> {
         let not: Vec<String> = self
-            .flows
+            .flows()
             .iter()
             .filter_map(|f| f.health.lock().unwrap().ready.clone().err().map(|why| format!("flow {}: {why}", f.flow)))
             .collect();
@@ -104,7 +116,7 @@ impl Metrics {
             "gauge",
             "Age of the newest record on the target while there is lag; 0 when caught up.",
         );
-        for flow in &self.flows {
+        for flow in &self.flows() {
             let parts = flow.partitions();
             let base = Labels::new().with("flow", &flow.flow);
             if self.partition_labels {
@@ -180,7 +192,7 @@ impl Metrics {
             "histogram",
             "Per target acknowledgement: from the newest acknowledged record's timestamp to the acknowledgement.",
         );
-        for flow in &self.flows {
+        for flow in &self.flows() {
             let base = Labels::new().with("flow", &flow.flow);
             {
                 let parts = flow.partitions();
