@@ -176,11 +176,8 @@ fn tuning_keys(a: &Tuning, b: &Tuning) -> String {
         inner.split(", ").map(str::trim).map(str::to_owned).collect()
     };
     let (fa, fb) = (fields(a), fields(b));
-    let changed: Vec<String> = fb
-        .iter()
-        .filter(|f| !fa.contains(f))
-        .filter_map(|f| f.split_once(": ").map(|(k, _)| k.to_owned()))
-        .collect();
+    let changed: Vec<String> =
+        fb.iter().filter(|f| !fa.contains(f)).filter_map(|f| f.split_once(": ").map(|(k, _)| k.to_owned())).collect();
     if changed.is_empty() {
         "settings".into()
     } else {

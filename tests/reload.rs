@@ -16,8 +16,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use support::{
-    assert_same, consume_all, create_topic, edge_to_cloud, free_port, http, produce, varied_records, wait_for,
-    Broker, MirrorProxy, TestRecord,
+    assert_same, consume_all, create_topic, edge_to_cloud, free_port, http, produce, varied_records, wait_for, Broker,
+    MirrorProxy, TestRecord,
 };
 
 /// The log lines that end a reload, one per SIGHUP.
@@ -159,11 +159,7 @@ fn sighup_applies_added_removed_and_changed_flows_without_loss_or_duplicates() {
     assert!(log.contains("tuning changed (fetch_max_wait_ms)"), "{}", support::tail(&log, 30));
     produce(&c, "back", &varied_records(20, 1, "after"), "none", false);
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(
-        consume_all(&e, "back", usize::MAX, Duration::from_secs(3)).len(),
-        60,
-        "a removed flow mirrors nothing"
-    );
+    assert_eq!(consume_all(&e, "back", usize::MAX, Duration::from_secs(3)).len(), 60, "a removed flow mirrors nothing");
 
     // Every order written across three restarts of its flow arrived once, in order.
     std::thread::sleep(Duration::from_millis(500));

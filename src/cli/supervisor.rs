@@ -203,8 +203,7 @@ impl Supervisor {
         self.engine.set_rates(&reload::rates(&new));
         self.config = new;
         if !*self.shutdown.borrow() {
-            let flows: Vec<Flow> =
-                self.config.flows.iter().filter(|f| plan.start.contains(&f.name)).cloned().collect();
+            let flows: Vec<Flow> = self.config.flows.iter().filter(|f| plan.start.contains(&f.name)).cloned().collect();
             for f in &flows {
                 self.start_flow(f);
             }
