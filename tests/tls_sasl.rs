@@ -307,7 +307,8 @@ fn mirrors_over_mutual_tls_next_to_a_local_plaintext_cluster() {
     assert!(ok, "check over mutual TLS failed:\n{out}\n{err}");
     assert!(out.contains(&format!("broker 0 at {}", target.bootstrap)) || out.contains(&target.bootstrap), "{out}");
 
-    let mut proxy = MirrorProxy::start(&config);
+    let listen = format!("127.0.0.1:{}", support::free_port());
+    let mut proxy = MirrorProxy::start(&format!("{config}\n[metrics]\nlisten = \"{listen}\"\n"));
     let got = consume_all(&target.bootstrap, "tls.orders", recs.len(), WAIT);
     assert_eq!(
         got.len(),
@@ -315,6 +316,20 @@ fn mirrors_over_mutual_tls_next_to_a_local_plaintext_cluster() {
         "records mirrored over TLS; log:\n{}",
         proxy.log().lines().take(30).collect::<Vec<_>>().join("\n")
     );
+    // make-certs.sh issues everything for 30 days: the client certificate, the CA and
+    // the broker's certificate (seen in the handshake) each expire in 29-30 days.
+    let (_, exposition) = support::http(&listen, "GET", "/metrics");
+    for which in ["client", "ca", "broker"] {
+        let series =
+            format!("mirrorproxy_tls_certificate_expiry_seconds{{cluster=\"cloud\",certificate=\"{which}\"}} ");
+        let line = exposition
+            .lines()
+            .find(|l| l.starts_with(&series))
+            .unwrap_or_else(|| panic!("no {series}in:\n{exposition}"));
+        let secs: f64 = line[series.len()..].parse().unwrap();
+        assert!((29.0 * 86400.0..=30.0 * 86400.0).contains(&secs), "{line}");
+    }
+    assert!(!exposition.contains("cluster=\"edge\""), "edge has no TLS: no expiry series");
     for p in 0..2 {
         let want: Vec<&TestRecord> = recs.iter().filter(|r| r.partition == p).collect();
         let have: Vec<&ReceivedRecord> = got.iter().filter(|r| r.partition == p).collect();

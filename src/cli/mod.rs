@@ -17,7 +17,7 @@ pub use tools::{offsets_at, status, translate};
 
 use crate::cluster::{Cluster, ConnectSettings};
 use crate::config::{Config, Tuning};
-use crate::net::tls::TlsConnector;
+use crate::net::tls::{TlsConnector, TlsList};
 use crate::net::Security;
 
 /// The clusters of the config, with their TLS configurations (built once per cluster,
@@ -58,10 +58,6 @@ pub fn build_cluster(config: &Config, alias: &str) -> Result<(Arc<Cluster>, Opti
     };
     Ok((Arc::new(Cluster::new(alias, c.bootstrap_list(), settings)), tls))
 }
-
-/// The TLS configurations in use, by cluster; a config reload replaces a rebuilt
-/// cluster's entry.
-pub type TlsList = Arc<std::sync::Mutex<Vec<(String, Arc<TlsConnector>)>>>;
 
 /// Reloads TLS certificates on SIGHUP and when a certificate file changes (polled).
 /// Open connections keep their session; new ones use the new files. A reload that

@@ -18,11 +18,12 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
-use super::{build_cluster, TlsList};
+use super::build_cluster;
 use crate::cluster::Cluster;
 use crate::config::{Config, Flow};
 use crate::engine::{Engine, FlowStats};
 use crate::metrics::http::Shared;
+use crate::net::tls::TlsList;
 use crate::reload;
 
 /// Metadata attempts per cluster before it counts as not there (at start and for a
@@ -77,7 +78,8 @@ impl Supervisor {
     ) -> Self {
         let engine = Engine::new(config.tuning.buffer_bytes, &reload::rates(&config));
         if let Some(m) = &config.metrics {
-            let _ = metrics.set(crate::metrics::Metrics::new(Vec::new(), engine.budget(), m.partition_labels));
+            let _ =
+                metrics.set(crate::metrics::Metrics::new(Vec::new(), engine.budget(), tls.clone(), m.partition_labels));
         }
         Self { path, config, clusters, tls, engine, running: BTreeMap::new(), metrics, shutdown }
     }

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::engine::{Budget, FlowStats, Side, LATENCY_BUCKETS};
+use crate::net::tls::TlsList;
 use text::{Family, Labels};
 
 /// A flow whose loop has not published for this long is not healthy.
@@ -33,13 +34,14 @@ pub const STALL_AFTER: Duration = Duration::from_secs(10);
 pub struct Metrics {
     flows: std::sync::RwLock<Vec<Arc<FlowStats>>>,
     budget: Arc<Budget>,
+    tls: TlsList,
     partition_labels: bool,
 }
 
 impl Metrics {
     #[must_use]
-    pub fn new(flows: Vec<Arc<FlowStats>>, budget: Arc<Budget>, partition_labels: bool) -> Self {
-        Self { flows: std::sync::RwLock::new(flows), budget, partition_labels }
+    pub fn new(flows: Vec<Arc<FlowStats>>, budget: Arc<Budget>, tls: TlsList, partition_labels: bool) -> Self {
+        Self { flows: std::sync::RwLock::new(flows), budget, tls, partition_labels }
     }
 
     /// The flows now running.
@@ -100,7 +102,32 @@ impl Metrics {
         let mut f = Family::new("mirrorproxy_budget_bytes", "gauge", "The memory budget, tuning.buffer_bytes.");
         f.sample(&Labels::new(), self.budget.limit() as f64);
         f.write(&mut out);
+        self.render_tls(&mut out);
         out
+    }
+
+    /// Per cluster with TLS: seconds until its client certificate, CA bundle and the
+    /// brokers' certificates expire (negative once expired).
+    fn render_tls(&self, out: &mut String) {
+        let mut f = Family::new(
+            "mirrorproxy_tls_certificate_expiry_seconds",
+            "gauge",
+            "Seconds until a certificate in use expires (negative: expired), by cluster and certificate (client, ca, broker).",
+        );
+        let now = std::time::SystemTime::now();
+        let until = |t: std::time::SystemTime| match t.duration_since(now) {
+            Ok(d) => d.as_secs_f64(),
+            Err(e) => -e.duration().as_secs_f64(),
+        };
+        for (alias, t) in self.tls.lock().unwrap().iter() {
+            let e = t.expiry();
+            for (which, at) in [("client", e.client), ("ca", e.ca), ("broker", e.broker)] {
+                if let Some(at) = at {
+                    f.sample(&Labels::new().with("cluster", alias).with("certificate", which), until(at).round());
+                }
+            }
+        }
+        f.write(out);
     }
 
     fn render_partitions(&self, out: &mut String) {

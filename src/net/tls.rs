@@ -17,6 +17,12 @@
 //! time change): new connections use the new certificates, open ones keep theirs, so
 //! nothing in flight is dropped. A reload that fails keeps the old configuration.
 //!
+//! When the certificates in use expire is kept for the metrics
+//! (`mirrorproxy_tls_certificate_expiry_seconds`, [`Expiry`]): the client certificate
+//! chain and the `ca` bundle as loaded (earliest `notAfter` of each), and the broker
+//! certificates seen in handshakes (earliest leaf). An expired certificate stops a
+//! mirror link outright, so operators alert on it weeks ahead.
+//!
 //! Failures are classified for the operator: an expired certificate, an unknown CA, a
 //! name mismatch and a missing or refused client certificate each get their own
 //! sentence (see [`describe`]). They are not retriable: trying again cannot fix them.
@@ -56,21 +62,18 @@ impl TlsFiles {
 /// Builds a rustls client configuration from the files. Errors name the file.
 pub fn client_config(files: &TlsFiles) -> Result<ClientConfig, String> {
     let mut roots = RootCertStore::empty();
-    match &files.ca {
-        Some(ca) => {
-            let certs = read_certs(ca, "ca")?;
-            let (added, _ignored) = roots.add_parsable_certificates(certs);
-            if added == 0 {
-                return Err(format!("tls.ca {}: no usable CA certificate in it", ca.display()));
-            }
+    if let Some(ca) = &files.ca {
+        let certs = read_certs(ca, "ca")?;
+        let (added, _ignored) = roots.add_parsable_certificates(certs);
+        if added == 0 {
+            return Err(format!("tls.ca {}: no usable CA certificate in it", ca.display()));
         }
-        None => {
-            let found = rustls_native_certs::load_native_certs();
-            let (added, _) = roots.add_parsable_certificates(found.certs);
-            if added == 0 {
-                let why = found.errors.first().map(|e| format!(": {e}")).unwrap_or_default();
-                return Err(format!("no tls.ca given and the platform has no root certificates{why}"));
-            }
+    } else {
+        let found = rustls_native_certs::load_native_certs();
+        let (added, _) = roots.add_parsable_certificates(found.certs);
+        if added == 0 {
+            let why = found.errors.first().map(|e| format!(": {e}")).unwrap_or_default();
+            return Err(format!("no tls.ca given and the platform has no root certificates{why}"));
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -111,11 +114,53 @@ fn pem_error(e: &rustls::pki_types::pem::Error) -> String {
     }
 }
 
+/// The TLS connectors in use, by cluster alias; a config reload replaces a rebuilt
+/// cluster's entry.
+pub type TlsList = Arc<Mutex<Vec<(String, Arc<TlsConnector>)>>>;
+
+/// When a cluster's certificates expire (`notAfter`); None where there is none (no
+/// client certificate, the platform's roots, no handshake yet).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Expiry {
+    /// Earliest in the client certificate chain (`tls.cert`).
+    pub client: Option<SystemTime>,
+    /// Earliest in the `tls.ca` bundle.
+    pub ca: Option<SystemTime>,
+    /// Earliest leaf certificate a broker of the cluster presented.
+    pub broker: Option<SystemTime>,
+}
+
+/// `notAfter` of a DER certificate; None if it does not parse (it was verified or
+/// loaded by rustls already; this is for the metric only).
+#[must_use]
+pub fn not_after(der: &[u8]) -> Option<SystemTime> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let secs = cert.validity().not_after.timestamp();
+    match u64::try_from(secs) {
+        Ok(s) => SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(s)),
+        Err(_) => SystemTime::UNIX_EPOCH.checked_sub(Duration::from_secs(secs.unsigned_abs())),
+    }
+}
+
+fn earliest<'a>(certs: impl IntoIterator<Item = &'a CertificateDer<'a>>) -> Option<SystemTime> {
+    certs.into_iter().filter_map(|c| not_after(c.as_ref())).min()
+}
+
+/// The files' expiry (client chain, CA bundle); unreadable files count as none (their
+/// error is the configuration's, reported where it is loaded).
+fn file_expiry(files: &TlsFiles) -> Expiry {
+    let of =
+        |p: &Option<PathBuf>, field| p.as_deref().and_then(|p| read_certs(p, field).ok()).and_then(|c| earliest(&c));
+    Expiry { client: of(&files.cert, "cert"), ca: of(&files.ca, "ca"), broker: None }
+}
+
 /// The TLS side of one cluster: configuration (reloadable) and handshakes.
 pub struct TlsConnector {
     files: TlsFiles,
     config: RwLock<Arc<ClientConfig>>,
     stamps: Mutex<Vec<Option<SystemTime>>>,
+    /// The files' expiry, and each broker's leaf certificate's by address.
+    expiry: Mutex<(Expiry, std::collections::HashMap<String, SystemTime>)>,
 }
 
 impl std::fmt::Debug for TlsConnector {
@@ -128,7 +173,15 @@ impl TlsConnector {
     pub fn new(files: TlsFiles) -> Result<Self, String> {
         let stamps = stamps(&files);
         let config = client_config(&files)?;
-        Ok(Self { files, config: RwLock::new(Arc::new(config)), stamps: Mutex::new(stamps) })
+        let expiry = Mutex::new((file_expiry(&files), std::collections::HashMap::new()));
+        Ok(Self { files, config: RwLock::new(Arc::new(config)), stamps: Mutex::new(stamps), expiry })
+    }
+
+    /// When the certificates in use expire.
+    #[must_use]
+    pub fn expiry(&self) -> Expiry {
+        let e = self.expiry.lock().unwrap();
+        Expiry { broker: e.1.values().min().copied(), ..e.0 }
     }
 
     #[must_use]
@@ -148,6 +201,7 @@ impl TlsConnector {
         let config = client_config(&self.files)?;
         *self.config.write().unwrap() = Arc::new(config);
         *self.stamps.lock().unwrap() = stamps;
+        self.expiry.lock().unwrap().0 = file_expiry(&self.files);
         Ok(())
     }
 
@@ -187,7 +241,12 @@ impl TlsConnector {
                 addr: addr.to_owned(),
                 reason: format!("TLS handshake did not finish within {timeout:?}"),
             }),
-            Ok(Ok(s)) => Ok(s),
+            Ok(Ok(s)) => {
+                if let Some(t) = s.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| not_after(c)) {
+                    self.expiry.lock().unwrap().1.insert(addr.to_owned(), t);
+                }
+                Ok(s)
+            }
             Ok(Err(e)) => Err(self.classify(addr, &e, &host)),
         }
     }
