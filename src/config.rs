@@ -444,7 +444,14 @@ pub struct Flow {
     /// The heartbeat topic the flow writes to on its source and mirrors whatever
     /// `topics` says; None with `heartbeats = false`.
     pub heartbeat_topic: Option<String>,
+    /// Set only in the process `mirrorproxy bench` starts: the one flow that may mirror
+    /// a [`BENCH_TOPIC_PREFIX`] topic.
+    pub bench: bool,
 }
+
+/// Topics `mirrorproxy bench` creates; no flow of `run` mirrors them, whatever its
+/// `topics` says, so a bench next to a running `.*` mirror is not mirrored twice.
+pub const BENCH_TOPIC_PREFIX: &str = "mirrorproxy.bench.";
 
 /// How a flow merges source batches (see [`crate::batch::merge`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -510,6 +517,7 @@ impl Flow {
     pub fn mirrors(&self, topic: &str, is_internal: bool) -> bool {
         !is_internal
             && !self.own_topics.iter().any(|t| t == topic)
+            && (self.bench || !topic.starts_with(BENCH_TOPIC_PREFIX))
             && (self.rename != Rename::Prefix || !came_from(topic, &self.target))
             && (self.topics.is_match(topic) || self.heartbeat_topic.as_deref() == Some(topic))
             && !self.exclude.as_ref().is_some_and(|e| e.is_match(topic))
@@ -689,6 +697,7 @@ impl Config {
                 sync_acls: f.sync_acls,
                 local_only,
                 heartbeat_topic: f.heartbeats.then(|| raw.tuning.heartbeat_topic.clone()),
+                bench: false,
             });
         }
         for (i, a) in flows.iter().enumerate() {
@@ -837,7 +846,7 @@ impl ClusterConfig {
                 let text = String::from_utf8(bytes)
                     .map_err(|_| format!("sasl.password_file {}: not UTF-8", file.display()))?;
                 let text =
-                    text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text).to_owned();
+                    text.strip_suffix('\n').map_or(text.as_str(), |t| t.strip_suffix('\r').unwrap_or(t)).to_owned();
                 if text.is_empty() {
                     return Err(format!("sasl.password_file {}: is empty", file.display()));
                 }

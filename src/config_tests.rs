@@ -50,6 +50,11 @@ rename = "prefix"
     assert!(f.mirrors("orders", false));
     assert!(!f.mirrors("mirrorproxy.checkpoints", false));
     assert!(!f.mirrors("mirrorproxy.producers", false));
+    assert!(!f.mirrors("mirrorproxy.bench.1796228162675", false), "bench topics are the bench's own");
+    let mut narrowed = c.clone();
+    crate::cli::narrow_for_bench(&mut narrowed, "a->b", "mirrorproxy.bench.1").unwrap();
+    assert!(narrowed.flows[0].mirrors("mirrorproxy.bench.1", false), "the bench's mirror process mirrors it");
+    assert!(!narrowed.flows[0].mirrors("mirrorproxy.bench.2", false) && !narrowed.flows[0].mirrors("orders", false));
     assert!(!f.mirrors("b.orders", false), "came from b");
     assert!(!f.mirrors("c.b.orders", false), "went through b before c");
     assert!(f.mirrors("c.orders", false));

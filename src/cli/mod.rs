@@ -1,6 +1,8 @@
 //! The commands behind the CLI, one module each; `main.rs` only parses arguments.
 //! Each returns `Err` with one message that names what failed and where.
 
+mod bench;
+mod bench_report;
 mod check;
 mod run;
 mod supervisor;
@@ -11,6 +13,7 @@ use std::sync::Arc;
 
 use tracing::{error, info, warn};
 
+pub use bench::{bench, narrow as narrow_for_bench, BenchArgs};
 pub use check::check;
 pub use run::run;
 pub use tools::{offsets_at, status, translate};

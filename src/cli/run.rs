@@ -8,8 +8,15 @@ use super::supervisor::{reach, Supervisor};
 use super::{clusters, spawn_tls_reloader, Clusters};
 use crate::config::Config;
 
-pub async fn run(path: &std::path::Path) -> Result<(), String> {
-    let config = Config::load(path).map_err(|e| e.to_string())?;
+/// `bench`: (flow, topic) for the mirror process `mirrorproxy bench` starts, which runs
+/// that flow for that topic only ([`super::bench::narrow`]), also after a reload.
+pub type BenchScope = Option<(String, String)>;
+
+pub async fn run(path: &std::path::Path, bench: BenchScope) -> Result<(), String> {
+    let mut config = Config::load(path).map_err(|e| e.to_string())?;
+    if let Some((flow, topic)) = &bench {
+        super::bench::narrow(&mut config, flow, topic)?;
+    }
     // Bound first: a port in use is the one error, before any cluster is asked.
     let metrics: crate::metrics::http::Shared = std::sync::Arc::default();
     let endpoint = match &config.metrics {
@@ -32,7 +39,7 @@ pub async fn run(path: &std::path::Path) -> Result<(), String> {
         error!("second signal: exiting now");
         std::process::exit(130);
     });
-    Supervisor::new(path.to_owned(), config, clusters, tls, metrics, rx).run().await;
+    Supervisor::new(path.to_owned(), bench, config, clusters, tls, metrics, rx).run().await;
     if let Some(h) = endpoint {
         h.abort();
     }

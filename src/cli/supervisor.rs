@@ -32,6 +32,7 @@ const REACH_ATTEMPTS: u32 = 3;
 
 pub struct Supervisor {
     path: PathBuf,
+    bench: super::run::BenchScope,
     config: Config,
     clusters: HashMap<String, Arc<Cluster>>,
     tls: TlsList,
@@ -70,6 +71,7 @@ impl Supervisor {
     /// `clusters` reached already; nothing runs until [`Supervisor::run`].
     pub fn new(
         path: PathBuf,
+        bench: super::run::BenchScope,
         config: Config,
         clusters: HashMap<String, Arc<Cluster>>,
         tls: TlsList,
@@ -81,7 +83,7 @@ impl Supervisor {
             let _ =
                 metrics.set(crate::metrics::Metrics::new(Vec::new(), engine.budget(), tls.clone(), m.partition_labels));
         }
-        Self { path, config, clusters, tls, engine, running: BTreeMap::new(), metrics, shutdown }
+        Self { path, bench, config, clusters, tls, engine, running: BTreeMap::new(), metrics, shutdown }
     }
 
     /// Runs every flow until shutdown, reloading the config on SIGHUP; returns when
@@ -166,7 +168,11 @@ impl Supervisor {
     async fn reload(&mut self) {
         let path = self.path.display().to_string();
         info!("SIGHUP: reloading the config from {path}");
-        let new = match Config::load(&self.path) {
+        let loaded = Config::load(&self.path).map_err(|e| e.to_string()).and_then(|mut c| match &self.bench {
+            Some((flow, topic)) => super::bench::narrow(&mut c, flow, topic).map(|()| c),
+            None => Ok(c),
+        });
+        let new = match loaded {
             Ok(c) => c,
             Err(e) => return error!("config reload failed, the running config stays: {e}"),
         };

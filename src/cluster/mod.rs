@@ -17,8 +17,8 @@ use kafka_protocol::messages::{
     create_topics_request::CreatableTopic,
     list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic},
     metadata_request::MetadataRequestTopic,
-    BrokerId, CreatePartitionsRequest, CreateTopicsRequest, InitProducerIdRequest, ListOffsetsRequest, MetadataRequest,
-    ProducerId, TopicName,
+    BrokerId, CreatePartitionsRequest, CreateTopicsRequest, DeleteTopicsRequest, InitProducerIdRequest,
+    ListOffsetsRequest, MetadataRequest, ProducerId, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use tokio::sync::Mutex;
@@ -257,7 +257,7 @@ impl Cluster {
         let resp = conn.call(&req).await.map_err(|e| self.net(e))?;
         let brokers: HashMap<i32, String> =
             resp.brokers.iter().map(|b| (b.node_id.0, format!("{}:{}", b.host.as_str(), b.port))).collect();
-        *self.brokers.lock().unwrap() = brokers.clone();
+        self.brokers.lock().unwrap().clone_from(&brokers);
         let mut out = ClusterMetadata {
             cluster_id: resp.cluster_id.as_ref().map(|c| c.as_str().to_owned()),
             brokers,
@@ -308,6 +308,24 @@ impl Cluster {
                 continue;
             }
             if let Some(e) = self.kafka(format!("creating topic '{name}'"), t.error_code, t.error_message.as_ref()) {
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes a topic. A topic that is not there is not an error.
+    pub async fn delete_topic(&self, name: &str) -> Result<(), ClusterError> {
+        let conn = self.any_broker().await?;
+        let req = DeleteTopicsRequest::default()
+            .with_topic_names(vec![TopicName(StrBytes::from_string(name.to_owned()))])
+            .with_timeout_ms(30_000);
+        let resp = conn.call(&req).await.map_err(|e| self.net(e))?;
+        for t in &resp.responses {
+            if t.error_code == ResponseError::UnknownTopicOrPartition.code() {
+                continue;
+            }
+            if let Some(e) = self.kafka(format!("deleting topic '{name}'"), t.error_code, t.error_message.as_ref()) {
                 return Err(e);
             }
         }

@@ -133,6 +133,8 @@ pub fn our_max_version(api: ApiKey) -> i16 {
         ApiKey::ListOffsets => 8,
         ApiKey::CreateTopics => 7,
         ApiKey::CreatePartitions => 3,
+        // v6 names topics in a struct (with ids); v5 lists names.
+        ApiKey::DeleteTopics => 5,
         // Group APIs: the last versions with one group per request.
         ApiKey::FindCoordinator => 3,
         ApiKey::OffsetFetch => 7,
