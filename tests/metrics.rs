@@ -143,6 +143,13 @@ fn prometheus_scrapes_records_and_lag_and_promtool_accepts_the_exposition() {
         body.contains("mirrorproxy_records_total{flow=\"edge->cloud\",topic=\"orders\",partition=\"2\"}"),
         "{body}"
     );
+    // Each broker connection, by cluster and address, up; the requests waiting on it.
+    for (cluster, broker) in [("edge", &src.bootstrap), ("cloud", &dst.bootstrap)] {
+        let series = format!("mirrorproxy_broker_connected{{cluster=\"{cluster}\",broker=\"{broker}\"}} 1\n");
+        assert!(body.contains(&series), "{series}in:\n{body}");
+        let waiting = format!("mirrorproxy_broker_requests_in_flight{{cluster=\"{cluster}\",broker=\"{broker}\"}} ");
+        assert!(body.contains(&waiting), "{waiting}in:\n{body}");
+    }
     let check = Command::new(tool("promtool"))
         .args(["check", "metrics"])
         .stdin(Stdio::piped())

@@ -162,6 +162,9 @@ impl Supervisor {
     fn publish(&self) {
         if let Some(m) = self.metrics.get() {
             m.set_flows(self.running.values().map(|r| r.stats.clone()).collect());
+            let mut clusters: Vec<(&String, &Arc<Cluster>)> = self.clusters.iter().collect();
+            clusters.sort_by_key(|(alias, _)| *alias);
+            m.set_clusters(clusters.into_iter().map(|(_, c)| c.clone()).collect());
         }
     }
 

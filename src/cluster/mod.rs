@@ -157,6 +157,18 @@ pub struct Cluster {
     settings: ConnectSettings,
     brokers: std::sync::Mutex<HashMap<i32, String>>,
     conns: Mutex<HashMap<String, Arc<Connection>>>,
+    /// The connections of `conns`, readable without waiting: `conns` is held while a
+    /// connection is being opened, which can take the connect timeout.
+    seen: std::sync::Mutex<HashMap<String, std::sync::Weak<Connection>>>,
+}
+
+/// One broker connection's state, for the metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionState {
+    pub addr: String,
+    /// Open and usable (not broken, not retiring).
+    pub connected: bool,
+    pub in_flight: usize,
 }
 
 impl Cluster {
@@ -168,7 +180,28 @@ impl Cluster {
             settings,
             brokers: std::sync::Mutex::new(HashMap::new()),
             conns: Mutex::new(HashMap::new()),
+            seen: std::sync::Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Per broker address this cluster has connected to: whether the connection is up
+    /// and how many requests wait on it; sorted by address.
+    #[must_use]
+    pub fn connection_states(&self) -> Vec<ConnectionState> {
+        let mut out: Vec<ConnectionState> = self
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(addr, weak)| match weak.upgrade() {
+                Some(c) => {
+                    ConnectionState { addr: addr.clone(), connected: !c.is_poisoned(), in_flight: c.in_flight() }
+                }
+                None => ConnectionState { addr: addr.clone(), connected: false, in_flight: 0 },
+            })
+            .collect();
+        out.sort_by(|a, b| a.addr.cmp(&b.addr));
+        out
     }
 
     #[must_use]
@@ -205,6 +238,7 @@ impl Cluster {
                 .map_err(|e| self.net(e))?,
         );
         conns.insert(addr.to_owned(), conn.clone());
+        self.seen.lock().unwrap().insert(addr.to_owned(), Arc::downgrade(&conn));
         Ok(conn)
     }
 

@@ -35,18 +35,30 @@ pub struct Metrics {
     flows: std::sync::RwLock<Vec<Arc<FlowStats>>>,
     budget: Arc<Budget>,
     tls: TlsList,
+    clusters: std::sync::RwLock<Vec<Arc<crate::cluster::Cluster>>>,
     partition_labels: bool,
 }
 
 impl Metrics {
     #[must_use]
     pub fn new(flows: Vec<Arc<FlowStats>>, budget: Arc<Budget>, tls: TlsList, partition_labels: bool) -> Self {
-        Self { flows: std::sync::RwLock::new(flows), budget, tls, partition_labels }
+        Self {
+            flows: std::sync::RwLock::new(flows),
+            budget,
+            tls,
+            clusters: std::sync::RwLock::default(),
+            partition_labels,
+        }
     }
 
     /// The flows now running.
     pub fn set_flows(&self, flows: Vec<Arc<FlowStats>>) {
         *self.flows.write().unwrap() = flows;
+    }
+
+    /// The clusters in use (their broker connections are reported).
+    pub fn set_clusters(&self, clusters: Vec<Arc<crate::cluster::Cluster>>) {
+        *self.clusters.write().unwrap() = clusters;
     }
 
     fn flows(&self) -> Vec<Arc<FlowStats>> {
@@ -103,7 +115,31 @@ impl Metrics {
         f.sample(&Labels::new(), self.budget.limit() as f64);
         f.write(&mut out);
         self.render_tls(&mut out);
+        self.render_brokers(&mut out);
         out
+    }
+
+    /// Per cluster and broker address connected to: up or not, requests waiting.
+    fn render_brokers(&self, out: &mut String) {
+        let mut up = Family::new(
+            "mirrorproxy_broker_connected",
+            "gauge",
+            "1 while the connection to the broker is open and usable, 0 once it broke (until reopened).",
+        );
+        let mut waiting = Family::new(
+            "mirrorproxy_broker_requests_in_flight",
+            "gauge",
+            "Requests sent to the broker and not yet answered, over every flow.",
+        );
+        for c in self.clusters.read().unwrap().iter() {
+            for s in c.connection_states() {
+                let l = Labels::new().with("cluster", c.alias()).with("broker", &s.addr);
+                up.sample(&l, if s.connected { 1.0 } else { 0.0 });
+                waiting.sample(&l, s.in_flight as f64);
+            }
+        }
+        up.write(out);
+        waiting.write(out);
     }
 
     /// Per cluster with TLS: seconds until its client certificate, CA bundle and the

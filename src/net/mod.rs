@@ -313,6 +313,12 @@ impl Connection {
         self.is_retired() || self.shared.poison.lock().unwrap().is_some()
     }
 
+    /// Requests sent and not yet answered (for the per-broker metrics).
+    #[must_use]
+    pub fn in_flight(&self) -> usize {
+        self.shared.pending.lock().unwrap().len()
+    }
+
     /// True once the SASL session lifetime is 85 % over.
     #[must_use]
     pub fn is_retired(&self) -> bool {
