@@ -125,6 +125,7 @@ const RETIRE_AT: f64 = 0.85;
 /// Highest version of each API this client implements. Fetch and Produce stop at the
 /// last versions that name topics (v13 of both switched to topic ids, KIP-516).
 #[must_use]
+#[allow(clippy::match_same_arms)] // a table: one line per API, whatever its number
 pub fn our_max_version(api: ApiKey) -> i16 {
     match api {
         ApiKey::Fetch | ApiKey::Produce => 12,
@@ -574,17 +575,14 @@ async fn read_loop(mut r: Box<dyn AsyncRead + Send + Unpin>, shared: Arc<Shared>
                         }
                     };
                     let reply = shared.pending.lock().unwrap().remove(&id);
-                    match reply {
-                        Some(reply) => {
-                            let _ = reply.send(Ok(body));
-                        }
-                        None => {
-                            shared.poison(NetError::Protocol {
-                                addr: shared.addr.clone(),
-                                reason: format!("response with unknown correlation id {id}"),
-                            });
-                            return;
-                        }
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Ok(body));
+                    } else {
+                        shared.poison(NetError::Protocol {
+                            addr: shared.addr.clone(),
+                            reason: format!("response with unknown correlation id {id}"),
+                        });
+                        return;
                     }
                 }
                 Ok(None) => break,
@@ -674,9 +672,8 @@ mod tests {
             let _ = s.read(&mut b).await;
             let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n").await;
         });
-        let err = match Connection::connect(&addr, "t", Duration::from_secs(2), Duration::from_secs(2)).await {
-            Err(e) => e,
-            Ok(_) => panic!("an HTTP server was accepted as a broker"),
+        let Err(err) = Connection::connect(&addr, "t", Duration::from_secs(2), Duration::from_secs(2)).await else {
+            panic!("an HTTP server was accepted as a broker")
         };
         let msg = err.to_string();
         assert!(msg.contains("HTTP") && msg.contains(&addr), "{msg}");
