@@ -329,7 +329,10 @@ fn mirrors_over_mutual_tls_next_to_a_local_plaintext_cluster() {
         let secs: f64 = line[series.len()..].parse().unwrap();
         assert!((29.0 * 86400.0..=30.0 * 86400.0).contains(&secs), "{line}");
     }
-    assert!(!exposition.contains("cluster=\"edge\""), "edge has no TLS: no expiry series");
+    assert!(
+        !exposition.contains("mirrorproxy_tls_certificate_expiry_seconds{cluster=\"edge\""),
+        "edge has no TLS: no expiry series"
+    );
     for p in 0..2 {
         let want: Vec<&TestRecord> = recs.iter().filter(|r| r.partition == p).collect();
         let have: Vec<&ReceivedRecord> = got.iter().filter(|r| r.partition == p).collect();
