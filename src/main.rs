@@ -36,39 +36,7 @@ enum Command {
     },
     /// Measure a flow's link: write a synthetic load to a new topic on its source, mirror
     /// it, read it on the target; report throughput, latency, the proxy's CPU and memory.
-    Bench {
-        #[arg(long)]
-        config: PathBuf,
-        /// The flow, as SOURCE->TARGET.
-        #[arg(long)]
-        flow: String,
-        /// Records to write.
-        #[arg(long, default_value_t = 100_000)]
-        records: u64,
-        /// Bytes per record value.
-        #[arg(long, default_value_t = 1024)]
-        record_size: usize,
-        /// none, gzip, snappy, lz4 or zstd.
-        #[arg(long, default_value = "none")]
-        codec: String,
-        /// Records per batch (one batch per Produce).
-        #[arg(long, default_value_t = 100)]
-        batch_records: usize,
-        /// Records per second over all partitions; 0: as fast as the link takes them.
-        #[arg(long, default_value_t = 0)]
-        rate: u64,
-        #[arg(long, default_value_t = 4)]
-        partitions: i32,
-        /// Of the bench topic on the source; -1: the broker's default.
-        #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
-        replication_factor: i16,
-        /// Where bench.json, bench.png and the mirror's log go.
-        #[arg(long, default_value = "mirrorproxy-bench")]
-        out: PathBuf,
-        /// Keep the bench topics instead of deleting them.
-        #[arg(long)]
-        keep_topics: bool,
-    },
+    Bench(cli::BenchArgs),
     /// Validate the config and connect to every cluster.
     Check {
         #[arg(long)]
@@ -153,34 +121,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Run { config, bench_flow, bench_topic } => cli::run(&config, bench_flow.zip(bench_topic)).await,
-            Command::Bench {
-                config,
-                flow,
-                records,
-                record_size,
-                codec,
-                batch_records,
-                rate,
-                partitions,
-                replication_factor,
-                out,
-                keep_topics,
-            } => {
-                let args = cli::BenchArgs {
-                    config,
-                    flow,
-                    records,
-                    record_size,
-                    codec,
-                    batch_records,
-                    rate,
-                    partitions,
-                    replication_factor,
-                    out,
-                    keep_topics,
-                };
-                cli::bench(&args).await
-            }
+            Command::Bench(args) => cli::bench(&args).await,
             Command::Check { config } => cli::check(&config).await,
             Command::Status { config, json } => cli::status(&config, json).await,
             Command::Offsets { command: OffsetsCommand::Translate { config, flow, group, commit, json } } => {

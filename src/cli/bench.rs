@@ -38,20 +38,39 @@ use crate::checkpoint::now_ms;
 use crate::cluster::Cluster;
 use crate::config::{Config, BENCH_TOPIC_PREFIX};
 
-/// What to run (the command's flags).
-#[derive(Debug, Clone)]
+/// What to run: the command's flags.
+#[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
+    #[arg(long)]
     pub config: PathBuf,
+    /// The flow, as SOURCE->TARGET.
+    #[arg(long)]
     pub flow: String,
+    /// Records to write.
+    #[arg(long, default_value_t = 100_000)]
     pub records: u64,
+    /// Bytes per record value.
+    #[arg(long, default_value_t = 1024)]
     pub record_size: usize,
+    /// none, gzip, snappy, lz4 or zstd.
+    #[arg(long, default_value = "none")]
     pub codec: String,
+    /// Records per batch (one batch per Produce).
+    #[arg(long, default_value_t = 100)]
     pub batch_records: usize,
     /// Records per second over all partitions; 0: as fast as the link takes them.
+    #[arg(long, default_value_t = 0)]
     pub rate: u64,
+    #[arg(long, default_value_t = 4)]
     pub partitions: i32,
+    /// Of the bench topic on the source; -1: the broker's default.
+    #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
     pub replication_factor: i16,
+    /// Where bench.json, bench.png and the mirror's log go.
+    #[arg(long, default_value = "mirrorproxy-bench")]
     pub out: PathBuf,
+    /// Keep the bench topics instead of deleting them.
+    #[arg(long)]
     pub keep_topics: bool,
 }
 
@@ -227,9 +246,9 @@ async fn measure(
             sample.t, sample.records_per_s, sample.mb_per_s, sample.lag, p99, args.records
         );
         if tty {
-            eprint!("\r{line}   ")
+            eprint!("\r{line}   ");
         } else {
-            eprintln!("{line}")
+            eprintln!("{line}");
         }
         timeline.push(sample);
         if mirrored > last.1 {
