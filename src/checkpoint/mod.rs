@@ -381,9 +381,19 @@ pub fn encode_batch(records: &[(String, Checkpoint)]) -> Bytes {
 /// Encodes keyed records as one uncompressed batch without a producer id.
 #[must_use]
 pub fn encode_records(records: &[(String, Vec<u8>)]) -> Bytes {
-    let now = now_ms();
+    let kv = records.iter().map(|(k, v)| (Some(Bytes::from(k.clone().into_bytes())), Some(Bytes::from(v.clone()))));
+    encode_plain_batch(kv, now_ms(), KpCompression::None).expect("encoding an uncompressed batch cannot fail")
+}
+
+/// Encodes (key, value) records as one batch without a producer id, all with create
+/// time `timestamp` (ms), in `compression` (the checkpoints, the registry, the load of
+/// `mirrorproxy bench`).
+pub fn encode_plain_batch(
+    records: impl Iterator<Item = (Option<Bytes>, Option<Bytes>)>,
+    timestamp: i64,
+    compression: KpCompression,
+) -> Result<Bytes, String> {
     let records: Vec<Record> = records
-        .iter()
         .enumerate()
         .map(|(i, (key, value))| Record {
             transactional: false,
@@ -399,20 +409,16 @@ pub fn encode_records(records: &[(String, Vec<u8>)]) -> Bytes {
             // sequence = offset - 1 the difference is constant and the batch's base
             // sequence is -1, as for any producer without an id.
             sequence: i as i32 - 1,
-            timestamp: now,
-            key: Some(Bytes::from(key.clone().into_bytes())),
-            value: Some(Bytes::from(value.clone())),
+            timestamp,
+            key,
+            value,
             headers: indexmap::IndexMap::new(),
         })
         .collect();
     let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &records,
-        &RecordEncodeOptions { version: 2, compression: KpCompression::None },
-    )
-    .expect("encoding an uncompressed batch cannot fail");
-    buf.freeze()
+    RecordBatchEncoder::encode(&mut buf, &records, &RecordEncodeOptions { version: 2, compression })
+        .map_err(|e| e.to_string())?;
+    Ok(buf.freeze())
 }
 
 /// Writes checkpoint records (acks=all) to partition 0 of `topic`.

@@ -22,19 +22,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use hdrhistogram::Histogram;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{ProduceRequest, TopicName};
 use kafka_protocol::protocol::StrBytes;
-use kafka_protocol::records::{
-    Compression as KpCompression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use kafka_protocol::records::Compression as KpCompression;
 
 use super::bench_report::{self, Report, Sample};
 use super::supervisor::reach;
 use crate::batch::split_batches;
-use crate::checkpoint::now_ms;
+use crate::checkpoint::{encode_plain_batch, now_ms};
 use crate::cluster::Cluster;
 use crate::config::{Config, BENCH_TOPIC_PREFIX};
 
@@ -312,36 +310,18 @@ async fn produce_partition(
     let mut sent = 0u64;
     while sent < n && !progress.stop.load(Ordering::Relaxed) {
         let k = (a.batch_records as u64).min(n - sent);
-        let ts = now_ms();
-        let records: Vec<Record> = (0..k)
-            .map(|i| {
-                let at = ((sent + i) as usize * 31) % 4096;
-                Record {
-                    transactional: false,
-                    control: false,
-                    delete_horizon: false,
-                    partition_leader_epoch: -1,
-                    producer_id: -1,
-                    producer_epoch: -1,
-                    timestamp_type: TimestampType::Creation,
-                    offset: i as i64,
-                    sequence: i as i32 - 1,
-                    timestamp: ts,
-                    key: None,
-                    value: Some(pool.slice(at..at + a.record_size)),
-                    headers: indexmap::IndexMap::new(),
-                }
-            })
-            .collect();
-        let mut buf = BytesMut::new();
-        RecordBatchEncoder::encode(&mut buf, &records, &RecordEncodeOptions { version: 2, compression })
+        let values = (0..k).map(|i| {
+            let at = ((sent + i) as usize * 31) % 4096;
+            (None, Some(pool.slice(at..at + a.record_size)))
+        });
+        let batch = encode_plain_batch(values, now_ms(), compression)
             .map_err(|e| format!("encoding a {} batch: {e}", a.codec))?;
         let req = ProduceRequest::default().with_acks(-1).with_timeout_ms(30_000).with_topic_data(vec![
             TopicProduceData::default()
                 .with_name(TopicName(StrBytes::from_string(topic.to_owned())))
                 .with_partition_data(vec![PartitionProduceData::default()
                     .with_index(partition)
-                    .with_records(Some(buf.freeze()))]),
+                    .with_records(Some(batch))]),
         ]);
         let resp =
             conn.call(&req).await.map_err(|e| format!("writing the load to '{topic}' partition {partition}: {e}"))?;
