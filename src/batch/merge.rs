@@ -50,13 +50,18 @@ pub fn same_codec(a: &VerifiedBatch, b: &VerifiedBatch) -> bool {
     (a.header().attributes & COMPRESSION_MASK) == (b.header().attributes & COMPRESSION_MASK)
 }
 
+/// A merged batch, and the size of its records before compression.
+#[derive(Debug)]
+pub struct Merged {
+    pub batch: OutgoingBatch,
+    /// Bytes of the records uncompressed: with the source batches' compressed record
+    /// bytes, how much they expand (the coalescing decision of the engine learns it).
+    pub plain_bytes: usize,
+}
+
 /// One batch holding the records of `batches`, in order, stamped for the target.
 /// Every batch must be [`mergeable`].
-pub fn merge(
-    batches: &[&VerifiedBatch],
-    stamp: ProducerStamp,
-    codec: Compression,
-) -> Result<OutgoingBatch, BatchError> {
+pub fn merge(batches: &[&VerifiedBatch], stamp: ProducerStamp, codec: Compression) -> Result<Merged, BatchError> {
     let first = batches.first().ok_or(BatchError::NotForwardable { base_offset: -1, reason: "nothing to merge" })?;
     let base_offset = first.header().base_offset;
     let base_timestamp = first.header().base_timestamp;
@@ -92,6 +97,7 @@ pub fn merge(
                 .ok_or(BatchError::NotForwardable { base_offset, reason: "more than i32::MAX records" })?;
         }
     }
+    let plain_bytes = plain.len();
     let body = match codec {
         Compression::None => plain,
         Compression::Snappy => {
@@ -118,7 +124,7 @@ pub fn merge(
     let (header, bytes): (BatchHeader, Bytes) =
         assemble(header, &body, "the merged batch would be larger than 2 GiB").map_err(|e| e.at_batch(base_offset))?;
     debug_assert_eq!(bytes.len(), HEADER_LEN + body.len());
-    Ok(OutgoingBatch::assembled(header, &bytes))
+    Ok(Merged { batch: OutgoingBatch::assembled(header, &bytes), plain_bytes })
 }
 
 #[cfg(test)]
@@ -195,7 +201,7 @@ mod tests {
             let codec = target_codec(&sources[0], to);
             let stamp = ProducerStamp { producer_id: 42, producer_epoch: 3, base_sequence: 17 };
             let refs: Vec<&VerifiedBatch> = sources.iter().collect();
-            let out = merge(&refs, stamp, codec).unwrap();
+            let Merged { batch: out, plain_bytes } = merge(&refs, stamp, codec).unwrap();
             // Parse it back as a target broker would: one batch, CRC right.
             let split = split_batches(out.to_bytes()).unwrap();
             prop_assert_eq!(split.batches.len(), 1);
@@ -204,6 +210,7 @@ mod tests {
             prop_assert_eq!(h.records_count as usize, expected.len());
             prop_assert_eq!(h.last_offset_delta as usize, expected.len() - 1);
             prop_assert_eq!(h.compression().unwrap(), codec);
+            prop_assert_eq!(plain_bytes, merged.decompressed_records().unwrap().len());
             prop_assert_eq!((h.producer_id, h.producer_epoch, h.base_sequence), (42, 3, 17));
             prop_assert_eq!(h.base_timestamp, sources[0].header().base_timestamp);
             prop_assert_eq!(h.max_timestamp, sources.iter().map(|s| s.header().max_timestamp).max().unwrap());

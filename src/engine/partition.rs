@@ -126,6 +126,9 @@ pub(super) struct PartState {
     /// Records and bytes acknowledged by the target in this run (for metrics).
     pub(super) acked_records: u64,
     pub(super) acked_bytes: u64,
+    /// How much this partition's compressed batches expand, learned from its merges:
+    /// coalescing judges a compressed batch by its size uncompressed.
+    pub(super) expansion: super::produce::Expansion,
 }
 
 /// Where a new partition starts.
@@ -253,6 +256,7 @@ impl PartState {
             held: Vec::new(),
             acked_records: 0,
             acked_bytes: 0,
+            expansion: super::produce::Expansion::default(),
         }
     }
 
