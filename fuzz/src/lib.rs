@@ -262,9 +262,12 @@ pub fn check_records(records: Bytes, selector: u8) {
     if run.len() > 1 {
         let codec = merge::target_codec(run[0], None);
         if let Ok(out) = merge::merge(&run, STAMPS[1], codec) {
-            let m = reverify_one(out.to_bytes(), "merge");
+            let m = reverify_one(out.batch.to_bytes(), "merge");
             let count: i64 = run.iter().map(|v| i64::from(v.header().records_count)).sum();
             assert_eq!(i64::from(m.header().records_count), count, "merged record count");
+            if let Ok(plain) = m.decompressed_records() {
+                assert_eq!(out.plain_bytes, plain.len(), "merge reported its uncompressed size");
+            }
             check_walk(&m);
         }
     }
