@@ -4,7 +4,9 @@
 //! A Fetch is sent only when its `max_bytes` fits in what is left, so a slow target
 //! slows fetching instead of growing memory. A [`Charge`] is the share of one Fetch
 //! response; it goes back when the last batch that is a view of that response's buffer
-//! is gone (acknowledged, skipped or dropped).
+//! is gone (acknowledged, skipped or dropped). A merged batch is new memory beside the
+//! fetched batches it was made from (they stay queued until acknowledged): it is
+//! charged with [`Budget::force`] for as long as its Produce request is outstanding.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -31,10 +33,18 @@ impl Budget {
                 return None;
             }
             match self.used.compare_exchange(used, used + take, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => return Some(Charge { budget: self.clone(), bytes: take }),
+                Ok(_) => return Some(Charge { budget: self.clone(), bytes: AtomicU64::new(take) }),
                 Err(now) => used = now,
             }
         }
+    }
+
+    /// Charges `bytes` even beyond the limit: memory the engine has already allocated
+    /// (a merged batch, built when it is sent) and holds until its Produce is answered.
+    /// Counting it makes the next Fetch wait instead of memory growing past the budget.
+    pub(super) fn force(self: &Arc<Self>, bytes: u64) -> Charge {
+        self.used.fetch_add(bytes, Ordering::AcqRel);
+        Charge { budget: self.clone(), bytes: AtomicU64::new(bytes) }
     }
 
     /// The most bytes it lends (`buffer_bytes`).
@@ -54,27 +64,61 @@ impl Budget {
 #[derive(Debug)]
 pub struct Charge {
     budget: Arc<Budget>,
-    pub(super) bytes: u64,
+    bytes: AtomicU64,
 }
 
 impl Charge {
+    /// Bytes it holds.
+    pub(super) fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Acquire)
+    }
+
     /// Returns what exceeds `bytes` to the budget now.
     pub(super) fn shrink_to(&mut self, bytes: u64) {
-        let back = self.bytes.saturating_sub(bytes);
+        let held = self.bytes.get_mut();
+        let back = held.saturating_sub(bytes);
         self.budget.used.fetch_sub(back, Ordering::AcqRel);
-        self.bytes -= back;
+        *held -= back;
     }
 
     /// Takes more bytes from the budget even beyond its limit: a broker may return one
-    /// batch larger than the requested `max_bytes` (KIP-74), and that batch must be held.
-    pub(super) fn grow(&mut self, bytes: u64) {
+    /// batch larger than the requested `max_bytes` (KIP-74), and that batch must be
+    /// held; the queue entries made from a response are charged to it once they are
+    /// known (shared by then, hence `&self`).
+    pub(super) fn grow(&self, bytes: u64) {
         self.budget.used.fetch_add(bytes, Ordering::AcqRel);
-        self.bytes += bytes;
+        self.bytes.fetch_add(bytes, Ordering::AcqRel);
     }
 }
 
 impl Drop for Charge {
     fn drop(&mut self) {
-        self.budget.used.fetch_sub(self.bytes, Ordering::AcqRel);
+        self.budget.used.fetch_sub(*self.bytes.get_mut(), Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Budget;
+    use std::sync::Arc;
+
+    #[test]
+    fn every_charge_returns_what_it_took_including_growth_while_shared_and_forced_bytes() {
+        let budget = Budget::new(1000);
+        let mut c = budget.reserve(600, 100).unwrap();
+        assert!(budget.reserve(500, 500).is_none(), "400 left");
+        c.shrink_to(200);
+        let shared = Arc::new(c);
+        shared.grow(300); // queue entries, counted once the response is taken apart
+        assert_eq!(budget.used(), 500);
+        let merged = budget.force(900); // beyond the limit: already allocated
+        assert_eq!(budget.used(), 1400);
+        assert!(budget.reserve(1, 1).is_none(), "over the limit: no Fetch");
+        drop(merged);
+        let view = shared.clone();
+        drop(shared);
+        assert_eq!(budget.used(), 500, "a batch still holds the response");
+        drop(view);
+        assert_eq!(budget.used(), 0);
     }
 }

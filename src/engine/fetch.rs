@@ -27,6 +27,10 @@ use crate::config::Tuning;
 use crate::net::NetError;
 use crate::registry::{self};
 
+/// What one queued batch costs beside its bytes: its entry, twice over for the
+/// queue's spare capacity (a `VecDeque` grows by doubling).
+pub(super) const PENDING_ENTRY_BYTES: u64 = 2 * std::mem::size_of::<super::partition::Pending>() as u64;
+
 impl FlowDriver {
     /// Starts a Fetch on every source broker that has none outstanding. A broker with an
     /// established fetch session gets the changes of the partitions marked in
@@ -110,7 +114,7 @@ impl FlowDriver {
                 }
                 continue; // budget spent: wait for acknowledgements
             };
-            let max_bytes = charge.bytes as i32;
+            let max_bytes = charge.bytes() as i32;
             let enabled = self.tuning.fetch_sessions;
             let session = self.fetch_sessions.entry(broker).or_insert_with(|| FetchSession::new(enabled));
             let next = match request {
@@ -256,18 +260,23 @@ impl FlowDriver {
             t.consume(fetched_bytes);
         }
         // The response may exceed max_bytes by one batch (KIP-74): account for all of it.
-        if fetched_bytes > charge.bytes {
-            charge.grow(fetched_bytes - charge.bytes);
+        if fetched_bytes > charge.bytes() {
+            charge.grow(fetched_bytes - charge.bytes());
         }
         // What the response did not use goes back now; the rest stays charged until
         // the last batch of this response is acknowledged (see `Pending::_charge`).
         charge.shrink_to(fetched_bytes);
         let charge = Arc::new(charge);
         let mut behind = false;
+        let first_id = self.next_pending_id;
         for (tp, records, offset, hwm) in holds {
             self.accept_records(&tp, records, offset, hwm, &charge);
             behind |= self.parts.get(&tp).is_some_and(|p| p.stopped.is_none() && p.fetch_offset < p.high_watermark);
         }
+        // Each batch queued from this response also costs its queue entry: at 1 KB lz4
+        // records a batch is ~650 bytes and its entry a third of that again (peak RSS
+        // was twice the budget before these were counted).
+        charge.grow((self.next_pending_id - first_id) * PENDING_ENTRY_BYTES);
         if behind {
             self.fetch_at_tail.remove(&broker);
         }

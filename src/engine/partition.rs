@@ -492,6 +492,11 @@ impl PartState {
             acked.bytes += entry.batch.bytes().len() as u64;
             acked.batches += 1;
         }
+        if self.queue.is_empty() && self.queue.capacity() > 4096 {
+            // A backlog of small batches grew it; the budget charged its entries only
+            // while they were queued (fetch.rs, PENDING_ENTRY_BYTES).
+            self.queue.shrink_to(256);
+        }
         self.acked_records += acked.records;
         self.acked_bytes += acked.bytes;
         self.produce_backoff = base_backoff;

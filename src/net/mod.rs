@@ -596,7 +596,18 @@ async fn read_loop(mut r: Box<dyn AsyncRead + Send + Unpin>, shared: Arc<Shared>
             return;
         }
         if let Some(total) = needed(&buf) {
-            buf.reserve(total.saturating_sub(buf.len()));
+            // (check_frame above has bounded `total` by MAX_FRAME.)
+            if buf.capacity() < total {
+                // One allocation of exactly this frame. A Fetch response's batches are
+                // views of it and keep it whole until the last one is acknowledged, and
+                // the memory budget charges the response's size: `reserve` could double
+                // the buffer and read the next frame's bytes into the same allocation
+                // (measured: peak RSS 500 MB for a 256 MiB budget, 1 KB lz4 records at
+                // 64 partitions).
+                let mut exact = BytesMut::with_capacity(total);
+                exact.extend_from_slice(&buf);
+                buf = exact;
+            }
         } else {
             buf.reserve(64 * 1024);
         }
