@@ -83,7 +83,7 @@ fn rebatching_is_parsed_and_its_mistakes_are_named() {
     let c = Config::parse(&on, "m.toml").unwrap();
     let explicit = Rebatch { max_bytes: 1 << 20, compression: Some(Compression::Zstd), small_below: None };
     assert_eq!(c.flows[0].rebatch, Some(explicit));
-    let coalescing = Rebatch { max_bytes: 256 << 10, compression: None, small_below: Some(16 << 10) };
+    let coalescing = Rebatch { max_bytes: 256 << 10, compression: None, small_below: Some(12 << 10) };
     assert_eq!(Config::parse(GOOD, "m.toml").unwrap().flows[0].rebatch, Some(coalescing), "coalescing by default");
     let off = GOOD.replace("rename = \"prefix\"", "coalesce_below_bytes = 0");
     assert_eq!(Config::parse(&off, "m.toml").unwrap().flows[0].rebatch, None, "pass-through asked for");
@@ -93,7 +93,7 @@ fn rebatching_is_parsed_and_its_mistakes_are_named() {
         Some(Rebatch { max_bytes: 64 << 10, compression: None, small_below: Some(4096) })
     );
     let e = err(&GOOD.replace("rename = \"prefix\"", "coalesce_max_bytes = 1000"));
-    assert!(e.contains("flows[0].coalesce_max_bytes") && e.contains("coalesce_below_bytes (16384)"), "{e}");
+    assert!(e.contains("flows[0].coalesce_max_bytes") && e.contains("coalesce_below_bytes (12288)"), "{e}");
     let e = err(&on.replace("\"zstd\"", "\"brotli\""));
     assert!(e.contains("flows[0].rebatch_compression") && e.contains("brotli"), "{e}");
     let e = err(&GOOD.replace("rename = \"prefix\"", "rebatch_compression = \"lz4\""));
