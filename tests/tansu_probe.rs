@@ -419,13 +419,26 @@ fn watermark_quirk() {
 
 /// The first batch of a raw Fetch at `offset`, and the high watermark it reports.
 fn fetch_first_batch(bootstrap: &str, topic: &str, offset: i64) -> (Option<(i64, i64)>, i64) {
+    let (answer, _) = raw_fetch(bootstrap, topic, offset, 100);
+    answer.expect("the partition is in the answer")
+}
+
+/// One raw Fetch of partition 0 at `offset` with `max_wait_ms`: the first batch and the
+/// high watermark, None when the answer leaves the partition out; and how long it took.
+fn raw_fetch(
+    bootstrap: &str,
+    topic: &str,
+    offset: i64,
+    max_wait_ms: i32,
+) -> (Option<(Option<(i64, i64)>, i64)>, Duration) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
         let conn = mirrorproxy::net::Connection::connect(bootstrap, "probe", Duration::from_secs(5), T).await.unwrap();
         let req = kafka_protocol::messages::FetchRequest::default()
             .with_replica_id(kafka_protocol::messages::BrokerId(-1))
-            .with_max_wait_ms(100)
+            .with_max_wait_ms(max_wait_ms)
+            .with_min_bytes(1)
             .with_max_bytes(1 << 20)
             .with_session_epoch(-1)
             .with_topics(vec![FetchTopic::default()
@@ -437,12 +450,42 @@ fn fetch_first_batch(bootstrap: &str, topic: &str, offset: i64) -> (Option<(i64,
                     .with_fetch_offset(offset)
                     .with_partition_max_bytes(1 << 20)
                     .with_log_start_offset(-1)])]);
+        let t0 = std::time::Instant::now();
         let resp = conn.call(&req).await.unwrap();
-        let pd = &resp.responses[0].partitions[0];
+        let took = t0.elapsed();
+        let Some(pd) = resp.responses.first().and_then(|t| t.partitions.first()) else { return (None, took) };
         let split = mirrorproxy::batch::split_batches(pd.records.clone().unwrap_or_default()).unwrap();
         let first = split.batches.first().map(|b| (b.header().base_offset, b.header().last_offset()));
-        (first, pd.high_watermark)
+        (Some((first, pd.high_watermark)), took)
     })
+}
+
+#[test]
+fn fetch_max_wait_zero_answers_no_topics_and_data_is_answered_at_once() {
+    // What the engine's choice of max_wait rests on (engine/fetch.rs): a partition
+    // catching up asks with 0. Kafka answers that with what it has; tansu 0.6.0 (the
+    // PyPI build) answers it with no topics at all, data or not, and the engine then
+    // long-polls once, which tansu answers at once when there is data. Measured on the
+    // small-batch backlog of tools/bench/README.md, 3 runs each: 0 drained it in
+    // 0.90-0.97 s, 1 ms in 1.05-1.09 s (tansu answers partitions it reaches after the
+    // deadline empty), the long poll throughout in 1.10-1.53 s.
+    let b = Broker::start();
+    create_topic(&b.bootstrap, "mw", 1);
+    let recs: Vec<TestRecord> = (0..10).map(|i| TestRecord::kv(0, &format!("k{i}"), "v")).collect();
+    produce(&b.bootstrap, "mw", &recs, "none", false);
+    let (zero, took) = raw_fetch(&b.bootstrap, "mw", 0, 0);
+    println!("PROBE: Fetch with max_wait 0 over 10 records: {zero:?} in {took:?}");
+    assert!(zero.is_none(), "tansu answered max_wait 0 with the partition: {zero:?}");
+    for wait in [1, 400] {
+        let (got, took) = raw_fetch(&b.bootstrap, "mw", 0, wait);
+        println!("PROBE: Fetch with max_wait {wait} over 10 records: {got:?} in {took:?}");
+        assert_eq!(got.and_then(|(first, _)| first).map(|(base, _)| base), Some(0), "the data, max_wait {wait}");
+        assert!(took < Duration::from_millis(150), "data is answered at once (max_wait {wait}): {took:?}");
+    }
+    // At the end, the long poll: nothing there, so the broker holds the Fetch.
+    let (end, took) = raw_fetch(&b.bootstrap, "mw", 10, 400);
+    println!("PROBE: Fetch at the end with max_wait 400: {end:?} in {took:?}");
+    assert!(took >= Duration::from_millis(300), "the long poll at the end is held: {took:?}");
 }
 
 #[test]

@@ -109,8 +109,10 @@ pub(crate) fn main() {
         }
         "log-ends" => {
             let (b, t) = (arg(&args, "--bootstrap").expect("--bootstrap"), text(&args, "--topic", "bench.t"));
-            let h = watermarks(&b, &t, num(&args, "--partitions", 4.0) as i32).expect("watermarks");
+            let parts = num(&args, "--partitions", 4.0) as i32;
+            let h = watermarks(&b, &t, parts).expect("watermarks");
             println!("high watermarks {h:?}, log ends {:?}", log_ends(&b, &t, &h));
+            println!("log ends as the drain clock sees them: {:?}", EndsWatch::new(&b, &t, parts).ends());
         }
         _ => {
             eprintln!("usage: bench run|synth-source|rdmirror|relay|produce|log-ends ... (see tools/bench/README.md)");

@@ -43,25 +43,72 @@ pub(crate) fn watermarks(bootstrap: &str, topic: &str, partitions: i32) -> Optio
 /// (from there) and its last offset taken. Batch boundaries differ between source and
 /// target when a mirror re-batches, so only these ends can be compared.
 pub(crate) fn log_ends(bootstrap: &str, topic: &str, hwms: &[i64]) -> Option<Vec<i64>> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+    let c = mirrorproxy::cluster::Cluster::new("bench", vec![bootstrap.to_owned()], Default::default());
+    rt.block_on(async {
+        let mut leaders = Vec::new();
+        for p in 0..hwms.len() as i32 {
+            leaders.push(c.leader_of(topic, p).await.ok()?);
+        }
+        ends_after(&c, topic, &leaders, hwms).await
+    })
+}
+
+async fn ends_after(c: &mirrorproxy::cluster::Cluster, topic: &str, leaders: &[i32], hwms: &[i64]) -> Option<Vec<i64>> {
     // With mirrorproxy's own one-shot Fetch: librdkafka, asked to start at the last
     // batch of a long tansu log, reads nothing there (seen with 50,000 offsets).
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
-    rt.block_on(async {
-        let c = mirrorproxy::cluster::Cluster::new("bench", vec![bootstrap.to_owned()], Default::default());
-        let mut ends = hwms.to_vec();
-        for (p, &h) in hwms.iter().enumerate() {
-            if h <= 0 {
-                continue;
-            }
-            let leader = c.leader_of(topic, p as i32).await.ok()?;
-            let got = c.fetch_once(leader, topic, p as i32, h - 1, 8 << 20).await.ok()??;
-            let split = mirrorproxy::batch::split_batches(got.records).ok()?;
-            if let Some(end) = split.batches.iter().map(|b| b.header().next_offset()).max() {
-                ends[p] = ends[p].max(end);
-            }
+    let mut ends = hwms.to_vec();
+    for (p, &h) in hwms.iter().enumerate() {
+        if h <= 0 {
+            continue;
         }
-        Some(ends)
-    })
+        let got = c.fetch_once(leaders[p], topic, p as i32, h - 1, 8 << 20).await.ok()??;
+        let split = mirrorproxy::batch::split_batches(got.records).ok()?;
+        if let Some(end) = split.batches.iter().map(|b| b.header().next_offset()).max() {
+            ends[p] = ends[p].max(end);
+        }
+    }
+    Some(ends)
+}
+
+/// The drain clock's eye on the target: one connection kept open, high watermarks by
+/// ListOffsets and the true ends as in [`log_ends`], a look every 5 ms; `drain_look_ms`
+/// in the results says how long a look took (about 2 ms). It once opened a librdkafka
+/// client and a connection per look and slept 100 ms between looks, so a drain was
+/// seen up to a quarter of a second late, whatever the peer.
+pub(crate) struct EndsWatch {
+    rt: tokio::runtime::Runtime,
+    cluster: mirrorproxy::cluster::Cluster,
+    topic: String,
+    leaders: Vec<i32>,
+}
+
+impl EndsWatch {
+    pub(crate) fn new(bootstrap: &str, topic: &str, partitions: i32) -> Self {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let cluster = mirrorproxy::cluster::Cluster::new("bench", vec![bootstrap.to_owned()], Default::default());
+        let leaders = rt.block_on(async {
+            let mut leaders = Vec::new();
+            for p in 0..partitions {
+                leaders.push(cluster.leader_of(topic, p).await.expect("the target topic exists (created before)"));
+            }
+            leaders
+        });
+        Self { rt, cluster, topic: topic.to_owned(), leaders }
+    }
+
+    /// The true log end of every partition now (None while any cannot be read).
+    pub(crate) fn ends(&self) -> Option<Vec<i64>> {
+        let (c, topic) = (&self.cluster, self.topic.as_str());
+        self.rt.block_on(async {
+            let mut hwms = Vec::new();
+            for (p, &leader) in (0..).zip(&self.leaders) {
+                let listed = c.list_offsets(leader, topic, &[p], -1).await.ok()?;
+                hwms.push(listed.into_iter().find(|(q, _)| *q == p)?.1.ok()?);
+            }
+            ends_after(c, topic, &self.leaders, &hwms).await
+        })
+    }
 }
 
 /// Real brokers: pre-load the source, start the peer, time the backlog drain (target
@@ -136,14 +183,17 @@ pub(crate) fn real_run(ctx: &mut Ctx, tansu: &Path, peer: Peer, args: &[String])
     };
     let timeout = Duration::from_secs_f64(num(args, "--real-timeout", 120.0));
     let mut drained = false;
+    let watch = EndsWatch::new(&dst, &topic, parts);
+    let (mut looks, mut looking) = (0u32, Duration::ZERO);
     while t0.elapsed() < timeout && proc.alive() {
-        if let Some(h) = watermarks(&dst, &topic, parts) {
-            if log_ends(&dst, &topic, &h).is_some_and(|e| e == src_ends) {
-                drained = true;
-                break;
-            }
+        let look = Instant::now();
+        let ends = watch.ends();
+        (looks, looking) = (looks + 1, looking + look.elapsed());
+        if ends.is_some_and(|e| e == src_ends) {
+            drained = true;
+            break;
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(5));
     }
     let drain_s = t0.elapsed().as_secs_f64();
     let (cpu_drain, _) = proc_stats(proc.pid());
@@ -185,7 +235,7 @@ pub(crate) fn real_run(ctx: &mut Ctx, tansu: &Path, peer: Peer, args: &[String])
     json!({
         "mode": "real", "peer": peer.name(), "size": size, "codec": codec,
         "linger_ms": num(args, "--real-linger-ms", 20.0), "batch_num_messages": num(args, "--real-batch-records", 0.0), "records": records, "drained": drained,
-        "drain_s": drain_s, "mb_per_s": bytes / drain_s / 1e6, "records_per_s": records as f64 / drain_s,
+        "drain_s": drain_s, "drain_look_ms": looking.as_secs_f64() * 1e3 / f64::from(looks.max(1)), "mb_per_s": bytes / drain_s / 1e6, "records_per_s": records as f64 / drain_s,
         "cpu_s_per_gb": cpu_drain / (bytes / 1e9), "peak_rss_mb": hwm as f64 / 1e6, "alive": alive,
         "latency_rate": lat_rate, "latency_us_source": hist_json(&hs[0]), "latency_us": hist_json(&hs[1]),
     })
