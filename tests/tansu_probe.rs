@@ -467,8 +467,8 @@ fn fetch_max_wait_zero_answers_no_topics_and_data_is_answered_at_once() {
     // PyPI build) answers it with no topics at all, data or not, and the engine then
     // long-polls once, which tansu answers at once when there is data. Measured on the
     // small-batch backlog of tools/bench/README.md, 3 runs each: 0 drained it in
-    // 0.90-0.97 s, 1 ms in 1.05-1.09 s (tansu answers partitions it reaches after the
-    // deadline empty), the long poll throughout in 1.10-1.53 s.
+    // 0.90-0.97 s, 1 ms in 1.05-1.09 s (tansu answers some partitions empty then), the
+    // long poll throughout in 1.10-1.53 s.
     let b = Broker::start();
     create_topic(&b.bootstrap, "mw", 1);
     let recs: Vec<TestRecord> = (0..10).map(|i| TestRecord::kv(0, &format!("k{i}"), "v")).collect();
