@@ -22,7 +22,7 @@ use bytes::Bytes;
 
 use super::header::{COMPRESSION_MASK, HEADER_LEN, TIMESTAMP_TYPE_FLAG};
 use super::records::{varint_len, varlong_len, write_varint, write_varlong};
-use super::verified::assemble;
+use super::verified::{assemble, assemble_in_place};
 use super::{
     compress, compress_snappy, snappy_framing, BatchError, BatchHeader, Compression, OutgoingBatch, ProducerStamp,
     VerifiedBatch, MAGIC_V2,
@@ -65,7 +65,10 @@ pub fn merge(batches: &[&VerifiedBatch], stamp: ProducerStamp, codec: Compressio
     let first = batches.first().ok_or(BatchError::NotForwardable { base_offset: -1, reason: "nothing to merge" })?;
     let base_offset = first.header().base_offset;
     let base_timestamp = first.header().base_timestamp;
-    let mut plain = Vec::with_capacity(batches.iter().map(|b| b.bytes().len()).sum::<usize>());
+    // Records are written after room for the header, so that an uncompressed merged
+    // batch is assembled where it was written ([`assemble_in_place`]).
+    let mut plain = Vec::with_capacity(batches.iter().map(|b| b.bytes().len()).sum::<usize>() + HEADER_LEN);
+    plain.resize(HEADER_LEN, 0);
     let mut index: i32 = 0;
     let mut max_timestamp = i64::MIN;
     for batch in batches {
@@ -97,14 +100,14 @@ pub fn merge(batches: &[&VerifiedBatch], stamp: ProducerStamp, codec: Compressio
                 .ok_or(BatchError::NotForwardable { base_offset, reason: "more than i32::MAX records" })?;
         }
     }
-    let plain_bytes = plain.len();
+    let plain_bytes = plain.len() - HEADER_LEN;
     let body = match codec {
-        Compression::None => plain,
+        Compression::None => None,
         Compression::Snappy => {
             let framing = snappy_framing(first.records_data());
-            compress_snappy(&plain, framing).map_err(|e| e.at_batch(base_offset))?
+            Some(compress_snappy(&plain[HEADER_LEN..], framing).map_err(|e| e.at_batch(base_offset))?)
         }
-        other => compress(other, &plain).map_err(|e| e.at_batch(base_offset))?,
+        other => Some(compress(other, &plain[HEADER_LEN..]).map_err(|e| e.at_batch(base_offset))?),
     };
     let header = BatchHeader {
         base_offset: 0,
@@ -121,9 +124,12 @@ pub fn merge(batches: &[&VerifiedBatch], stamp: ProducerStamp, codec: Compressio
         base_sequence: stamp.base_sequence,
         records_count: index,
     };
-    let (header, bytes): (BatchHeader, Bytes) =
-        assemble(header, &body, "the merged batch would be larger than 2 GiB").map_err(|e| e.at_batch(base_offset))?;
-    debug_assert_eq!(bytes.len(), HEADER_LEN + body.len());
+    let too_large = "the merged batch would be larger than 2 GiB";
+    let (header, bytes): (BatchHeader, Bytes) = match body {
+        None => assemble_in_place(header, plain, too_large),
+        Some(body) => assemble(header, &body, too_large),
+    }
+    .map_err(|e| e.at_batch(base_offset))?;
     Ok(Merged { batch: OutgoingBatch::assembled(header, &bytes), plain_bytes })
 }
 

@@ -51,12 +51,9 @@ impl RawBatch {
     pub fn verify(self) -> Result<VerifiedBatch, BatchError> {
         let header = self.header;
         let base_offset = header.base_offset;
-        // Header part and records part separately: the records' CRC is kept so that a
-        // patched header's CRC can be derived without reading the records again.
-        let head = crc32c::crc32c(self.bytes.get(super::CRC_START..super::HEADER_LEN).unwrap_or_default());
-        let records = self.bytes.get(super::HEADER_LEN..).unwrap_or_default();
-        let records_crc = crc32c::crc32c(records);
-        let computed = super::crc::combine(head, records_crc, records.len());
+        // One pass; a patched header's CRC is later derived from this one
+        // ([`super::crc::patch`]) without reading the records again.
+        let computed = crc32c::crc32c(self.bytes.get(super::CRC_START..).unwrap_or_default());
         if computed != header.crc {
             return Err(BatchError::CrcMismatch { base_offset, stored: header.crc, computed });
         }
@@ -73,7 +70,7 @@ impl RawBatch {
                 reason: format!("negative last offset delta {}", header.last_offset_delta),
             });
         }
-        Ok(VerifiedBatch::with_records_crc(header, self.bytes, records_crc))
+        Ok(VerifiedBatch::new(header, self.bytes))
     }
 }
 

@@ -61,14 +61,12 @@ pub struct ProducerStamp {
 }
 
 /// A batch whose CRC matched. Produced by [`super::RawBatch::verify`] only.
-/// Two are equal when their bytes are (the cached records CRC does not count).
-#[derive(Debug, Clone)]
+/// Its CRC is right by construction (checked on the way in, computed where the proxy
+/// built it), so the CRC of a patched header is derived from it ([`super::crc::patch`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifiedBatch {
     header: BatchHeader,
     bytes: Bytes,
-    /// CRC-32C of the records section (bytes 61..), when verification computed it:
-    /// the CRC of a patched header is derived from it ([`super::crc`]).
-    records_crc: Option<u32>,
 }
 
 /// A batch ready for a Produce request, with the header it carries: its own
@@ -132,21 +130,9 @@ impl OutgoingBatch {
     }
 }
 
-impl PartialEq for VerifiedBatch {
-    fn eq(&self, other: &Self) -> bool {
-        self.header == other.header && self.bytes == other.bytes
-    }
-}
-
-impl Eq for VerifiedBatch {}
-
 impl VerifiedBatch {
     pub(crate) fn new(header: BatchHeader, bytes: Bytes) -> Self {
-        Self { header, bytes, records_crc: None }
-    }
-
-    pub(crate) fn with_records_crc(header: BatchHeader, bytes: Bytes, records_crc: u32) -> Self {
-        Self { header, bytes, records_crc: Some(records_crc) }
+        Self { header, bytes }
     }
 
     /// The verified header.
@@ -277,10 +263,8 @@ impl VerifiedBatch {
         head[BASE_SEQUENCE..BASE_SEQUENCE + 4].copy_from_slice(&header.base_sequence.to_be_bytes());
         let body = self.bytes.slice(HEADER_LEN..);
         if head[CRC_START..] != self.bytes[CRC_START..HEADER_LEN] {
-            header.crc = match self.records_crc {
-                Some(records) => super::crc::combine(crc32c::crc32c(&head[CRC_START..]), records, body.len()),
-                None => crc32c::crc32c_append(crc32c::crc32c(&head[CRC_START..]), &body),
-            };
+            header.crc =
+                super::crc::patch(self.header.crc, &self.bytes[CRC_START..HEADER_LEN], &head[CRC_START..], body.len());
             head[CRC..CRC + 4].copy_from_slice(&header.crc.to_be_bytes());
         }
         OutgoingBatch { header, head, body }
@@ -362,6 +346,26 @@ impl VerifiedBatch {
         head.copy_from_slice(&bytes[..HEADER_LEN]);
         Ok(OutgoingBatch { header, head, body: bytes.slice(HEADER_LEN..) })
     }
+}
+
+/// Like [`assemble`] for a records section already written after `HEADER_LEN`
+/// reserved bytes of `buf`: the header goes into those bytes and nothing is copied
+/// (merging many small batches spent a tenth of its time copying its output once more).
+pub(super) fn assemble_in_place(
+    mut header: BatchHeader,
+    mut buf: Vec<u8>,
+    too_large: &'static str,
+) -> Result<(BatchHeader, Bytes), BatchError> {
+    let base_offset = header.base_offset;
+    header.batch_length = i32::try_from(buf.len().saturating_sub(super::LOG_OVERHEAD))
+        .map_err(|_| BatchError::NotForwardable { base_offset, reason: too_large })?;
+    let head = buf
+        .first_chunk_mut::<HEADER_LEN>()
+        .ok_or(BatchError::NotForwardable { base_offset, reason: "no room reserved for the batch header" })?;
+    header.write_into(head);
+    header.crc = crc32c::crc32c(&buf[CRC_START..]);
+    buf[CRC..CRC + 4].copy_from_slice(&header.crc.to_be_bytes());
+    Ok((header, Bytes::from(buf)))
 }
 
 /// Builds a batch from a header and a new records section: sets `batchLength`, writes
