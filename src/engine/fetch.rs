@@ -3,7 +3,7 @@
 //! ([`super::offsets`]), CRC verified, loop-prevention verdicts ([`crate::registry`]),
 //! transactional data staged ([`crate::txn`]) and what may go to the target queued.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -20,6 +20,7 @@ use tracing::{debug, error, warn};
 use super::budget::Charge;
 use super::fetch_session::{self, FetchSession, PartitionFetch, SessionOutcome, Ticket};
 use super::intake::Intake;
+use super::link::FetchRtt;
 use super::partition::FetchFailure;
 use super::{Event, FlowDriver, Side};
 use crate::cluster::{ClusterError, TopicPartition};
@@ -41,7 +42,10 @@ impl FlowDriver {
             return; // every source broker has a Fetch outstanding
         }
         let now = Instant::now();
-        let cap = self.tuning.fetch_partition_max_bytes as usize * 2;
+        let configured = self.tuning.fetch_partition_max_bytes;
+        let link_bytes = |rtt: &HashMap<i32, FetchRtt>, broker: i32| {
+            rtt.get(&broker).copied().unwrap_or_default().partition_bytes(configured)
+        };
         let idle: Vec<i32> = self.source_brokers.iter().copied().filter(|b| !self.fetching.contains(b)).collect();
         let (incremental, full): (Vec<i32>, Vec<i32>) =
             idle.into_iter().partition(|b| self.fetch_sessions.get(b).is_some_and(FetchSession::is_established));
@@ -52,7 +56,7 @@ impl FlowDriver {
                 if !full.contains(&leader) {
                     continue;
                 }
-                if let (Some(f), _) = p.fetch_state(now, cap) {
+                if let (Some(f), _) = p.fetch_state(now, link_bytes(&self.fetch_rtt, leader)) {
                     wanted.entry(leader).or_default().push((tp.clone(), f));
                 }
             }
@@ -77,7 +81,7 @@ impl FlowDriver {
                     }
                     continue;
                 };
-                let (f, later) = p.fetch_state(now, cap);
+                let (f, later) = p.fetch_state(now, link_bytes(&self.fetch_rtt, leader));
                 if later {
                     keep.push(tp.clone()); // held back for a while (after an error): look again
                 }
@@ -169,6 +173,7 @@ impl FlowDriver {
                 );
             let ticket = next.ticket;
             let source = self.source.clone();
+            let sent = Instant::now();
             self.fetching.insert(broker);
             self.tasks.push(Box::pin(async move {
                 let result = match source.broker(broker).await {
@@ -176,7 +181,7 @@ impl FlowDriver {
                     Err(ClusterError::Net { source, .. }) => Err(source),
                     Err(e) => Err(NetError::Broken { addr: format!("broker {broker}"), reason: e.to_string() }),
                 };
-                Event::Fetched { broker, ticket, result, charge }
+                Event::Fetched { broker, ticket, result, charge, sent }
             }));
         }
     }

@@ -73,6 +73,7 @@ impl PartState {
             let grown = self.partition_max_bytes.saturating_mul(2).min(1 << 30);
             warn!(flow = %flow, partition = %tp, "a batch at offset {} is larger than the fetch size {}; retrying with {grown} bytes", self.fetch_offset, self.partition_max_bytes);
             self.partition_max_bytes = grown;
+            self.fetch_grown = true;
             return false;
         }
         let mut placement = super::offsets::OffsetCheck::new(requested_offset, self.fetch_at_batch_end, high_watermark)

@@ -30,6 +30,7 @@ mod discovery;
 mod fetch;
 mod fetch_session;
 mod intake;
+mod link;
 pub mod offsets;
 mod partition;
 mod produce;
@@ -96,6 +97,8 @@ enum Event {
         ticket: Ticket,
         result: Result<FetchResponse, NetError>,
         charge: Charge,
+        /// When it was sent (a round-trip sample, see [`link`]).
+        sent: Instant,
     },
     Produced {
         broker: i32,
@@ -220,6 +223,8 @@ struct FlowDriver {
     /// Source brokers whose last answer left no partition behind its high watermark:
     /// their next Fetch long-polls; the others' does not wait (catching up).
     fetch_at_tail: HashSet<i32>,
+    /// Recent Fetch round trips per source broker: the Fetch size follows them.
+    fetch_rtt: HashMap<i32, link::FetchRtt>,
     /// KIP-227 fetch session per source broker.
     fetch_sessions: HashMap<i32, FetchSession>,
     /// Partitions whose fetch state may have changed since their broker's session was
@@ -292,6 +297,7 @@ impl FlowDriver {
             connecting: HashSet::new(),
             fetching: HashSet::new(),
             fetch_at_tail: HashSet::new(),
+            fetch_rtt: HashMap::new(),
             fetch_sessions: HashMap::new(),
             fetch_dirty: HashSet::new(),
             source_brokers: HashSet::new(),
@@ -539,8 +545,19 @@ impl FlowDriver {
     fn handle(&mut self, event: Event) {
         match event {
             Event::Discovered { generation, result } => self.on_discovered(generation, result),
-            Event::Fetched { broker, ticket, result, charge } => {
+            Event::Fetched { broker, ticket, result, charge, sent } => {
                 self.fetching.remove(&broker);
+                // Answers that carried data: their time is the link and the broker's
+                // reading together (an empty answer says nothing of what data costs).
+                let carried = result.as_ref().is_ok_and(|r| {
+                    r.responses
+                        .iter()
+                        .flat_map(|t| &t.partitions)
+                        .any(|p| p.records.as_ref().is_some_and(|b| !b.is_empty()))
+                });
+                if carried {
+                    self.fetch_rtt.entry(broker).or_default().sample(sent.elapsed());
+                }
                 self.on_fetched(broker, ticket, result, charge);
             }
             Event::Produced { broker, sent, result } => {

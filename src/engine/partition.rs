@@ -91,7 +91,12 @@ pub(super) struct PartState {
     /// more, and the partition stops if it is corrupt again there.
     pub(super) corrupt_at: Option<i64>,
     pub(super) high_watermark: i64,
+    /// The most this partition asks for in one Fetch: `fetch_partition_max_bytes`, or
+    /// more once a batch larger than that was met ([`Self::fetch_grown`]).
     pub(super) partition_max_bytes: i32,
+    /// A batch larger than the Fetch size was met: `partition_max_bytes` is asked for
+    /// whatever the link (see [`super::link`]).
+    pub(super) fetch_grown: bool,
     pub(super) fetch_not_before: Instant,
     pub(super) stage: TxnStage<Pending>,
     pub(super) queue: VecDeque<Pending>,
@@ -236,6 +241,7 @@ impl PartState {
             corrupt_at: None,
             high_watermark: source_offset,
             partition_max_bytes: tuning.fetch_partition_max_bytes as i32,
+            fetch_grown: false,
             fetch_not_before: now,
             stage: TxnStage::new(tuning.transaction_buffer_bytes as usize),
             queue: VecDeque::new(),
@@ -313,20 +319,23 @@ impl PartState {
 
     /// What the partition asks of its source broker now (None: nothing), and whether
     /// that can change by time alone (a backoff after an error), so it must be looked at
-    /// again.
-    pub(super) fn fetch_state(&self, now: Instant, per_partition_cap: usize) -> (Option<PartitionFetch>, bool) {
+    /// again. `link_bytes` is the Fetch size for its broker's link ([`super::link`]); the
+    /// partition holds at most twice what it asks for queued.
+    pub(super) fn fetch_state(&self, now: Instant, link_bytes: i32) -> (Option<PartitionFetch>, bool) {
         if self.stopped.is_some() || self.registry_wait {
             return (None, false); // a registry read marks it when done
         }
         if self.fetch_not_before > now {
             return (None, true);
         }
-        if !self.stage.scanning() && self.queued_bytes() >= per_partition_cap {
+        let size = if self.fetch_grown { self.partition_max_bytes } else { link_bytes.min(self.partition_max_bytes) };
+        let cap = usize::try_from(size).unwrap_or(0).saturating_mul(2);
+        if !self.stage.scanning() && self.queued_bytes() >= cap {
             return (None, false); // the target is behind on this partition; acknowledgements wake it
         }
         let f = PartitionFetch {
             fetch_offset: self.fetch_offset,
-            partition_max_bytes: self.partition_max_bytes,
+            partition_max_bytes: size,
             current_leader_epoch: self.source_leader_epoch,
         };
         (Some(f), false)
