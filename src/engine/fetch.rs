@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
@@ -186,12 +186,14 @@ impl FlowDriver {
         }
     }
 
+    /// `took`: from sending the Fetch to handling its answer.
     pub(super) fn on_fetched(
         &mut self,
         broker: i32,
         ticket: Ticket,
         result: Result<FetchResponse, NetError>,
         mut charge: Charge,
+        took: Duration,
     ) {
         self.fetch_at_tail.insert(broker); // until this answer shows a partition behind
         let resp = match result {
@@ -265,6 +267,11 @@ impl FlowDriver {
         }
         if let Some(t) = &self.throttle {
             t.consume(fetched_bytes);
+        }
+        if fetched_bytes > 0 {
+            // Only answers that carried data: their time is the link and the broker's
+            // reading together (an empty answer says nothing of what data costs).
+            self.fetch_rtt.entry(broker).or_default().sample(took);
         }
         // The response may exceed max_bytes by one batch (KIP-74): account for all of it.
         if fetched_bytes > charge.bytes() {

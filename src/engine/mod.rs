@@ -547,18 +547,7 @@ impl FlowDriver {
             Event::Discovered { generation, result } => self.on_discovered(generation, result),
             Event::Fetched { broker, ticket, result, charge, sent } => {
                 self.fetching.remove(&broker);
-                // Answers that carried data: their time is the link and the broker's
-                // reading together (an empty answer says nothing of what data costs).
-                let carried = result.as_ref().is_ok_and(|r| {
-                    r.responses
-                        .iter()
-                        .flat_map(|t| &t.partitions)
-                        .any(|p| p.records.as_ref().is_some_and(|b| !b.is_empty()))
-                });
-                if carried {
-                    self.fetch_rtt.entry(broker).or_default().sample(sent.elapsed());
-                }
-                self.on_fetched(broker, ticket, result, charge);
+                self.on_fetched(broker, ticket, result, charge, sent.elapsed());
             }
             Event::Produced { broker, sent, result } => {
                 if let Some(n) = self.producing.get_mut(&broker) {
