@@ -44,7 +44,8 @@ impl FlowDriver {
         let now = Instant::now();
         let configured = self.tuning.fetch_partition_max_bytes;
         let link_bytes = |rtt: &HashMap<i32, FetchRtt>, broker: i32| {
-            rtt.get(&broker).copied().unwrap_or_default().partition_bytes(configured)
+            rtt.get(&broker)
+                .map_or_else(|| FetchRtt::default().partition_bytes(configured), |r| r.partition_bytes(configured))
         };
         let idle: Vec<i32> = self.source_brokers.iter().copied().filter(|b| !self.fetching.contains(b)).collect();
         let (incremental, full): (Vec<i32>, Vec<i32>) =

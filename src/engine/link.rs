@@ -44,11 +44,14 @@ pub(super) const FLOOR_BYTES: u64 = 512 << 10;
 const WINDOW: usize = 16;
 
 /// A broker's Fetch round trip: the least of its last [`WINDOW`] Fetches.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub(super) struct FetchRtt {
     samples: [Duration; WINDOW],
     filled: usize,
     next: usize,
+    /// The least of the samples, kept when one comes in (once per Fetch) rather than
+    /// found again for every partition the scheduler looks at.
+    min: Option<Duration>,
 }
 
 impl FetchRtt {
@@ -57,16 +60,13 @@ impl FetchRtt {
         self.samples[self.next] = rtt;
         self.next = (self.next + 1) % WINDOW;
         self.filled = (self.filled + 1).min(WINDOW);
-    }
-
-    fn min_rtt(&self) -> Option<Duration> {
-        self.samples[..self.filled].iter().min().copied()
+        self.min = self.samples[..self.filled].iter().min().copied();
     }
 
     /// The per-partition Fetch size for this broker, with `configured` the most.
     pub(super) fn partition_bytes(&self, configured: u32) -> i32 {
         let configured = u64::from(configured);
-        let size = match self.min_rtt() {
+        let size = match self.min {
             None => configured,
             Some(rtt) => {
                 let us = u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX);
