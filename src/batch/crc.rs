@@ -20,6 +20,22 @@
 //! polynomial with byte-indexed tables: the bit-by-bit version (one multiplication per
 //! set bit of `8n`) cost about 7 % of the proxy's CPU on batches of 1.7 KB.
 
+/// CRC-32C (Castagnoli, Kafka's batch CRC) of `data`.
+///
+/// crc-fast folds 64 bytes per step with VPCLMULQDQ where the CPU has AVX-512 (PCLMULQDQ
+/// or the SSE4.2 instruction otherwise, chosen at run time). Measured here against the
+/// `crc32c` crate's three interleaved `crc32` streams: 82 against 23 GB/s at 1.7 KB,
+/// 115 against 29 GB/s at 160 KB, and no slower at 40 bytes. Verification of every
+/// fetched batch and the CRC of every merged one are the only passes over record bytes
+/// the proxy makes itself, so this was 9-15 % of its CPU. The tests judge it against
+/// the `crc32c` crate.
+#[must_use]
+#[inline]
+#[expect(clippy::cast_possible_truncation, reason = "a CRC-32 is returned in the low 32 bits")]
+pub fn crc32c(data: &[u8]) -> u32 {
+    crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, data) as u32
+}
+
 /// The CRC-32C polynomial, reflected.
 const POLY: u32 = 0x82F6_3B78;
 
@@ -91,7 +107,7 @@ fn combine(crc_a: u32, crc_b: u32, len_b: usize) -> u32 {
 #[must_use]
 pub fn patch(crc: u32, old_head: &[u8], new_head: &[u8], tail_len: usize) -> u32 {
     debug_assert_eq!(old_head.len(), new_head.len());
-    let diff = crc32c::crc32c(old_head) ^ crc32c::crc32c(new_head);
+    let diff = crc32c(old_head) ^ crc32c(new_head);
     crc ^ mul_mod(shift_bytes(tail_len), diff)
 }
 
@@ -120,7 +136,25 @@ mod tests {
         }
     }
 
+    /// Sizes around every fold width and tail path of the accelerated CRC, at every
+    /// alignment of a 64-byte line, against the `crc32c` crate.
+    #[test]
+    fn accelerated_crc_agrees_with_the_reference_at_every_length_and_alignment() {
+        let data: Vec<u8> = (0..20_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        for len in (0..=1100).chain([4095, 4096, 4097, 16_383, 16_384, 16_385, 19_000]) {
+            for start in 0..64 {
+                let s = &data[start..start + len];
+                assert_eq!(crc32c(s), ::crc32c::crc32c(s), "len {len} at +{start}");
+            }
+        }
+    }
+
     proptest! {
+        #[test]
+        fn accelerated_crc_agrees_with_the_reference(data in proptest::collection::vec(any::<u8>(), 0..70_000)) {
+            prop_assert_eq!(crc32c(&data), ::crc32c::crc32c(&data));
+        }
+
         #[test]
         fn combine_equals_crc_of_the_concatenation(
             a in proptest::collection::vec(any::<u8>(), 0..300),

@@ -461,7 +461,7 @@ fn seal(header: BatchHeader, mut out: Vec<u8>) -> Result<VerifiedBatch, BatchErr
         reason: "the stamped batch would be larger than 2 GiB",
     })?;
     out[BATCH_LENGTH..BATCH_LENGTH + 4].copy_from_slice(&batch_length.to_be_bytes());
-    let crc = crc32c::crc32c(&out[CRC_START..]);
+    let crc = super::crc::crc32c(&out[CRC_START..]);
     out[CRC..CRC + 4].copy_from_slice(&crc.to_be_bytes());
     let header = BatchHeader { batch_length, crc, ..header };
     Ok(VerifiedBatch::new(header, Bytes::from(out)))

@@ -53,7 +53,7 @@ impl RawBatch {
         let base_offset = header.base_offset;
         // One pass; a patched header's CRC is later derived from this one
         // ([`super::crc::patch`]) without reading the records again.
-        let computed = crc32c::crc32c(self.bytes.get(super::CRC_START..).unwrap_or_default());
+        let computed = super::crc::crc32c(self.bytes.get(super::CRC_START..).unwrap_or_default());
         if computed != header.crc {
             return Err(BatchError::CrcMismatch { base_offset, stored: header.crc, computed });
         }

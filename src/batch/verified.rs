@@ -363,7 +363,7 @@ pub(super) fn assemble_in_place(
         .first_chunk_mut::<HEADER_LEN>()
         .ok_or(BatchError::NotForwardable { base_offset, reason: "no room reserved for the batch header" })?;
     header.write_into(head);
-    header.crc = crc32c::crc32c(&buf[CRC_START..]);
+    header.crc = super::crc::crc32c(&buf[CRC_START..]);
     buf[CRC..CRC + 4].copy_from_slice(&header.crc.to_be_bytes());
     Ok((header, Bytes::from(buf)))
 }
@@ -383,7 +383,7 @@ pub(super) fn assemble(
     let mut out = BytesMut::with_capacity(HEADER_LEN + body.len());
     out.extend_from_slice(&head);
     out.extend_from_slice(body);
-    header.crc = crc32c::crc32c(&out[CRC_START..]);
+    header.crc = super::crc::crc32c(&out[CRC_START..]);
     out[CRC..CRC + 4].copy_from_slice(&header.crc.to_be_bytes());
     Ok((header, out.freeze()))
 }
