@@ -206,4 +206,11 @@ fn unknown_alias_invalid_regex_and_bad_toml() {
     assert!(e.contains("tuning.worker_threads"), "{e}");
     let one = Config::parse(&format!("{GOOD}\n[tuning]\nworker_threads = 1\n"), "m.toml").unwrap();
     assert_eq!(one.tuning.worker_threads, 1);
+    assert_eq!(one.tuning.runtime_threads(4, 8), 1, "a set value is kept");
+    let auto = Config::parse(GOOD, "m.toml").unwrap().tuning;
+    assert_eq!(auto.worker_threads, 0);
+    assert_eq!(auto.runtime_threads(1, 8), 1, "one flow: one thread");
+    assert_eq!(auto.runtime_threads(3, 8), 3, "one per flow");
+    assert_eq!(auto.runtime_threads(12, 8), 8, "at most one per core");
+    assert_eq!(auto.runtime_threads(0, 8), 1, "at least one");
 }

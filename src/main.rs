@@ -106,9 +106,8 @@ fn main() -> ExitCode {
     if let Command::Run { config, .. } = &cli.command {
         // A config that does not load is reported by `run` itself, with its reasons.
         if let Ok(c) = Config::load(config) {
-            if c.tuning.worker_threads > 0 {
-                builder.worker_threads(c.tuning.worker_threads);
-            }
+            let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+            builder.worker_threads(c.tuning.runtime_threads(c.flows.len(), cores));
         }
     }
     let runtime = match builder.enable_all().build() {
