@@ -518,6 +518,19 @@ fn fetch_starts_at_the_batch_holding_the_offset_and_listoffsets_reports_last_bas
     assert_eq!(watermarks(&b.bootstrap, "fo", 0), (0, 21));
     // At the true end (30), beyond the reported high watermark: no data, no error.
     assert_eq!(fetch_first_batch(&b.bootstrap, "fo", 30).0, None);
+    // The proxy's reads to the end (checkpoint log, a resumed partition's tail) stop at
+    // that watermark instead of waiting out a Fetch at the end: the batch holding the
+    // reported end (20..29) must still be read whole.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let c = mirrorproxy::cluster::Cluster::new("probe", vec![b.bootstrap.clone()], Default::default());
+        for (from, want) in [(0, &[0, 10, 20][..]), (15, &[10, 20]), (20, &[20]), (21, &[20]), (29, &[20]), (30, &[])] {
+            let got = mirrorproxy::checkpoint::read_batches(&c, "fo", 0, from, usize::MAX).await.unwrap();
+            let bases: Vec<i64> = got.iter().map(|t| t.base_offset).collect();
+            assert_eq!(bases, want, "read_batches from {from}");
+            assert!(got.iter().all(|t| t.header.records_count == 10), "whole batches from {from}");
+        }
+    });
 }
 
 #[test]
