@@ -231,12 +231,12 @@ impl FlowDriver {
             return;
         }
         let mut fetched_bytes = 0u64;
-        let mut holds: Vec<(TopicPartition, Bytes, i64, i64)> = Vec::new();
+        let mut holds: Vec<(TopicPartition, Bytes, (i64, i32), i64)> = Vec::new();
         for topic in resp.responses {
             let name = topic.topic.0.as_str().to_owned();
             for pd in topic.partitions {
                 let tp = TopicPartition::new(&name, pd.partition_index);
-                let Some(offset) = self.fetch_sessions.get(&broker).and_then(|s| s.fetch_offset(&tp)) else {
+                let Some(asked) = self.fetch_sessions.get(&broker).and_then(|s| s.asked(&tp)) else {
                     // Not read for this request: the broker's session holds something
                     // else than ours. Start a new one; the data is not used.
                     if let Some(session) = self.fetch_sessions.get_mut(&broker) {
@@ -247,6 +247,7 @@ impl FlowDriver {
                 };
                 self.fetch_dirty.insert(tp.clone()); // its position, queue or backoff may change now
                 let Some(p) = self.parts.get_mut(&tp) else { continue };
+                let offset = asked.fetch_offset;
                 if p.fetch_offset != offset || p.stopped.is_some() {
                     continue; // moved since the request was sent
                 }
@@ -261,7 +262,7 @@ impl FlowDriver {
                 if let Some(records) = pd.records {
                     if !records.is_empty() {
                         fetched_bytes += records.len() as u64;
-                        holds.push((tp, records, offset, pd.high_watermark));
+                        holds.push((tp, records, (offset, asked.partition_max_bytes), pd.high_watermark));
                     }
                 }
             }
@@ -284,8 +285,8 @@ impl FlowDriver {
         let charge = Arc::new(charge);
         let mut behind = false;
         let first_id = self.next_pending_id;
-        for (tp, records, offset, hwm) in holds {
-            self.accept_records(&tp, records, offset, hwm, &charge);
+        for (tp, records, asked, hwm) in holds {
+            self.accept_records(&tp, records, asked, hwm, &charge);
             behind |= self.parts.get(&tp).is_some_and(|p| p.stopped.is_none() && p.fetch_offset < p.high_watermark);
         }
         // Each batch queued from this response also costs its queue entry: at 1 KB lz4
@@ -316,7 +317,7 @@ impl FlowDriver {
         &mut self,
         tp: &TopicPartition,
         records: Bytes,
-        requested_offset: i64,
+        asked: (i64, i32),
         high_watermark: i64,
         charge: &Arc<Charge>,
     ) {
@@ -333,7 +334,7 @@ impl FlowDriver {
             stats: &self.stats,
             charge,
         };
-        if p.accept(tp, records, requested_offset, high_watermark, &mut cx) {
+        if p.accept(tp, records, asked, high_watermark, &mut cx) {
             self.produce_candidates.insert(tp.clone());
         }
     }

@@ -213,12 +213,13 @@ impl FetchSession {
         }
     }
 
-    /// The offset the broker reads `tp` from for the request just built (None: the
-    /// broker does not read it, so a response must not name it). Valid until the next
-    /// [`FetchSession::build`]; the engine keeps one Fetch per broker outstanding.
+    /// What the broker reads for `tp` in the request just built: its offset and size
+    /// (None: the broker does not read it, so a response must not name it). Valid
+    /// until the next [`FetchSession::build`]; the engine keeps one Fetch per broker
+    /// outstanding.
     #[must_use]
-    pub fn fetch_offset(&self, tp: &TopicPartition) -> Option<i64> {
-        self.partitions.get(tp).map(|f| f.fetch_offset)
+    pub fn asked(&self, tp: &TopicPartition) -> Option<PartitionFetch> {
+        self.partitions.get(tp).copied()
     }
 
     /// The partitions the broker reads for the request just built.
@@ -433,7 +434,7 @@ mod tests {
                                     prop_assert_eq!(&read, &want);
                                     prop_assert_eq!(client.partitions().count(), read.len());
                                     for (tp, f) in &read {
-                                        prop_assert_eq!(client.fetch_offset(tp), Some(f.fetch_offset));
+                                        prop_assert_eq!(client.asked(tp), Some(*f));
                                     }
                                     break;
                                 }
@@ -468,7 +469,7 @@ mod tests {
         assert_eq!(req.send, vec![(tp(1), f(7))]);
         assert!(req.forget.is_empty());
         assert_eq!(s.partitions().count(), 1000);
-        assert_eq!(s.fetch_offset(&tp(1)), Some(7));
+        assert_eq!(s.asked(&tp(1)).map(|f| f.fetch_offset), Some(7));
         let (e, id2, _) = broker.apply(&req);
         assert_eq!(s.on_response(req.ticket, e, id2), SessionOutcome::Use);
         // nothing moved, partition 999 paused: an empty request that forgets one

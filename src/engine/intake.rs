@@ -56,7 +56,7 @@ impl PartState {
         &mut self,
         tp: &TopicPartition,
         records: Bytes,
-        requested_offset: i64,
+        (requested_offset, asked_bytes): (i64, i32),
         high_watermark: i64,
         cx: &mut Intake<'_>,
     ) -> bool {
@@ -69,9 +69,14 @@ impl PartState {
             }
         };
         if split.batches.is_empty() && split.truncated_tail {
-            // Not even one whole batch fits: ask for more next time.
-            let grown = self.partition_max_bytes.saturating_mul(2).min(1 << 30);
-            warn!(flow = %flow, partition = %tp, "a batch at offset {} is larger than the fetch size {}; retrying with {grown} bytes", self.fetch_offset, self.partition_max_bytes);
+            // Not even one whole batch fits: ask for more next time. A Fetch scaled down
+            // for its link (`super::link`) first grows to the configured size.
+            let grown = if asked_bytes < self.partition_max_bytes {
+                self.partition_max_bytes
+            } else {
+                asked_bytes.saturating_mul(2).min(1 << 30)
+            };
+            warn!(flow = %flow, partition = %tp, "a batch at offset {} is larger than the {asked_bytes} bytes asked for; retrying with {grown} bytes", self.fetch_offset);
             self.partition_max_bytes = grown;
             self.fetch_grown = true;
             return false;

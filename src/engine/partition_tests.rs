@@ -76,6 +76,12 @@ impl Flow {
 
     /// Feeds one Fetch answer for the partition; true when batches were queued.
     fn fetch(&mut self, p: &mut PartState, data: Bytes, requested: i64, hwm: i64) -> bool {
+        let asked = p.partition_max_bytes;
+        self.fetch_asked(p, data, (requested, asked), hwm)
+    }
+
+    /// [`Self::fetch`] of an answer to a Fetch that asked for (offset, bytes).
+    fn fetch_asked(&mut self, p: &mut PartState, data: Bytes, asked: (i64, i32), hwm: i64) -> bool {
         let mut cx = Intake {
             flow: FLOW,
             registry: &self.registry,
@@ -88,7 +94,7 @@ impl Flow {
             stats: &self.stats,
             charge: &self.charge,
         };
-        p.accept(&tp(), data, requested, hwm, &mut cx)
+        p.accept(&tp(), data, asked, hwm, &mut cx)
     }
 }
 
@@ -127,6 +133,23 @@ fn a_start_position_inside_a_batch_cuts_the_records_before_it() {
     assert_eq!(queued_offsets(&p), [2], "the batch stands for offsets 2..4 only");
     assert_eq!(p.queue[0].batch.header().records_count, 2);
     assert_eq!(p.fetch_offset, 4);
+}
+
+#[test]
+fn a_batch_larger_than_the_fetch_grows_a_link_scaled_size_to_the_configured_one_then_doubles() {
+    let mut flow = Flow::new();
+    let mut p = part_at(0);
+    let configured = p.partition_max_bytes;
+    let whole = bytes_of(&[batch(0, 3, 1)]);
+    let cut = whole.slice(..whole.len() - 1); // only the start of one batch came back
+    let link_scaled = 1000;
+    assert!(!flow.fetch_asked(&mut p, cut.clone(), (0, link_scaled), 3));
+    let (f, _) = p.fetch_state(Instant::now(), link_scaled);
+    assert_eq!(f.unwrap().partition_max_bytes, configured, "first the configured size, whatever the link");
+    assert!(!flow.fetch_asked(&mut p, cut, (0, configured), 3));
+    let (f, _) = p.fetch_state(Instant::now(), link_scaled);
+    assert_eq!(f.unwrap().partition_max_bytes, configured * 2, "then twice what was asked");
+    assert_eq!(p.fetch_offset, 0, "nothing skipped");
 }
 
 #[test]
