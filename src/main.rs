@@ -94,6 +94,14 @@ enum OffsetsCommand {
     },
 }
 
+/// Returns every page mimalloc has freed but kept to the kernel now (a forced
+/// collection purges the arenas of the whole process, whichever thread asks).
+#[allow(unsafe_code)]
+fn collect_freed() {
+    // SAFETY: `mi_collect` takes no pointers and may be called from any thread.
+    unsafe { libmimalloc_sys::mi_collect(true) }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -119,7 +127,9 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run { config, bench_flow, bench_topic } => cli::run(&config, bench_flow.zip(bench_topic)).await,
+            Command::Run { config, bench_flow, bench_topic } => {
+                cli::run(&config, bench_flow.zip(bench_topic), collect_freed).await
+            }
             Command::Bench(args) => cli::bench(&args).await,
             Command::Check { config } => cli::check(&config).await,
             Command::Status { config, json } => cli::status(&config, json).await,

@@ -4,6 +4,7 @@
 mod bench;
 mod bench_report;
 mod check;
+pub mod reclaim;
 mod run;
 mod supervisor;
 mod tools;

@@ -12,7 +12,9 @@ use crate::config::Config;
 /// that flow for that topic only ([`super::bench::narrow`]), also after a reload.
 pub type BenchScope = Option<(String, String)>;
 
-pub async fn run(path: &std::path::Path, bench: BenchScope) -> Result<(), String> {
+/// `collect` returns the allocator's freed pages to the kernel, for the memory watcher
+/// ([`super::reclaim`]).
+pub async fn run(path: &std::path::Path, bench: BenchScope, collect: fn()) -> Result<(), String> {
     let mut config = Config::load(path).map_err(|e| e.to_string())?;
     if let Some((flow, topic)) = &bench {
         super::bench::narrow(&mut config, flow, topic)?;
@@ -39,7 +41,9 @@ pub async fn run(path: &std::path::Path, bench: BenchScope) -> Result<(), String
         error!("second signal: exiting now");
         std::process::exit(130);
     });
-    Supervisor::new(path.to_owned(), bench, config, clusters, tls, metrics, rx).run().await;
+    let supervisor = Supervisor::new(path.to_owned(), bench, config, clusters, tls, metrics, rx);
+    super::reclaim::spawn(supervisor.budget(), collect);
+    supervisor.run().await;
     if let Some(h) = endpoint {
         h.abort();
     }

@@ -86,6 +86,11 @@ impl Supervisor {
         Self { path, bench, config, clusters, tls, engine, running: BTreeMap::new(), metrics, shutdown }
     }
 
+    /// The byte budget every flow shares.
+    pub fn budget(&self) -> Arc<crate::engine::Budget> {
+        self.engine.budget()
+    }
+
     /// Runs every flow until shutdown, reloading the config on SIGHUP; returns when
     /// every flow has drained.
     pub async fn run(mut self) {

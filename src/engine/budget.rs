@@ -15,19 +15,24 @@ use std::sync::Arc;
 pub struct Budget {
     limit: u64,
     used: AtomicU64,
+    /// Bytes of `limit` held back for memory the process holds outside the budget
+    /// (per-partition state, connection buffers, what the allocator cannot give
+    /// back), as the memory watcher (`cli::reclaim`) measures it; at most half the
+    /// limit, so fetching slows but never stops on it.
+    withheld: AtomicU64,
 }
 
 impl Budget {
     #[must_use]
     pub fn new(limit: u64) -> Arc<Self> {
-        Arc::new(Self { limit, used: AtomicU64::new(0) })
+        Arc::new(Self { limit, used: AtomicU64::new(0), withheld: AtomicU64::new(0) })
     }
 
     /// Reserves up to `want` bytes (at least `min`), or nothing.
     pub(super) fn reserve(self: &Arc<Self>, want: u64, min: u64) -> Option<Charge> {
         let mut used = self.used.load(Ordering::Acquire);
         loop {
-            let free = self.limit.saturating_sub(used);
+            let free = self.lendable().saturating_sub(used);
             let take = want.min(free);
             if take < min {
                 return None;
@@ -51,6 +56,23 @@ impl Budget {
     #[must_use]
     pub fn limit(&self) -> u64 {
         self.limit
+    }
+
+    /// Holds back `bytes` of the limit (at most half of it) for memory outside the
+    /// budget; replaces what was held back before.
+    pub fn withhold(&self, bytes: u64) {
+        self.withheld.store(bytes.min(self.limit / 2), Ordering::Release);
+    }
+
+    /// Bytes of the limit held back now ([`Self::withhold`]).
+    #[must_use]
+    pub fn withheld(&self) -> u64 {
+        self.withheld.load(Ordering::Acquire)
+    }
+
+    /// What Fetches may hold: the limit less what is held back.
+    fn lendable(&self) -> u64 {
+        self.limit - self.withheld()
     }
 
     /// Bytes in use now.
@@ -120,5 +142,20 @@ mod tests {
         assert_eq!(budget.used(), 500, "a batch still holds the response");
         drop(view);
         assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn withheld_bytes_are_not_lent_and_at_most_half_the_limit_is_withheld() {
+        let budget = Budget::new(1000);
+        budget.withhold(300);
+        assert!(budget.reserve(800, 800).is_none(), "700 lendable");
+        let c = budget.reserve(800, 100).unwrap();
+        assert_eq!(c.bytes(), 700);
+        drop(c);
+        budget.withhold(10_000);
+        assert_eq!(budget.withheld(), 500);
+        assert_eq!(budget.reserve(800, 1).unwrap().bytes(), 500);
+        budget.withhold(0);
+        assert_eq!(budget.reserve(800, 1).unwrap().bytes(), 800);
     }
 }

@@ -114,6 +114,13 @@ impl Metrics {
         let mut f = Family::new("mirrorproxy_budget_bytes", "gauge", "The memory budget, tuning.buffer_bytes.");
         f.sample(&Labels::new(), self.budget.limit() as f64);
         f.write(&mut out);
+        let mut f = Family::new(
+            "mirrorproxy_budget_bytes_withheld",
+            "gauge",
+            "Bytes of the budget not lent to Fetches because memory outside it is resident (the memory watcher).",
+        );
+        f.sample(&Labels::new(), self.budget.withheld() as f64);
+        f.write(&mut out);
         self.render_tls(&mut out);
         self.render_brokers(&mut out);
         out
