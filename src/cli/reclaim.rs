@@ -76,17 +76,17 @@ fn watch(line: u64, budget: &Budget, collect: fn()) {
             debug!("memory watcher: no VmRSS in /proc/self/status; not watching");
             return;
         };
+        let withheld = budget.withheld();
         if !should_collect(rss, line, last, Instant::now()) {
-            let relaxed = relax(rss, line, budget.withheld());
-            if relaxed != budget.withheld() {
+            let relaxed = relax(rss, line, withheld);
+            if relaxed != withheld {
                 budget.withhold(relaxed);
             }
             continue;
         }
         collect();
         let after = resident_bytes().unwrap_or(rss);
-        let withheld = withhold_after(after, line, budget.withheld());
-        budget.withhold(withheld);
+        budget.withhold(withhold_after(after, line, withheld));
         debug!(before = rss, after, withheld = budget.withheld(), "memory watcher: freed pages returned to the kernel");
         last = (after > line).then(|| (Instant::now(), after));
     }

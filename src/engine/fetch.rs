@@ -231,7 +231,7 @@ impl FlowDriver {
             return;
         }
         let mut fetched_bytes = 0u64;
-        let mut holds: Vec<(TopicPartition, Bytes, (i64, i32), i64)> = Vec::new();
+        let mut holds: Vec<(TopicPartition, Bytes, PartitionFetch, i64)> = Vec::new();
         for topic in resp.responses {
             let name = topic.topic.0.as_str().to_owned();
             for pd in topic.partitions {
@@ -247,8 +247,7 @@ impl FlowDriver {
                 };
                 self.fetch_dirty.insert(tp.clone()); // its position, queue or backoff may change now
                 let Some(p) = self.parts.get_mut(&tp) else { continue };
-                let offset = asked.fetch_offset;
-                if p.fetch_offset != offset || p.stopped.is_some() {
+                if p.fetch_offset != asked.fetch_offset || p.stopped.is_some() {
                     continue; // moved since the request was sent
                 }
                 if pd.high_watermark >= 0 {
@@ -262,7 +261,7 @@ impl FlowDriver {
                 if let Some(records) = pd.records {
                     if !records.is_empty() {
                         fetched_bytes += records.len() as u64;
-                        holds.push((tp, records, (offset, asked.partition_max_bytes), pd.high_watermark));
+                        holds.push((tp, records, asked, pd.high_watermark));
                     }
                 }
             }
@@ -317,7 +316,7 @@ impl FlowDriver {
         &mut self,
         tp: &TopicPartition,
         records: Bytes,
-        asked: (i64, i32),
+        asked: PartitionFetch,
         high_watermark: i64,
         charge: &Arc<Charge>,
     ) {

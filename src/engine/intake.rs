@@ -19,6 +19,7 @@ use bytes::Bytes;
 use tracing::{debug, info, warn};
 
 use super::budget::Charge;
+use super::fetch_session::PartitionFetch;
 use super::partition::{PartState, Pending, SendState};
 use super::routes::Routes;
 use super::{FlowStats, Side};
@@ -56,7 +57,7 @@ impl PartState {
         &mut self,
         tp: &TopicPartition,
         records: Bytes,
-        (requested_offset, asked_bytes): (i64, i32),
+        PartitionFetch { fetch_offset: requested_offset, partition_max_bytes: asked_bytes, .. }: PartitionFetch,
         high_watermark: i64,
         cx: &mut Intake<'_>,
     ) -> bool {

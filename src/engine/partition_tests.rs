@@ -10,6 +10,7 @@ use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
 
 use super::super::budget::{Budget, Charge};
+use super::super::fetch_session::PartitionFetch;
 use super::super::intake::Intake;
 use super::super::routes::Routes;
 use super::super::FlowStats;
@@ -76,12 +77,13 @@ impl Flow {
 
     /// Feeds one Fetch answer for the partition; true when batches were queued.
     fn fetch(&mut self, p: &mut PartState, data: Bytes, requested: i64, hwm: i64) -> bool {
-        let asked = p.partition_max_bytes;
-        self.fetch_asked(p, data, (requested, asked), hwm)
+        let bytes = p.partition_max_bytes;
+        self.fetch_asked(p, data, (requested, bytes), hwm)
     }
 
     /// [`Self::fetch`] of an answer to a Fetch that asked for (offset, bytes).
-    fn fetch_asked(&mut self, p: &mut PartState, data: Bytes, asked: (i64, i32), hwm: i64) -> bool {
+    fn fetch_asked(&mut self, p: &mut PartState, data: Bytes, (offset, bytes): (i64, i32), hwm: i64) -> bool {
+        let asked = PartitionFetch { fetch_offset: offset, partition_max_bytes: bytes, current_leader_epoch: -1 };
         let mut cx = Intake {
             flow: FLOW,
             registry: &self.registry,

@@ -104,23 +104,24 @@ impl Metrics {
         let mut out = String::with_capacity(4096);
         self.render_partitions(&mut out);
         self.render_flows(&mut out);
-        let mut f = Family::new(
+        Family::write_gauge(
+            &mut out,
             "mirrorproxy_budget_bytes_in_use",
-            "gauge",
             "Fetched bytes not yet acknowledged by a target (the memory budget in use).",
+            self.budget.used() as f64,
         );
-        f.sample(&Labels::new(), self.budget.used() as f64);
-        f.write(&mut out);
-        let mut f = Family::new("mirrorproxy_budget_bytes", "gauge", "The memory budget, tuning.buffer_bytes.");
-        f.sample(&Labels::new(), self.budget.limit() as f64);
-        f.write(&mut out);
-        let mut f = Family::new(
+        Family::write_gauge(
+            &mut out,
+            "mirrorproxy_budget_bytes",
+            "The memory budget, tuning.buffer_bytes.",
+            self.budget.limit() as f64,
+        );
+        Family::write_gauge(
+            &mut out,
             "mirrorproxy_budget_bytes_withheld",
-            "gauge",
             "Bytes of the budget not lent to Fetches because memory outside it is resident (the memory watcher).",
+            self.budget.withheld() as f64,
         );
-        f.sample(&Labels::new(), self.budget.withheld() as f64);
-        f.write(&mut out);
         self.render_tls(&mut out);
         self.render_brokers(&mut out);
         out

@@ -82,6 +82,13 @@ impl Family {
         self.body.push('\n');
     }
 
+    /// Writes a gauge of one unlabelled sample.
+    pub fn write_gauge(out: &mut String, name: &'static str, help: &'static str, value: f64) {
+        let mut f = Self::new(name, "gauge", help);
+        f.sample(&Labels::new(), value);
+        f.write(out);
+    }
+
     pub fn write(self, out: &mut String) {
         let _ = writeln!(out, "# HELP {} {}", self.name, self.help);
         let _ = writeln!(out, "# TYPE {} {}", self.name, self.kind);
