@@ -3,7 +3,7 @@
 //! ([`super::offsets`]), CRC verified, loop-prevention verdicts ([`crate::registry`]),
 //! transactional data staged ([`crate::txn`]) and what may go to the target queued.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,7 +22,7 @@ use super::fetch_session::{self, FetchSession, PartitionFetch, SessionOutcome, T
 use super::intake::Intake;
 use super::link::FetchRtt;
 use super::partition::FetchFailure;
-use super::{Event, FlowDriver, Side};
+use super::{Event, FastMap, FlowDriver, Side};
 use crate::cluster::{ClusterError, TopicPartition};
 use crate::config::Tuning;
 use crate::net::NetError;
@@ -43,7 +43,7 @@ impl FlowDriver {
         }
         let now = Instant::now();
         let configured = self.tuning.fetch_partition_max_bytes;
-        let link_bytes = |rtt: &HashMap<i32, FetchRtt>, broker: i32| {
+        let link_bytes = |rtt: &FastMap<i32, FetchRtt>, broker: i32| {
             rtt.get(&broker)
                 .map_or_else(|| FetchRtt::default().partition_bytes(configured), |r| r.partition_bytes(configured))
         };

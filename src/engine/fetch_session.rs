@@ -26,8 +26,7 @@
 //!   request costs one large round trip, never data: positions come from the mirror's
 //!   own state, not from the broker's memory.
 
-use std::collections::{HashMap, HashSet};
-
+use super::{FastMap, FastSet};
 use crate::cluster::TopicPartition;
 
 /// What the broker must remember about one partition of the session.
@@ -89,9 +88,9 @@ pub struct FetchSession {
     /// Epoch of the next request.
     next_epoch: i32,
     /// The partitions as the broker knows them once the last request was applied.
-    partitions: HashMap<TopicPartition, PartitionFetch>,
+    partitions: FastMap<TopicPartition, PartitionFetch>,
     /// Partitions to forget with the next incremental request (their leader moved).
-    forget_next: HashSet<TopicPartition>,
+    forget_next: FastSet<TopicPartition>,
 }
 
 impl FetchSession {
@@ -102,8 +101,8 @@ impl FetchSession {
             enabled,
             session_id: INVALID_SESSION_ID,
             next_epoch: if enabled { INITIAL_EPOCH } else { FINAL_EPOCH },
-            partitions: HashMap::new(),
-            forget_next: HashSet::new(),
+            partitions: FastMap::default(),
+            forget_next: FastSet::default(),
         }
     }
 
@@ -148,7 +147,7 @@ impl FetchSession {
         }
         let mut forget = Vec::new();
         if kept + added != self.partitions.len() {
-            let wanted: std::collections::HashSet<&TopicPartition> = wanted.iter().map(|(tp, _)| tp).collect();
+            let wanted: FastSet<&TopicPartition> = wanted.iter().map(|(tp, _)| tp).collect();
             self.partitions.retain(|tp, _| {
                 let keep = wanted.contains(tp);
                 if !keep {
@@ -277,7 +276,7 @@ impl FetchSession {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use std::collections::BTreeMap;
+    use std::collections::{BTreeMap, HashMap};
 
     /// A broker's side of KIP-227, written from the KIP (FetchSession.scala's rules):
     /// what it holds per session and how it applies a request.

@@ -62,6 +62,14 @@ use discovery::{discover, Discovery, Round, TargetTopic};
 use fetch_session::{FetchSession, Ticket};
 use partition::PartState;
 use routes::Routes;
+
+/// Maps on the per-batch path (keyed by partition, broker id or topic): `foldhash`,
+/// seeded per process, instead of std's SipHash, which was a visible share of the
+/// proxy's CPU at 16 KB batches. The keys come from the clusters' metadata, not from
+/// strangers, and the seed is random, so flooding one bucket is not a concern here.
+pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+/// The set form of [`FastMap`].
+pub(crate) type FastSet<K> = HashSet<K, foldhash::fast::RandomState>;
 pub use stats::{FlowStats, Health, LatencyHistogram, PartitionSnapshot, LATENCY_BUCKETS};
 
 /// Which side of a flow something happened on.
@@ -205,7 +213,7 @@ struct FlowDriver {
     shutdown: watch::Receiver<bool>,
     stats: Arc<FlowStats>,
     parts: BTreeMap<TopicPartition, PartState>,
-    target_topics: HashMap<String, TargetTopic>,
+    target_topics: FastMap<String, TargetTopic>,
     refused_topics: HashMap<String, String>,
     /// One registered producer per path (see [`routes`]).
     routes: Routes,
@@ -217,25 +225,25 @@ struct FlowDriver {
     registry_lookups: HashSet<i64>,
     registry_reading: bool,
     registry_not_before: Instant,
-    target_conns: HashMap<i32, Arc<Connection>>,
-    connecting: HashSet<i32>,
-    fetching: HashSet<i32>,
+    target_conns: FastMap<i32, Arc<Connection>>,
+    connecting: FastSet<i32>,
+    fetching: FastSet<i32>,
     /// Source brokers whose last answer left no partition behind its high watermark:
     /// their next Fetch long-polls; the others' does not wait (catching up).
-    fetch_at_tail: HashSet<i32>,
+    fetch_at_tail: FastSet<i32>,
     /// Recent Fetch round trips per source broker: the Fetch size follows them.
-    fetch_rtt: HashMap<i32, link::FetchRtt>,
+    fetch_rtt: FastMap<i32, link::FetchRtt>,
     /// KIP-227 fetch session per source broker.
-    fetch_sessions: HashMap<i32, FetchSession>,
+    fetch_sessions: FastMap<i32, FetchSession>,
     /// Partitions whose fetch state may have changed since their broker's session was
     /// last told (marked where their position, queue, leader or backoff change).
-    fetch_dirty: HashSet<TopicPartition>,
+    fetch_dirty: FastSet<TopicPartition>,
     /// Leaders of the partitions on each side, as of the last discovery (the only place
     /// leaders are set). With them, `schedule` skips scanning every partition after every
     /// event when no broker could take a request anyway: with 10,000 partitions that scan
     /// was half of the proxy's CPU.
-    source_brokers: HashSet<i32>,
-    target_brokers: HashSet<i32>,
+    source_brokers: FastSet<i32>,
+    target_brokers: FastSet<i32>,
     /// Partitions that may have a batch to produce: a superset, so `schedule_produces`
     /// looks at these instead of every partition. A partition is added by whatever can
     /// make it ready (batches queued, an answer to its Produce); dropped when looked at
@@ -244,7 +252,7 @@ struct FlowDriver {
     /// most one tick, never a stall.
     produce_candidates: std::collections::BTreeSet<TopicPartition>,
     produce_scan_all: bool,
-    producing: HashMap<i32, usize>,
+    producing: FastMap<i32, usize>,
     discovering: bool,
     first_discovery_done: bool,
     discover_now: bool,
@@ -285,7 +293,7 @@ impl FlowDriver {
             shutdown,
             stats,
             parts: BTreeMap::new(),
-            target_topics: HashMap::new(),
+            target_topics: FastMap::default(),
             refused_topics: HashMap::new(),
             registry,
             routes,
@@ -293,18 +301,18 @@ impl FlowDriver {
             registry_lookups: HashSet::new(),
             registry_reading: false,
             registry_not_before: Instant::now(),
-            target_conns: HashMap::new(),
-            connecting: HashSet::new(),
-            fetching: HashSet::new(),
-            fetch_at_tail: HashSet::new(),
-            fetch_rtt: HashMap::new(),
-            fetch_sessions: HashMap::new(),
-            fetch_dirty: HashSet::new(),
-            source_brokers: HashSet::new(),
-            target_brokers: HashSet::new(),
+            target_conns: FastMap::default(),
+            connecting: FastSet::default(),
+            fetching: FastSet::default(),
+            fetch_at_tail: FastSet::default(),
+            fetch_rtt: FastMap::default(),
+            fetch_sessions: FastMap::default(),
+            fetch_dirty: FastSet::default(),
+            source_brokers: FastSet::default(),
+            target_brokers: FastSet::default(),
             produce_candidates: std::collections::BTreeSet::new(),
             produce_scan_all: true,
-            producing: HashMap::new(),
+            producing: FastMap::default(),
             discovering: false,
             first_discovery_done: false,
             discover_now: true,

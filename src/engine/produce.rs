@@ -5,7 +5,7 @@
 //! acknowledgement, resend from the oldest unacknowledged batch after an error, a new
 //! producer id when the target lost ours.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,7 +15,7 @@ use kafka_protocol::messages::ProduceResponse;
 use tracing::{info, warn};
 
 use super::partition::{PartState, SendState};
-use super::{Event, FlowDriver, Side};
+use super::{Event, FastMap, FlowDriver, Side};
 use crate::batch::{self, OutgoingBatch, VerifiedBatch};
 use crate::cluster::TopicPartition;
 use crate::config::Tuning;
@@ -319,44 +319,65 @@ impl FlowDriver {
                 return;
             }
         };
-        let mut errors: HashMap<(String, i32), (ResponseError, Option<String>)> = HashMap::new();
-        let mut answered: HashSet<(String, i32)> = HashSet::new();
-        let mut base_offsets: HashMap<(String, i32), i64> = HashMap::new();
+        // One entry per answered partition, borrowed from the response: this runs for
+        // every Produce answer, and owned String keys (four allocations and six SipHash
+        // passes per batch) were 8 % of the proxy's CPU at 16 KB batches.
+        let mut answers: FastMap<(&str, i32), Answer<'_>> =
+            FastMap::with_capacity_and_hasher(sent.len(), foldhash::fast::RandomState::default());
         for t in &resp.responses {
             for pr in &t.partition_responses {
-                let key = (t.name.0.as_str().to_owned(), pr.index);
-                answered.insert(key.clone());
-                base_offsets.insert(key.clone(), pr.base_offset);
-                if let Some(e) = ResponseError::try_from_code(pr.error_code) {
-                    if e != ResponseError::DuplicateSequenceNumber {
-                        self.stats.kafka_error(Side::Target, e);
-                        errors.insert(key, (e, pr.error_message.as_ref().map(|m| m.as_str().to_owned())));
-                    }
+                let error = ResponseError::try_from_code(pr.error_code)
+                    .filter(|e| *e != ResponseError::DuplicateSequenceNumber);
+                if let Some(e) = error {
+                    self.stats.kafka_error(Side::Target, e);
+                }
+                let a = answers.entry((t.name.0.as_str(), pr.index)).or_default();
+                a.base_offset = pr.base_offset; // a partition answered twice: the last base, any error
+                if let Some(e) = error {
+                    a.error = Some((e, pr.error_message.as_deref()));
                 }
             }
         }
         let mut any_ok = false;
         for (tp, id, before) in sent {
             let Some(p) = self.parts.get(&tp) else { continue };
-            let key = (p.target.topic.to_string(), p.target.partition);
+            let answer = answers.get(&(&*p.target.topic, p.target.partition)).copied();
             let opens = before == 0;
-            if !answered.contains(&key) {
-                if opens {
-                    let flow = self.flow.name.clone();
-                    warn!(flow = %flow, partition = %tp, "target did not answer for partition {}; retrying", p.target);
+            match answer {
+                None => {
+                    if opens {
+                        let flow = self.flow.name.clone();
+                        warn!(flow = %flow, partition = %tp, "target did not answer for partition {}; retrying", p.target);
+                    }
+                    self.produce_failed(&tp, id, opens, None);
                 }
-                self.produce_failed(&tp, id, opens, None);
-            } else if let Some((e, msg)) = errors.get(&key) {
-                self.produce_failed(&tp, id, opens, Some((*e, msg.as_deref())));
-            } else {
-                any_ok = true;
-                let base = base_offsets.get(&key).copied().unwrap_or(-1);
-                self.produce_acked(&tp, id, if base >= 0 { base + before } else { -1 }, opens);
+                Some(Answer { error: Some(error), .. }) => self.produce_failed(&tp, id, opens, Some(error)),
+                Some(Answer { error: None, base_offset }) => {
+                    any_ok = true;
+                    let base = base_offset;
+                    self.produce_acked(&tp, id, if base >= 0 { base + before } else { -1 }, opens);
+                }
             }
         }
         if any_ok {
             self.target_ok();
         }
+    }
+}
+
+/// A partition's entry in a Produce answer.
+#[derive(Debug, Clone, Copy)]
+struct Answer<'a> {
+    /// Where the batch landed (`-1` when the target does not say).
+    base_offset: i64,
+    /// The error and the broker's message, if the write failed (a duplicate sequence
+    /// is not one: the batch was already written).
+    error: Option<(ResponseError, Option<&'a str>)>,
+}
+
+impl Default for Answer<'_> {
+    fn default() -> Self {
+        Self { base_offset: -1, error: None }
     }
 }
 
