@@ -123,12 +123,19 @@ pub(crate) fn latency_consumer(
     partitions: i32,
     stop: Arc<AtomicBool>,
     ready: Arc<AtomicBool>,
-) -> Histogram<u64> {
+    since_us: i64,
+) -> Latencies {
     use rdkafka::config::ClientConfig;
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::Message;
     use rdkafka::{Offset, TopicPartitionList};
-    let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+    let mut out = Latencies {
+        hist: Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap(),
+        rereads: 0,
+        payload_dups: 0,
+        older: 0,
+    };
+    let (mut offsets, mut stamps) = (std::collections::HashSet::new(), std::collections::HashSet::new());
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &bootstrap)
         .set("group.id", "bench-latency")
@@ -147,13 +154,37 @@ pub(crate) fn latency_consumer(
     ready.store(true, Ordering::Relaxed);
     while !stop.load(Ordering::Relaxed) {
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(50)) {
+            if !offsets.insert((m.partition(), m.offset())) {
+                out.rereads += 1; // the consumer was sent back over records it had
+                continue;
+            }
             if let Some(v) = m.payload() {
                 if v.len() >= 8 {
                     let sent = i64::from_be_bytes(v[..8].try_into().unwrap());
-                    let _ = h.record(((now_us() - sent).max(1) as u64).min(h.high()));
+                    if sent < since_us {
+                        out.older += 1;
+                        continue;
+                    }
+                    if !stamps.insert((m.partition(), sent)) {
+                        out.payload_dups += 1; // the same record at a second offset
+                    }
+                    let _ = out.hist.record(((now_us() - sent).max(1) as u64).min(out.hist.high()));
                 }
             }
         }
     }
-    h
+    out
+}
+
+/// What a latency consumer saw: each offset's latency once (records written from
+/// `since_us` on), how often it was handed an offset again or a record it had at
+/// another offset (a duplicate in the log), and how many older records it skipped:
+/// tansu reports a partition's end as its last batch's base + 1, so a consumer that
+/// starts at the end of a log of large batches first reads most of the last one (up to
+/// thousands of backlog records, whose latency said nothing about the mirror).
+pub(crate) struct Latencies {
+    pub hist: Histogram<u64>,
+    pub rereads: u64,
+    pub payload_dups: u64,
+    pub older: u64,
 }

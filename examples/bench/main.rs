@@ -94,10 +94,56 @@ pub(crate) fn text(args: &[String], name: &str, default: &str) -> String {
     arg(args, name).unwrap_or_else(|| default.to_owned())
 }
 
+/// The options `bench run` reads (orchestrator, tansu and WAN modes). Anything else is
+/// refused before a run starts: a mistyped option would otherwise run every mode at its
+/// defaults for minutes.
+const RUN_OPTIONS: &[&str] = &[
+    "--batch-records",
+    "--keys",
+    "--latency-rate",
+    "--modes",
+    "--out",
+    "--partitions",
+    "--peers",
+    "--proxy-bin",
+    "--proxy-env",
+    "--proxy-flow",
+    "--proxy-tuning",
+    "--real-batch-records",
+    "--real-codec",
+    "--real-latency-rate",
+    "--real-linger-ms",
+    "--real-records",
+    "--real-size",
+    "--real-timeout",
+    "--rebatch",
+    "--reps",
+    "--secs",
+    "--sizes",
+    "--tansu",
+    "--wan-delay-ms",
+    "--wan-link",
+    "--wan-rate",
+    "--warmup",
+];
+
+fn check_run_options(args: &[String]) {
+    for a in args.iter().skip(2).filter(|a| a.starts_with("--")) {
+        if !RUN_OPTIONS.contains(&a.as_str()) {
+            eprintln!("bench run: unknown option '{a}'; options: {}", RUN_OPTIONS.join(" "));
+            eprintln!("(see tools/bench/README.md)");
+            std::process::exit(2);
+        }
+    }
+}
+
 pub(crate) fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map_or("", String::as_str) {
-        "run" => run(&args),
+        "run" => {
+            check_run_options(&args);
+            run(&args);
+        }
         "synth-source" => synth_source_main(&args),
         "rdmirror" => rdmirror(&args),
         "relay" => relay_main(&args),

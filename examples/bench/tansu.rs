@@ -201,10 +201,11 @@ pub(crate) fn real_run(ctx: &mut Ctx, tansu: &Path, peer: Peer, args: &[String])
                                                 // Latency phase.
     let stop = Arc::new(AtomicBool::new(false));
     let mut consumers = Vec::new();
+    let since = now_us(); // the backlog was written before this; its records are skipped
     for b in [src.clone(), dst.clone()] {
         let (t, s, r) = (topic.clone(), stop.clone(), Arc::new(AtomicBool::new(false)));
         let r2 = r.clone();
-        consumers.push((std::thread::spawn(move || latency_consumer(b, t, parts, s, r2)), r));
+        consumers.push((std::thread::spawn(move || latency_consumer(b, t, parts, s, r2, since)), r));
     }
     while !consumers.iter().all(|(_, r)| r.load(Ordering::Relaxed)) {
         std::thread::sleep(Duration::from_millis(50));
@@ -228,7 +229,7 @@ pub(crate) fn real_run(ctx: &mut Ctx, tansu: &Path, peer: Peer, args: &[String])
     );
     std::thread::sleep(Duration::from_secs(2));
     stop.store(true, Ordering::Relaxed);
-    let hs: Vec<Histogram<u64>> = consumers.into_iter().map(|(j, _)| j.join().unwrap()).collect();
+    let hs: Vec<Latencies> = consumers.into_iter().map(|(j, _)| j.join().unwrap()).collect();
     let (_, hwm) = proc_stats(proc.pid());
     let alive = proc.alive();
     drop(proc);
@@ -237,6 +238,8 @@ pub(crate) fn real_run(ctx: &mut Ctx, tansu: &Path, peer: Peer, args: &[String])
         "linger_ms": num(args, "--real-linger-ms", 20.0), "batch_num_messages": num(args, "--real-batch-records", 0.0), "records": records, "drained": drained,
         "drain_s": drain_s, "drain_look_ms": looking.as_secs_f64() * 1e3 / f64::from(looks.max(1)), "mb_per_s": bytes / drain_s / 1e6, "records_per_s": records as f64 / drain_s,
         "cpu_s_per_gb": cpu_drain / (bytes / 1e9), "peak_rss_mb": hwm as f64 / 1e6, "alive": alive,
-        "latency_rate": lat_rate, "latency_us_source": hist_json(&hs[0]), "latency_us": hist_json(&hs[1]),
+        "latency_rate": lat_rate, "latency_us_source": hist_json(&hs[0].hist), "latency_us": hist_json(&hs[1].hist),
+        "latency_rereads": [hs[0].rereads, hs[1].rereads], "latency_payload_dups": [hs[0].payload_dups, hs[1].payload_dups],
+        "latency_older_skipped": [hs[0].older, hs[1].older],
     })
 }
