@@ -55,6 +55,7 @@ start = "earliest"
 [tuning]
 summary_interval_ms = 1000
 metadata_refresh_ms = 1000
+fetch_max_wait_ms = 100   # tansu 0.6.0 holds every Fetch for part of its wait (README, Benchmarks)
 TOML
 
 "$BIN" check --config "$work/mirror.toml"
