@@ -43,10 +43,10 @@ pub(crate) fn print_table(results: &[Value]) {
                 s["p99"].as_f64().unwrap_or(0.0) / 1000.0
             );
         }
-        if let Some(d) = r.get("latency_payload_dups") {
+        if r.get("latency_rereads").is_some() {
             let n = |v: &Value, i: usize| v.get(i).and_then(Value::as_u64).unwrap_or(0);
-            let re = r.get("latency_rereads").cloned().unwrap_or_default();
-            line += &format!(" re-read {}/{}", n(&re, 0), n(&re, 1));
+            let (re, d) = (&r["latency_rereads"], &r["latency_payload_dups"]);
+            line += &format!(" re-read {}/{}", n(re, 0), n(re, 1));
             if n(d, 0) + n(d, 1) > 0 {
                 line += &format!(" dup records {}/{}", n(d, 0), n(d, 1));
             }
