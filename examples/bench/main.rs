@@ -114,6 +114,7 @@ const RUN_OPTIONS: &[&str] = &[
     "--real-latency-rate",
     "--real-linger-ms",
     "--real-records",
+    "--real-rounds",
     "--real-size",
     "--real-timeout",
     "--rebatch",

@@ -233,10 +233,16 @@ pub(crate) fn run(args: &[String]) {
     if modes.contains("real") {
         match ctx.tansu.clone() {
             Some(t) => {
-                for &peer in peers.iter().filter(|p| **p != Peer::Relay) {
-                    let r = real_run(&mut ctx, &t, peer, args);
-                    eprintln!("  {r}");
-                    ctx.results.push(r);
+                // Rounds interleave the peers (proxy, naive mirror, proxy, ...) so that
+                // each ratio compares runs taken minutes apart at most on a shared host.
+                let rounds = num(args, "--real-rounds", 1.0).max(1.0) as usize;
+                for round in 1..=rounds {
+                    for &peer in peers.iter().filter(|p| **p != Peer::Relay) {
+                        let mut r = real_run(&mut ctx, &t, peer, args);
+                        r["round"] = json!(round);
+                        eprintln!("  {r}");
+                        ctx.results.push(r);
+                    }
                 }
             }
             None => eprintln!("real-broker mode skipped: pass --tansu PATH"),

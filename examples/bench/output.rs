@@ -89,6 +89,7 @@ pub(crate) fn print_table(results: &[Value]) {
             g(p, "peak_rss_mb")
         );
     }
+    real_ratios(&mut out, results);
     let sizes: std::collections::BTreeSet<u64> =
         results.iter().filter(|r| r["mode"] == "tls-target").filter_map(|r| r["size"].as_u64()).collect();
     for size in sizes {
@@ -109,6 +110,58 @@ pub(crate) fn print_table(results: &[Value]) {
             );
         }
     }
+}
+
+/// Issue #12's targets through tansu: per round, mirrorproxy's records/s over the
+/// librdkafka mirror's and the mirror's CPU per GB over the proxy's; then the medians.
+/// A round where either peer did not drain, failed or exited counts for neither.
+fn real_ratios(out: &mut impl std::io::Write, results: &[Value]) {
+    let run = |peer: &str, round: u64| {
+        results.iter().find(|r| r["mode"] == "real" && r["peer"] == peer && r["round"].as_u64() == Some(round))
+    };
+    let rounds = results.iter().filter(|r| r["mode"] == "real").filter_map(|r| r["round"].as_u64()).max();
+    let Some(rounds) = rounds else { return };
+    let (mut speed, mut cpu, mut spoilt) = (Vec::new(), Vec::new(), 0);
+    for round in 1..=rounds {
+        let (Some(p), Some(n)) = (run("mirrorproxy", round), run("librdkafka-mirror", round)) else { continue };
+        let good = |r: &Value| {
+            r.get("error").is_none()
+                && r["drained"].as_bool() == Some(true)
+                && r.get("peer_exited").and_then(Value::as_bool) != Some(true)
+        };
+        if !good(p) || !good(n) {
+            spoilt += 1;
+            continue;
+        }
+        let g = |v: &Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+        speed.push(g(p, "records_per_s") / g(n, "records_per_s"));
+        cpu.push(g(n, "cpu_s_per_gb") / g(p, "cpu_s_per_gb"));
+    }
+    if speed.is_empty() {
+        if spoilt > 0 {
+            let _ = writeln!(out, "\ntargets (real tansu): no round where both peers drained ({spoilt} spoilt)");
+        }
+        return;
+    }
+    let list = |v: &[f64]| v.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(" ");
+    let _ = writeln!(
+        out,
+        "\ntargets (real tansu, {} round(s) with both peers drained{}; per round, then the median):",
+        speed.len(),
+        if spoilt > 0 { format!(", {spoilt} spoilt") } else { String::new() }
+    );
+    let _ = writeln!(
+        out,
+        "  records/s, mirrorproxy / librdkafka mirror:  {}  median {:.2}x (target >= 1.5x)",
+        list(&speed),
+        median(speed.clone())
+    );
+    let _ = writeln!(
+        out,
+        "  CPU-s per GB, librdkafka mirror / proxy:     {}  median {:.2}x (target >= 3x)",
+        list(&cpu),
+        median(cpu.clone())
+    );
 }
 
 pub(crate) fn plots(out: &Path, results: &[Value]) -> Result<(), String> {
