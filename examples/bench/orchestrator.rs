@@ -385,10 +385,12 @@ pub(crate) fn measure(
     }
     let (b0, r0) = counters(&sink);
     let (c0, _) = proc_stats(proc.pid());
+    let (h0, m0) = (proc_stats(std::process::id()).0, machine_ticks());
     let t0 = Instant::now();
     std::thread::sleep(Duration::from_secs_f64(ctx.secs));
     let (b1, r1) = counters(&sink);
     let (c1, hwm) = proc_stats(proc.pid());
+    let (h1, m1) = (proc_stats(std::process::id()).0, machine_ticks());
     let dt = t0.elapsed().as_secs_f64();
     let alive = proc.alive();
     stop.store(true, Ordering::Relaxed);
@@ -408,6 +410,9 @@ pub(crate) fn measure(
         "secs": dt, "mb_per_s": bytes / dt / 1e6, "records_per_s": records / dt,
         "cpu_s": cpu, "cpu_s_per_gb": if bytes > 0.0 { cpu / (bytes / 1e9) } else { f64::NAN },
         "cpu_util": cpu / dt, "peak_rss_mb": hwm as f64 / 1e6, "alive": alive,
+        // This process: the sink (and, for the relay, the reader), e.g. TLS decryption.
+        "harness_cpu_s_per_gb": if bytes > 0.0 { (h1 - h0) / (bytes / 1e9) } else { f64::NAN },
+        "machine_busy": (m1.0 - m0.0) as f64 / ((m1.1 - m0.1) as f64).max(1.0),
     });
     if latency {
         if let Some(h) = sink.sink().latency.lock().unwrap().as_ref() {
@@ -443,7 +448,7 @@ pub(crate) fn summarize(mode: &str, peer: Peer, size: usize, codec: &str, reps: 
     let mut v = json!({
         "mode": mode, "peer": peer.name(), "size": size, "codec": codec, "reps": reps.len(),
         "mb_per_s": m("mb_per_s"), "records_per_s": m("records_per_s"), "cpu_s_per_gb": m("cpu_s_per_gb"),
-        "cpu_util": m("cpu_util"), "peak_rss_mb": reps.iter().filter_map(|r| r["peak_rss_mb"].as_f64()).fold(0.0, f64::max),
+        "cpu_util": m("cpu_util"), "harness_cpu_s_per_gb": m("harness_cpu_s_per_gb"), "machine_busy": m("machine_busy"), "peak_rss_mb": reps.iter().filter_map(|r| r["peak_rss_mb"].as_f64()).fold(0.0, f64::max),
         "runs": reps,
     });
     if reps.iter().any(|r| r["alive"] == false) {

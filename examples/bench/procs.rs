@@ -59,6 +59,18 @@ pub(crate) fn proc_stats(pid: u32) -> (f64, u64) {
     (cpu, hwm)
 }
 
+/// The machine's CPU time from `/proc/stat`'s first line, in clock ticks: (busy, all),
+/// busy being everything but idle and iowait. Over an interval, busy / all is how much
+/// of every core was in use (the harness, the peer and anything else on the machine).
+pub(crate) fn machine_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let f: Vec<u64> =
+        stat.lines().next().unwrap_or("").split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    let all: u64 = f.iter().take(8).sum(); // user nice system idle iowait irq softirq steal
+    let idle = f.get(3).copied().unwrap_or(0) + f.get(4).copied().unwrap_or(0);
+    (all.saturating_sub(idle), all)
+}
+
 pub(crate) fn clk_tck() -> f64 {
     static T: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
     *T.get_or_init(|| {
