@@ -140,6 +140,7 @@ fn real_ratios(out: &mut impl std::io::Write, results: &[Value]) {
             r.get("error").is_none()
                 && r["drained"].as_bool() == Some(true)
                 && r.get("peer_exited").and_then(Value::as_bool) != Some(true)
+                && r["alive"].as_bool() != Some(false)
         };
         if !good(p) || !good(n) {
             spoilt += 1;
