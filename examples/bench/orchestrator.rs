@@ -412,7 +412,7 @@ pub(crate) fn measure(
         "cpu_util": cpu / dt, "peak_rss_mb": hwm as f64 / 1e6, "alive": alive,
         // This process: the sink (and, for the relay, the reader), e.g. TLS decryption.
         "harness_cpu_s_per_gb": if bytes > 0.0 { (h1 - h0) / (bytes / 1e9) } else { f64::NAN },
-        "machine_busy": (m1.0 - m0.0) as f64 / ((m1.1 - m0.1) as f64).max(1.0),
+        "machine_busy": m1.0.saturating_sub(m0.0) as f64 / (m1.1.saturating_sub(m0.1) as f64).max(1.0),
     });
     if latency {
         if let Some(h) = sink.sink().latency.lock().unwrap().as_ref() {
